@@ -1,0 +1,147 @@
+"""Keras 3's optimizers, element-wise, for single models and stacked populations alike.
+
+Every update is element-wise, so one optimizer over tensors stacked with a leading member
+dimension is P independent optimizers. ``lr`` may be a 1-D tensor with one learning rate per
+member, and :meth:`Optimizer.step` takes an optional ``active`` mask that freezes members.
+
+Weight decay is *decoupled* (AdamW, and Keras 3's ``weight_decay`` on every optimizer):
+``w -= lr * weight_decay * w`` before the update, independent of the gradient. An L2 penalty
+instead adds ``2 * l2 * w`` to the gradient, which Adam then rescales per weight, so the two only
+coincide for plain SGD (with ``weight_decay = 2 * l2``).
+
+>>> import torch
+>>> w = torch.nn.Parameter(torch.tensor([1.0]))
+>>> opt = Adam([w], lr=0.1)
+>>> w.grad = torch.tensor([0.5])
+>>> opt.step()
+>>> round(float(w), 6)   # first Adam step moves by lr * m / (sqrt(v) + eps) ≈ lr
+0.9
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._validate import check_choice, check_coefficient, check_number
+
+
+class Optimizer:
+    """Minimal stateful optimizer over a list of tensors (``p.grad`` or explicit gradients)."""
+
+    def __init__(self, params, lr, weight_decay=0.0):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list.")
+        self.lr = check_coefficient(lr, "lr", type(self).__name__)
+        self.weight_decay = check_coefficient(weight_decay, "weight_decay", type(self).__name__,
+                                              allow_tensor=False)
+        self.iterations = 0
+        self.state = [dict() for _ in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _member_view(self, value, p):
+        """A per-member value (P,) shaped to broadcast against a stacked parameter."""
+        if isinstance(value, torch.Tensor) and value.dim() == 1:
+            return value.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
+        return value
+
+    @torch.no_grad()
+    def step(self, grads=None, active: torch.Tensor | None = None) -> None:
+        """Apply one update. ``active`` (P,) bool freezes the members where it is False."""
+        self.iterations += 1
+        grads = [p.grad for p in self.params] if grads is None else grads
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            if g is None:
+                continue
+            before = p.detach().clone() if active is not None else None
+            lr = self._member_view(self.lr, p)
+            if self.weight_decay:
+                p.sub_(p * (lr * self.weight_decay))
+            self._update(p, g, lr, self.state[i])
+            if active is not None:
+                keep = self._member_view(~active, p).bool() if active.dim() == 1 else ~active
+                p.copy_(torch.where(keep, before, p))
+
+    def _update(self, p, g, lr, state):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"iterations": self.iterations, "state": [{k: v.clone() for k, v in s.items()} for s in self.state]}
+
+
+class Adam(Optimizer):
+    """Keras's Adam: ``alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)``, ``w -= alpha * m / (sqrt(v) + eps)``
+    with the "epsilon-hat" placement and ε = 1e-7. ``epsilon_hat=False`` gives torch.optim.Adam's
+    placement: ``w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``."""
+
+    def __init__(self, params, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0,
+                 epsilon_hat=True):
+        super().__init__(params, lr, weight_decay)
+        self.beta_1 = check_number(beta_1, "beta_1", type(self).__name__, low=0, high=1, high_open=True)
+        self.beta_2 = check_number(beta_2, "beta_2", type(self).__name__, low=0, high=1, high_open=True)
+        self.epsilon = check_number(epsilon, "epsilon", type(self).__name__, low=0)
+        self.epsilon_hat = bool(epsilon_hat)
+
+    def _update(self, p, g, lr, state):
+        if not state:
+            state["m"] = torch.zeros_like(p)
+            state["v"] = torch.zeros_like(p)
+        m, v = state["m"], state["v"]
+        t = self.iterations
+        m.lerp_(g, 1 - self.beta_1)
+        v.lerp_(g * g, 1 - self.beta_2)
+        bc1, bc2 = 1 - self.beta_1 ** t, 1 - self.beta_2 ** t
+        if self.epsilon_hat:
+            denom = v.sqrt().add_(self.epsilon)
+            step = math.sqrt(bc2) / bc1
+        else:
+            denom = v.sqrt().div_(math.sqrt(bc2)).add_(self.epsilon)
+            step = 1 / bc1
+        if isinstance(lr, torch.Tensor):
+            p.sub_(m / denom * (lr * step))
+        else:
+            p.addcdiv_(m, denom, value=-lr * step)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Keras's default ``weight_decay=0.004``)."""
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.004, **kwargs):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+class SGD(Optimizer):
+    """Keras's SGD: ``m = momentum * m - lr * g``; ``w += m`` (or ``w += momentum * m - lr * g``
+    with Nesterov); plain ``w -= lr * g`` without momentum."""
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr, weight_decay)
+        self.momentum = check_number(momentum, "momentum", "SGD", low=0, high=1)
+        self.nesterov = bool(nesterov)
+
+    def _update(self, p, g, lr, state):
+        if self.momentum == 0:
+            p.sub_(g * lr)
+            return
+        if not state:
+            state["m"] = torch.zeros_like(p)
+        m = state["m"]
+        m.mul_(self.momentum).sub_(g * lr)
+        if self.nesterov:
+            p.add_(m * self.momentum - g * lr)
+        else:
+            p.add_(m)
+
+
+OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD}
+
+
+def make(name: str, params, **kwargs) -> Optimizer:
+    """Build an optimizer by name: ``make("adam", model.parameters(), lr=1e-3)``."""
+    check_choice(name, "optimizer", "fit", tuple(OPTIMIZERS))
+    return OPTIMIZERS[name](params, **kwargs)

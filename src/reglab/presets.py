@@ -1,0 +1,112 @@
+"""Training presets and seeded initialisation.
+
+The ``keras`` preset reproduces the tutorials' setup: Glorot-uniform kernels, zero biases,
+orthogonal recurrent kernels, LSTM forget-gate bias 1, Keras's Adam (lr 1e-3, ε = 1e-7 in the
+epsilon-hat form), batch 32, reshuffled every epoch. The ``torch`` preset keeps PyTorch's own
+initialisation (re-drawn from the seed) and torch.optim.Adam's ε placement.
+
+Every run draws from three streams derived from its seed — initialisation, shuffling, and noise
+(dropout masks, Gaussian noise) — so a population member and a standalone fit with the same seed
+see the same random numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._validate import check_choice
+
+
+@dataclass(frozen=True)
+class Preset:
+    init: str              # "keras": Keras initialisers; "torch": the modules' reset_parameters()
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    epsilon: float = 1e-7
+    epsilon_hat: bool = True  # Keras places ε after the bias correction of sqrt(v)
+    batch_size: int = 32
+
+
+PRESETS = {
+    "keras": Preset(init="keras"),
+    "torch": Preset(init="torch", epsilon=1e-8, epsilon_hat=False),
+}
+
+
+def get(preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    check_choice(preset, "preset", "fit", tuple(PRESETS))
+    return PRESETS[preset]
+
+
+@dataclass(frozen=True)
+class Streams:
+    """The three 63-bit seeds of one run."""
+
+    init: int
+    shuffle: int
+    noise: int
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "Streams":
+        init, shuffle, noise = np.random.SeedSequence(int(seed)).generate_state(3, dtype=np.uint64)
+        return cls(int(init) >> 1, int(shuffle) >> 1, int(noise) >> 1)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def initialize(model: nn.Module, preset="keras", seed: int = 0) -> nn.Module:
+    """Re-draw every parameter of ``model`` from ``seed`` under ``preset``; returns the model."""
+    preset = get(preset)
+    seed = Streams.from_seed(seed).init
+    if preset.init == "torch":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in model.modules():
+                if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
+                    module.reset_parameters()
+        return model
+    gen = _generator(seed)
+    for module in model.modules():
+        _keras_init(module, gen)
+    return model
+
+
+def _keras_init(module: nn.Module, gen: torch.Generator) -> None:
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        nn.init.xavier_uniform_(module.weight, generator=gen)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.RNNBase):
+        hidden = module.hidden_size
+        for name, p in module.named_parameters(recurse=False):
+            if name.startswith("weight_ih"):
+                # Keras draws one kernel of shape (in, gates * units): the same fans as PyTorch's stack.
+                nn.init.xavier_uniform_(p, generator=gen)
+            elif name.startswith("weight_hh"):
+                nn.init.orthogonal_(p, generator=gen)
+            elif name.startswith("bias"):
+                nn.init.zeros_(p)
+                if module.mode == "LSTM" and name.startswith("bias_ih"):
+                    p[hidden:2 * hidden] = 1.0   # Keras's unit_forget_bias (gate order i, f, g, o)
+            elif name.startswith("weight_hr"):
+                nn.init.xavier_uniform_(p, generator=gen)
+    elif isinstance(module, nn.Embedding):
+        nn.init.uniform_(module.weight, -0.05, 0.05, generator=gen)
+    elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+        if getattr(module, "weight", None) is not None:
+            nn.init.ones_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif any(True for _ in module.parameters(recurse=False)) and hasattr(module, "reset_parameters"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
+            module.reset_parameters()
