@@ -14,7 +14,7 @@ coincide for plain SGD (with ``weight_decay = 2 * l2``).
 >>> opt = Adam([w], lr=0.1)
 >>> w.grad = torch.tensor([0.5])
 >>> opt.step()
->>> round(float(w), 6)   # first Adam step moves by lr * m / (sqrt(v) + eps) ≈ lr
+>>> round(w.item(), 4)   # first Adam step moves by lr * m / (sqrt(v) + eps) ≈ lr
 0.9
 """
 
