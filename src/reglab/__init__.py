@@ -8,6 +8,7 @@ from .callbacks import Callback, EarlyStopping, PenaltySchedule
 from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm, max_norm, min_max_norm, non_neg, unit_norm
 from .layers import GaussianDropout, GaussianNoise, InputNoise, RNNOutput
 from .penalties import L1, L1L2, L2, Orthogonal, l1, l1_l2, l2, orthogonal
+from .population import PopulationResult, train_population
 from .presets import initialize
 from .training import History, evaluate, fit
 
@@ -16,6 +17,6 @@ __all__ = [
     "MaxNorm", "UnitNorm", "MinMaxNorm", "NonNeg", "max_norm", "unit_norm", "min_max_norm", "non_neg",
     "regularize", "penalty", "weight_penalty", "activity_penalty", "apply_constraints",
     "GaussianNoise", "GaussianDropout", "InputNoise", "RNNOutput",
-    "fit", "evaluate", "History", "initialize", "Callback", "EarlyStopping", "PenaltySchedule",
+    "fit", "evaluate", "History", "train_population", "PopulationResult", "initialize", "Callback", "EarlyStopping", "PenaltySchedule",
     "penalties", "constraints", "optim", "presets", "tasks",
 ]

@@ -1,0 +1,207 @@
+"""Population versions of ``torch.nn`` layers: parameters stacked with a leading member dim (P, ...).
+
+Activations flow as (P, B, ...). Each class is built from the P member modules at one position of
+the members' ``nn.Sequential`` and reproduces that module's forward pass for every member at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import GaussianDropout, GaussianNoise, RNNOutput
+
+# Parameter-free, deterministic modules that treat dim 0 as the batch: applied to (P*B, ...).
+STATELESS = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Identity, nn.Flatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)
+RANDOM = (nn.Dropout, GaussianNoise, GaussianDropout)
+SUPPORTED = STATELESS + RANDOM + (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM, nn.GRU, nn.RNN, RNNOutput)
+
+
+def stack(modules, name):
+    return torch.stack([m.get_parameter(name).detach() for m in modules]).clone().requires_grad_(True)
+
+
+class PopLayer:
+    """One position of the members' Sequential. ``params`` maps parameter names to stacked tensors."""
+
+    random = False
+
+    def __init__(self, modules):
+        self.module = modules[0]
+        self.params: dict[str, torch.Tensor] = {}
+
+    def forward(self, x, ctx):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Stateless(PopLayer):
+    def forward(self, x, ctx):
+        P, B = x.shape[:2]
+        return self.module(x.reshape((P * B,) + x.shape[2:])).unflatten(0, (P, B))
+
+
+class Linear(PopLayer):
+    def __init__(self, modules):
+        super().__init__(modules)
+        self.params["weight"] = stack(modules, "weight")
+        if modules[0].bias is not None:
+            self.params["bias"] = stack(modules, "bias")
+
+    def forward(self, x, ctx):
+        w, b = self.params["weight"], self.params.get("bias")
+        shape = x.shape
+        x3 = x.reshape(shape[0], -1, shape[-1])
+        if b is None:
+            out = torch.bmm(x3, w.transpose(1, 2))
+        else:
+            out = torch.baddbmm(b.unsqueeze(1), x3, w.transpose(1, 2))
+        return out.reshape(shape[:-1] + (w.shape[1],))
+
+
+class Conv(PopLayer):
+    def __init__(self, modules):
+        super().__init__(modules)
+        m = modules[0]
+        if m.padding_mode != "zeros":
+            raise ValueError(f"{type(m).__name__}(padding_mode={m.padding_mode!r}) is not supported in a population; use padding_mode='zeros'.")
+        self.params["weight"] = stack(modules, "weight")
+        if m.bias is not None:
+            self.params["bias"] = stack(modules, "bias")
+        conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+        self.fn = torch.func.vmap(lambda x, w, b: conv(x, w, b, m.stride, m.padding, m.dilation, m.groups))
+        self.fn_nobias = torch.func.vmap(lambda x, w: conv(x, w, None, m.stride, m.padding, m.dilation, m.groups))
+
+    def forward(self, x, ctx):
+        if "bias" in self.params:
+            return self.fn(x, self.params["weight"], self.params["bias"])
+        return self.fn_nobias(x, self.params["weight"])
+
+
+class Recurrent(PopLayer):
+    """LSTM / GRU / RNN (batch_first, unidirectional, no projection), written as batched cells."""
+
+    def __init__(self, modules):
+        super().__init__(modules)
+        m = modules[0]
+        name = type(m).__name__
+        if not m.batch_first:
+            raise ValueError(f"{name}(batch_first=False) is not supported in a population; use batch_first=True (Keras's layout).")
+        if m.bidirectional or getattr(m, "proj_size", 0):
+            raise ValueError(f"{name} with bidirectional=True or proj_size is not supported in a population; train it with reglab.fit.")
+        if m.dropout:
+            raise ValueError(f"{name}(dropout={m.dropout}) is not supported in a population; put an nn.Dropout between single-layer {name}s instead.")
+        self.mode, self.layers, self.hidden = m.mode, m.num_layers, m.hidden_size
+        for pname, _ in m.named_parameters():
+            self.params[pname] = stack(modules, pname)
+
+    def forward(self, x, ctx):
+        P, B, T, _ = x.shape
+        H = self.hidden
+        seq = x
+        finals_h, finals_c = [], []
+        for layer in range(self.layers):
+            w_ih, w_hh = self.params[f"weight_ih_l{layer}"], self.params[f"weight_hh_l{layer}"]
+            b_ih, b_hh = self.params.get(f"bias_ih_l{layer}"), self.params.get(f"bias_hh_l{layer}")
+            xw = torch.bmm(seq.reshape(P, B * T, -1), w_ih.transpose(1, 2))
+            if b_ih is not None:
+                xw = xw + b_ih.unsqueeze(1)
+            xw = xw.reshape(P, B, T, -1)
+            w_hh_t = w_hh.transpose(1, 2)
+            h = x.new_zeros(P, B, H)
+            c = x.new_zeros(P, B, H)
+            outs = []
+            for t in range(T):
+                hw = torch.bmm(h, w_hh_t) if b_hh is None else torch.baddbmm(b_hh.unsqueeze(1), h, w_hh_t)
+                gi = xw[:, :, t]
+                if self.mode == "LSTM":
+                    i, f, g, o = (gi + hw).chunk(4, -1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                elif self.mode == "GRU":
+                    ir, iz, inn = gi.chunk(3, -1)
+                    hr, hz, hn = hw.chunk(3, -1)
+                    r = torch.sigmoid(ir + hr)
+                    z = torch.sigmoid(iz + hz)
+                    n = torch.tanh(inn + r * hn)
+                    h = (1 - z) * n + z * h
+                else:
+                    pre = gi + hw
+                    h = torch.tanh(pre) if self.mode == "RNN_TANH" else torch.relu(pre)
+                outs.append(h)
+            seq = torch.stack(outs, 2)
+            finals_h.append(h)
+            finals_c.append(c)
+        return seq, (torch.stack(finals_h, 1), torch.stack(finals_c, 1))
+
+
+class SelectOutput(PopLayer):
+    def forward(self, x, ctx):
+        if isinstance(x, (tuple, list)):
+            x = x[0]
+        return x if self.module.return_sequences else x[:, :, -1]
+
+
+class Random(PopLayer):
+    """Dropout / GaussianNoise / GaussianDropout with one rate per member and per-member streams.
+
+    Each member draws exactly what the standalone module would draw from a generator in the same
+    state (``empty_like(x).bernoulli_(1 - p)`` for dropout, ``randn`` for noise), so a member's masks
+    equal its standalone fit's masks.
+    """
+
+    random = True
+
+    def __init__(self, modules):
+        super().__init__(modules)
+        attr = "p" if isinstance(modules[0], nn.Dropout) else ("stddev" if isinstance(modules[0], GaussianNoise) else "rate")
+        self.rates = [float(getattr(m, attr)) for m in modules]
+        self.kind = type(modules[0])
+
+    def forward(self, x, ctx):
+        if not ctx.training:
+            return x
+        shape, dtype = x.shape[1:], x.dtype
+        draws = []
+        for i, (rate, gen) in enumerate(zip(self.rates, ctx.noise_generators)):
+            if rate == 0:
+                draws.append(None)
+                continue
+            if issubclass(self.kind, nn.Dropout):
+                noise = torch.empty(shape, dtype=dtype).bernoulli_(1 - rate, generator=gen)
+                draws.append(noise.div_(1 - rate))
+            elif issubclass(self.kind, GaussianNoise):
+                draws.append(torch.randn(shape, dtype=dtype, generator=gen) * rate)
+            else:
+                stddev = (rate / (1.0 - rate)) ** 0.5
+                draws.append(1.0 + torch.randn(shape, dtype=dtype, generator=gen) * stddev)
+        if all(d is None for d in draws):
+            return x
+        neutral = torch.zeros if issubclass(self.kind, GaussianNoise) else torch.ones
+        noise = torch.stack([neutral(shape, dtype=dtype) if d is None else d for d in draws])
+        return x + noise if issubclass(self.kind, GaussianNoise) else x * noise
+
+
+def make(modules):
+    m = modules[0]
+    if isinstance(m, nn.Linear):
+        return Linear(modules)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return Conv(modules)
+    if isinstance(m, nn.RNNBase):
+        return Recurrent(modules)
+    if isinstance(m, RNNOutput):
+        return SelectOutput(modules)
+    if isinstance(m, RANDOM):
+        return Random(modules)
+    if isinstance(m, STATELESS):
+        return Stateless(modules)
+    raise ValueError(f"{type(m).__name__} is not supported in a population (supported: Linear, Conv1d, Conv2d, "
+                     "LSTM, GRU, RNN, pooling, Flatten, activations, Dropout, reglab noise layers, RNNOutput); "
+                     "train this model with reglab.fit.")
