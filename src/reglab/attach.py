@@ -78,25 +78,30 @@ def _activity_hook(module, inputs, output):
     out = output[0] if isinstance(output, (tuple, list)) else output
     value = reg.activity(out)
     if reg.activity_convention == "mean":
-        value = value / out.shape[0]
+        # An RNN without batch_first puts the batch in dim 1 of its (seq, batch, features) output.
+        batch_dim = 1 if isinstance(module, _RNN) and not module.batch_first and out.dim() == 3 else 0
+        value = value / out.shape[batch_dim]
     reg.activity_value = value
 
 
 class Handle:
     """Returned by :func:`regularize`; ``remove()`` takes off what that call attached."""
 
-    def __init__(self, module, penalties, constraints, activity):
-        self.module, self._penalties, self._constraints, self._activity = module, penalties, constraints, activity
+    def __init__(self, module, penalties: dict, constraints: dict, hook):
+        self.module, self._penalties, self._constraints, self._hook = module, penalties, constraints, hook
 
     def remove(self) -> None:
+        """Take off what this call attached; what a later call put in its place stays."""
         reg = registry(self.module)
         if reg is None:
             return
-        for name in self._penalties:
-            reg.penalties.pop(name, None)
-        for name in self._constraints:
-            reg.constraints.pop(name, None)
-        if self._activity and reg.hook is not None:
+        for name, pen in self._penalties.items():
+            if reg.penalties.get(name) is pen:
+                del reg.penalties[name]
+        for name, con in self._constraints.items():
+            if reg.constraints.get(name) is con:
+                del reg.constraints[name]
+        if self._hook is not None and reg.hook is self._hook:
             reg.hook.remove()
             reg.hook, reg.activity, reg.activity_value = None, None, None
 
@@ -154,7 +159,7 @@ def regularize(module: nn.Module, kernel=None, bias=None, recurrent=None, activi
             reg.hook.remove()
         reg.activity, reg.activity_convention = activity, activity_convention
         reg.hook = module.register_forward_hook(_activity_hook)
-    return Handle(module, list(wanted_penalties), list(wanted_constraints), activity is not None)
+    return Handle(module, wanted_penalties, wanted_constraints, reg.hook if activity is not None else None)
 
 
 def _param(module: nn.Module, dotted: str) -> torch.Tensor:

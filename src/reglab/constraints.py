@@ -80,7 +80,9 @@ class Constraint:
 
     @classmethod
     def from_config(cls, config: dict) -> "Constraint":
-        return cls(**config)
+        # get_config writes a per-member bound as a list; float64 turns it back into the same values.
+        return cls(**{k: torch.tensor(v, dtype=torch.float64) if k in cls.bounds and isinstance(v, list)
+                      else v for k, v in config.items()})
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if not (k == "dim" and v is None))
@@ -203,6 +205,8 @@ def get(identifier) -> Constraint | None:
     """
     if identifier is None or isinstance(identifier, Constraint):
         return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Constraint):
+        return identifier()  # a class such as reglab.UnitNorm means its defaults, as in Keras's get()
     if isinstance(identifier, str):
         return from_call(parse_call(identifier, "constraint"), identifier)
     if isinstance(identifier, dict):
@@ -220,6 +224,14 @@ def from_call(call: Call, text: str | None = None) -> Constraint:
     for value in list(call.args) + list(kwargs.values()):
         if isinstance(value, Call):
             raise ParseError(f"Constraint {text or call.name!r}: arguments must be numbers, got {value.name!r}.")
+    args = list(call.args)
+    if len(args) > len(cls.bounds):
+        # In Keras the positional parameter after the bounds is axis (e.g. unit_norm(1), max_norm(3, 0)),
+        # not reglab's dim: treat it as axis so it cannot silently change meaning.
+        if "axis" in kwargs or len(args) > len(cls.bounds) + 1:
+            raise TypeError(f"Constraint {text or call.name!r}: too many arguments; {cls.__name__} takes "
+                            f"{', '.join(cls.bounds + ('axis',))}.")
+        kwargs["axis"] = args.pop()
     if "axis" in kwargs:
         axis = kwargs.pop("axis")
         if axis != 0:
@@ -227,7 +239,7 @@ def from_call(call: Call, text: str | None = None) -> Constraint:
                 f"Constraint {text!r}: Keras's axis={axis!r} has no PyTorch meaning here; reglab reduces over "
                 "each output unit's incoming weights by default (Keras's axis=0). Use dim=... in Python to choose.")
     try:
-        return cls(*call.args, **kwargs)
+        return cls(*args, **kwargs)
     except TypeError as exc:
         if "argument" in str(exc):
             raise TypeError(f"Constraint {text or call.name!r}: {exc}") from None

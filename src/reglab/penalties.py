@@ -59,7 +59,9 @@ class Penalty:
 
     @classmethod
     def from_config(cls, config: dict) -> "Penalty":
-        return cls(**config)
+        # get_config writes a per-member coefficient as a list; float64 turns it back into the same values.
+        return cls(**{k: torch.tensor(v, dtype=torch.float64) if k in cls.coefficients and isinstance(v, list)
+                      else v for k, v in config.items()})
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -223,6 +225,8 @@ def get(identifier) -> Penalty | None:
     """
     if identifier is None or isinstance(identifier, Penalty):
         return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Penalty):
+        return identifier()  # a class such as reglab.L2 means its defaults, as in Keras's get()
     if isinstance(identifier, str):
         return from_call(parse_call(identifier, "penalty"), identifier)
     if isinstance(identifier, dict):
