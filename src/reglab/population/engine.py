@@ -25,6 +25,7 @@ from ..attach import registry
 from ..callbacks import EarlyStopping, StoppingRule
 from ..layers import RNNOutput
 from ..training import as_tensors, batches, evaluate, make_optimizer
+from . import fused
 from . import layers as L
 from .merge import MergedConstraint, MergedPenalty
 
@@ -103,6 +104,8 @@ class Population:
                 mean = torch.tensor([r is None or r.activity_convention == "mean" for r in regs])
                 self.activity[pos] = (MergedPenalty(acts), mean)
         self.params = [p for layer in self.layers for p in layer.params.values()]
+        act = fused.plan(self.layers) if not self.activity else None
+        self.fused = fused.FusedMLP(self.layers, act) if act is not None else None
 
     def forward(self, x: torch.Tensor, ctx: Context):
         """Outputs (P, B, ...) and each member's activity penalty (P,) for inputs ``x`` of shape (P, B, ...)."""
@@ -328,9 +331,13 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
             else:
                 rows = order[:, idx]
                 xb, yb = X[rows], Y[rows]
-            out, act = pop.forward(xb, train_ctx)
-            data = task.sample_loss(out, yb).mean(-1)
-            pen = pop.weight_penalty() + act
+            if pop.fused is not None:
+                data, metric, grads = pop.fused.run(xb, yb, task, grad=True)
+                pen = pop.weight_penalty()
+            else:
+                out, act = pop.forward(xb, train_ctx)
+                data = task.sample_loss(out, yb).mean(-1)
+                pen = pop.weight_penalty() + act
             loss = data + pen
             finite = torch.isfinite(loss)
             if not bool(finite[active].all()):
@@ -338,10 +345,14 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
                 active &= finite
                 if not bool(active.any()):
                     break
-            grads = torch.autograd.grad(torch.where(active, loss, 0).sum(), pop.params)
+            if pop.fused is None:
+                grads = torch.autograd.grad(torch.where(active, loss, 0).sum(), pop.params)
+                metric = task.sample_metric(out, yb).mean(-1)
+            elif pen.requires_grad:
+                extra = torch.autograd.grad(torch.where(active, pen, 0).sum(), pop.params, allow_unused=True)
+                grads = [g if e is None else g + e for g, e in zip(grads, extra)]
             opt.step(grads, active=None if bool(active.all()) else active)
             pop.apply_constraints(active)
-            metric = task.sample_metric(out, yb).mean(-1)
             sums += torch.stack([loss.detach(), data.detach(), pen.detach(), metric]).double() * size
         running = active.numpy().copy()
         logs = (sums / n).numpy()
@@ -384,6 +395,11 @@ def _evaluate(pop: Population, X, Y, task, batch_size, ctx) -> dict:
     metric_sum = torch.zeros_like(data_sum)
     act_sum = torch.zeros_like(data_sum)
     for idx, size in batches(n, batch_size, None):
+        if pop.fused is not None:
+            data, metric, _ = pop.fused.run(X[idx], Y[idx], task, grad=False)
+            data_sum += data.double() * size
+            metric_sum += metric.double() * size
+            continue
         xb = X[idx].expand((pop.P,) + X[idx].shape)
         out, act = pop.forward(xb, ctx)
         data_sum += task.sample_loss(out, Y[idx]).sum(-1).double()
