@@ -34,8 +34,22 @@ class Task:
         y = y.to(torch.get_default_dtype())
         return y.reshape(-1) if self.name == "binary" else (y.reshape(-1, 1) if y.dim() == 1 else y)
 
+    def check_output(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Reject outputs whose last dimension does not fit the task; broadcasting would otherwise
+        train on a silently wrong loss (a (B,) regression output against (B, 1) targets gives (B, B))."""
+        width = out.shape[-1] if out.dim() else None
+        if self.name == "binary":
+            ok, wanted = width == 1, "one raw score per sample (last dimension 1); use task='multiclass' for one score per class"
+        elif self.name == "multiclass":
+            ok, wanted = width is not None and width >= 2, "one raw score per class (last dimension >= 2)"
+        else:
+            ok, wanted = width == y.shape[-1], f"last dimension {y.shape[-1]}, as the targets have"
+        if not ok:
+            raise ValueError(f"The model's output has shape {tuple(out.shape)}, but the {self.name!r} task needs {wanted}.")
+
     def sample_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of every sample: shape ``out.shape[:-1]`` (members and batch)."""
+        self.check_output(out, y)
         if self.name == "binary":
             return F.binary_cross_entropy_with_logits(out[..., 0], y.expand(out.shape[:-1]), reduction="none")
         if self.name == "multiclass":

@@ -146,9 +146,11 @@ def fit(model: nn.Module, train, validation=None, *, epochs: int, batch_size: in
                          "pass validation=(X_val, y_val) or monitor='loss'.")
 
     streams = _presets.Streams.from_seed(seed)
+    # Built before the re-initialisation (which is in place) so that a bad optimizer argument
+    # fails without touching the model.
+    opt = make_optimizer(model.parameters(), optimizer, preset, lr, weight_decay, momentum)
     if not warm_start:
         _presets.initialize(model, preset, seed)
-    opt = make_optimizer(model.parameters(), optimizer, preset, lr, weight_decay, momentum)
     history = History(params={"epochs": epochs, "batch_size": batch_size, "seed": seed, "task": task.name},
                       optimizer=opt)
     trainer = Trainer(model, opt, history)
