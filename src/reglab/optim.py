@@ -22,7 +22,24 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+try:  # one fused pass per tensor instead of seven; the torch code below stays the reference
+    import numba as _nb
+except ImportError:  # pragma: no cover
+    _nb = None
+
+if _nb is not None:
+    @_nb.njit(cache=True, nogil=True, parallel=True)
+    def _adam_kernel(p, g, m, v, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
+        for i in _nb.prange(p.size):
+            gi = g[i]
+            mi = m[i] + w1 * (gi - m[i])
+            vi = v[i] + w2 * (gi * gi - v[i])
+            m[i] = mi
+            v[i] = vi
+            p[i] = p[i] + step * mi / (np.sqrt(vi) * inv_bc2_sqrt + eps)
 
 from ._validate import check_choice, check_coefficient, check_number
 
@@ -93,9 +110,17 @@ class Adam(Optimizer):
             state["v"] = torch.zeros_like(p)
         m, v = state["m"], state["v"]
         t = self.iterations
+        bc1, bc2 = 1 - self.beta_1 ** t, 1 - self.beta_2 ** t
+        if (_nb is not None and not isinstance(lr, torch.Tensor) and p.dtype == torch.float32
+                and g.dtype == torch.float32 and p.is_contiguous() and g.is_contiguous() and p.device.type == "cpu"):
+            f32 = np.float32
+            step = -lr * (math.sqrt(bc2) / bc1 if self.epsilon_hat else 1 / bc1)
+            _adam_kernel(p.detach().view(-1).numpy(), g.detach().reshape(-1).numpy(), m.view(-1).numpy(),
+                         v.view(-1).numpy(), f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step),
+                         f32(self.epsilon), f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
+            return
         m.lerp_(g, 1 - self.beta_1)
         v.lerp_(g * g, 1 - self.beta_2)
-        bc1, bc2 = 1 - self.beta_1 ** t, 1 - self.beta_2 ** t
         if self.epsilon_hat:
             denom = v.sqrt().add_(self.epsilon)
             step = math.sqrt(bc2) / bc1

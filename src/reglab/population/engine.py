@@ -304,6 +304,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
     train_ctx = Context(True, [torch.Generator().manual_seed(s.noise) for s in streams])
     eval_ctx = Context(False, [])
     opt = make_optimizer(pop.params, optimizer, preset, lr, weight_decay, momentum)
+    # The whole step (data loss, L1/L2 penalties, Adam) runs in one compiled loop when it can.
+    fused_step = pop.fused.optimizer_plan(opt, pop.penalties) if pop.fused is not None else None
     rule = early_stopping.rule(P) if early_stopping is not None else None
     restore = early_stopping is not None and early_stopping.restore_best_weights
     best_params = [p.detach().clone() for p in pop.params] if restore else None
@@ -331,6 +333,18 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
             else:
                 rows = order[:, idx]
                 xb, yb = X[rows], Y[rows]
+            if fused_step is not None:
+                data, metric, pen = pop.fused.train_step(xb, yb, task, opt, fused_step, active)
+                loss = data + pen
+                finite = torch.isfinite(loss)
+                if not bool(finite[active].all()):
+                    diverged |= active & ~finite
+                    active &= finite
+                pop.apply_constraints(active)
+                sums += torch.stack([loss, data, pen, metric]).double() * size
+                if not bool(active.any()):
+                    break
+                continue
             if pop.fused is not None:
                 data, metric, grads = pop.fused.run(xb, yb, task, grad=True)
                 pen = pop.weight_penalty()

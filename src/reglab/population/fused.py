@@ -26,20 +26,54 @@ TASKS = {"binary": 0, "multiclass": 1, "regression": 2}
 
 
 if nb is not None:
+    @nb.njit(inline="always")
+    def _penalty(w, c1, c2):  # pragma: no cover - compiled
+        total = 0.0
+        for i in range(w.size):
+            total += c1 * abs(w[i]) + c2 * w[i] * w[i]
+        return total
+
+    @nb.njit(inline="always")
+    def _adam(w, g, m, v, c1, c2, hyper, lr):  # pragma: no cover - compiled
+        # reglab.optim.Adam (Keras form) with the L1/L2 penalty gradient added, one pass per tensor.
+        w1, w2, bias, eps, inv, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+        step = -lr * bias
+        for i in range(w.size):
+            wi = w[i]
+            gi = g[i] + c1 * np.sign(wi) + 2 * c2 * wi
+            wi = wi - wi * (lr * decay)
+            mi = m[i] + w1 * (gi - m[i])
+            vi = v[i] + w2 * (gi * gi - v[i])
+            m[i] = mi
+            v[i] = vi
+            w[i] = wi + step * mi / (np.sqrt(vi) * inv + eps)
+
     # Every inner loop runs over the hidden units with no branch inside, so LLVM vectorises it.
-    @nb.njit(parallel=True, fastmath=True, cache=True)
-    def _mlp(X, y, W1T, b1, W2, b2, act, task, grad, gW1T, gb1, gW2, gb2, loss, metric):  # pragma: no cover - compiled
-        P, D, H = W1T.shape
+    # fastmath without the no-NaN/no-inf assumptions: divergence must stay visible.
+    @nb.njit(parallel=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}, cache=True)
+    def _mlp(X, y, W1, b1, W2, b2, act, task, grad, gW1, gb1, gW2, gb2, loss, metric,
+             update, active, l1, l2, moments, lr, hyper, penalty):  # pragma: no cover - compiled
+        P, H, D = W1.shape
         B = X.shape[1]
         K = W2.shape[1]
         for p in nb.prange(P):
+            if update and not active[p]:
+                loss[p] = np.nan
+                metric[p] = np.nan
+                penalty[p] = np.nan
+                continue
+            # This member's first-layer weights, transposed to (in, hidden) so loops run over units.
+            W1T = np.empty((D, H), np.float32)
+            gW1T = np.zeros((D, H), np.float32)
+            for j in range(H):
+                for d in range(D):
+                    W1T[d, j] = W1[p, j, d]
             pre = np.empty(H, np.float32)
             h = np.empty(H, np.float32)
             gh = np.empty(H, np.float32)
             o = np.empty(K, np.float32)
             g = np.empty(K, np.float32)
             if grad:
-                gW1T[p] = 0.0
                 gb1[p] = 0.0
                 gW2[p] = 0.0
                 gb2[p] = 0.0
@@ -51,24 +85,32 @@ if nb is not None:
                 for d in range(D):
                     xv = X[p, b, d]
                     for j in range(H):
-                        pre[j] += xv * W1T[p, d, j]
-                if act == 0:
-                    for j in range(H):
-                        h[j] = max(pre[j], np.float32(0.0))
-                elif act == 1:
-                    for j in range(H):
-                        h[j] = np.tanh(pre[j])
-                elif act == 2:
-                    for j in range(H):
-                        h[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-pre[j]))
-                else:
-                    for j in range(H):
-                        h[j] = pre[j]
-                for k in range(K):
+                        pre[j] += xv * W1T[d, j]
+                if act == 0 and K == 1:   # the seeds' shape: one fused loop
                     acc = np.float32(0.0)
                     for j in range(H):
-                        acc += h[j] * W2[p, k, j]
-                    o[k] = acc + b2[p, k]
+                        v = max(pre[j], np.float32(0.0))
+                        h[j] = v
+                        acc += v * W2[p, 0, j]
+                    o[0] = acc + b2[p, 0]
+                else:
+                    if act == 0:
+                        for j in range(H):
+                            h[j] = max(pre[j], np.float32(0.0))
+                    elif act == 1:
+                        for j in range(H):
+                            h[j] = np.tanh(pre[j])
+                    elif act == 2:
+                        for j in range(H):
+                            h[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-pre[j]))
+                    else:
+                        for j in range(H):
+                            h[j] = pre[j]
+                    for k in range(K):
+                        acc = np.float32(0.0)
+                        for j in range(H):
+                            acc += h[j] * W2[p, k, j]
+                        o[k] = acc + b2[p, k]
                 if task == 0:
                     z = o[0]
                     t = y[p, b, 0]
@@ -102,31 +144,66 @@ if nb is not None:
                     score += ab / K
                 if not grad:
                     continue
-                for j in range(H):
-                    gh[j] = 0.0
-                for k in range(K):
-                    gk = g[k]
-                    gb2[p, k] += gk
+                if act == 0 and K == 1:
+                    gk = g[0]
+                    gb2[p, 0] += gk
                     for j in range(H):
-                        gW2[p, k, j] += gk * h[j]
-                        gh[j] += gk * W2[p, k, j]
-                if act == 0:
+                        gW2[p, 0, j] += gk * h[j]
+                        v = gk * W2[p, 0, j]
+                        v = v if pre[j] > 0 else np.float32(0.0)
+                        gh[j] = v
+                        gb1[p, j] += v
+                else:
                     for j in range(H):
-                        gh[j] = gh[j] if pre[j] > 0 else np.float32(0.0)
-                elif act == 1:
+                        gh[j] = 0.0
+                    for k in range(K):
+                        gk = g[k]
+                        gb2[p, k] += gk
+                        for j in range(H):
+                            gW2[p, k, j] += gk * h[j]
+                            gh[j] += gk * W2[p, k, j]
+                    if act == 0:
+                        for j in range(H):
+                            gh[j] = gh[j] if pre[j] > 0 else np.float32(0.0)
+                    elif act == 1:
+                        for j in range(H):
+                            gh[j] = gh[j] * (np.float32(1.0) - h[j] * h[j])
+                    elif act == 2:
+                        for j in range(H):
+                            gh[j] = gh[j] * h[j] * (np.float32(1.0) - h[j])
                     for j in range(H):
-                        gh[j] = gh[j] * (np.float32(1.0) - h[j] * h[j])
-                elif act == 2:
-                    for j in range(H):
-                        gh[j] = gh[j] * h[j] * (np.float32(1.0) - h[j])
-                for j in range(H):
-                    gb1[p, j] += gh[j]
+                        gb1[p, j] += gh[j]
                 for d in range(D):
                     xv = X[p, b, d]
                     for j in range(H):
-                        gW1T[p, d, j] += gh[j] * xv
+                        gW1T[d, j] += gh[j] * xv
+            if grad:
+                for j in range(H):
+                    for d in range(D):
+                        gW1[p, j, d] = gW1T[d, j]
             loss[p] = total / B
             metric[p] = score / B
+            if not update:
+                continue
+            # Penalties and the optimizer step, while this member's weights are still in cache.
+            w1f, g1f = W1[p].reshape(H * D), gW1[p].reshape(H * D)
+            w2f, g2f = W2[p].reshape(K * H), gW2[p].reshape(K * H)
+            pen = (_penalty(w1f, l1[0, p], l2[0, p]) + _penalty(b1[p], l1[1, p], l2[1, p])
+                   + _penalty(w2f, l1[2, p], l2[2, p]) + _penalty(b2[p], l1[3, p], l2[3, p]))
+            penalty[p] = pen
+            if not np.isfinite(loss[p] + pen):
+                continue   # diverged: frozen before this step, as on the generic path
+            _adam(w1f, g1f, moments[0, p, :H * D], moments[4, p, :H * D], l1[0, p], l2[0, p], hyper, lr[p])
+            _adam(b1[p], gb1[p], moments[1, p, :H], moments[5, p, :H], l1[1, p], l2[1, p], hyper, lr[p])
+            _adam(w2f, g2f, moments[2, p, :K * H], moments[6, p, :K * H], l1[2, p], l2[2, p], hyper, lr[p])
+            _adam(b2[p], gb2[p], moments[3, p, :K], moments[7, p, :K], l1[3, p], l2[3, p], hyper, lr[p])
+
+
+_NO_ACTIVE = np.zeros(1, np.bool_)
+_NO_COEF = np.zeros((4, 1), np.float32)
+_NO_MOMENTS = np.zeros((8, 1, 1), np.float32)
+_NO_LR = np.zeros(1, np.float32)
+_NO_HYPER = np.zeros(6, np.float32)
 
 
 def plan(layers) -> int | None:
@@ -152,25 +229,84 @@ class FusedMLP:
         self.first, self.last, self.act = layers[0], layers[2], act
         self.params = [self.first.params["weight"], self.first.params["bias"],
                        self.last.params["weight"], self.last.params["bias"]]
+        self._buffers = None
+        self._moments = None
 
     def run(self, X: torch.Tensor, y: torch.Tensor, task, grad: bool):
-        """Per-member data loss and metric (P,), and the data-loss gradients when ``grad``."""
+        """Per-member data loss and metric (P,), and the data-loss gradients when ``grad``.
+
+        The gradients live in buffers that the next call overwrites: use them before calling again."""
         W1, b1, W2, b2 = (p.detach().numpy() for p in self.params)
         P = W1.shape[0]
-        W1T = np.ascontiguousarray(W1.transpose(0, 2, 1))
         X = X.to(torch.float32)
         X = X.expand((P,) + X.shape) if X.dim() == 2 else X
         y = y.to(torch.float32)
         y = y.unsqueeze(-1) if task.name != "regression" else y
         y = y.expand((P,) + y.shape) if y.dim() == 2 else y
         Xn, yn = X.numpy(), y.numpy()
-        grads = [np.empty_like(W1T), np.empty_like(b1), np.empty_like(W2), np.empty_like(b2)] if grad else \
-            [np.empty((P, 1, 1), np.float32), np.empty((P, 1), np.float32), np.empty((P, 1, 1), np.float32), np.empty((P, 1), np.float32)]
+        if grad:
+            if self._buffers is None:   # reused every step: fresh arrays cost page faults each time
+                self._buffers = [np.empty_like(W1), np.empty_like(b1), np.empty_like(W2), np.empty_like(b2)]
+            grads = self._buffers
+        else:
+            grads = [np.empty((P, 1, 1), np.float32), np.empty((P, 1), np.float32),
+                     np.empty((P, 1, 1), np.float32), np.empty((P, 1), np.float32)]
         loss = np.empty(P, np.float32)
         metric = np.empty(P, np.float32)
-        _mlp(Xn, yn, W1T, b1, W2, b2, self.act, TASKS[task.name], grad, *grads, loss, metric)
+        _mlp(Xn, yn, W1, b1, W2, b2, self.act, TASKS[task.name], grad, *grads, loss, metric,
+             False, _NO_ACTIVE, _NO_COEF, _NO_COEF, _NO_MOMENTS, _NO_LR, _NO_HYPER, loss)
         out = (torch.from_numpy(loss), torch.from_numpy(metric))
         if not grad:
             return out + (None,)
-        gW1 = torch.from_numpy(np.ascontiguousarray(grads[0].transpose(0, 2, 1)))
-        return out + ([gW1] + [torch.from_numpy(g) for g in grads[1:]],)
+        return out + ([torch.from_numpy(g) for g in grads],)
+
+    def optimizer_plan(self, opt, penalties):
+        """Per-parameter (l1, l2) coefficient arrays when the whole step can run fused, else None.
+
+        That is: the optimizer is reglab's Adam/AdamW and every penalty is L1/L2/L1L2."""
+        from ..optim import Adam
+
+        if not isinstance(opt, Adam):
+            return None
+        P = self.params[0].shape[0]
+        l1 = np.zeros((4, P), np.float32)
+        l2 = np.zeros((4, P), np.float32)
+        index = {id(p): i for i, p in enumerate(self.params)}
+        for param, merged in penalties:
+            if merged.custom or id(param) not in index or any(type(g).__name__ != "L1L2" for g in merged.groups):
+                return None
+            for pen in merged.groups:
+                l1[index[id(param)]] += np.broadcast_to(np.asarray(torch.as_tensor(pen.l1).float()), (P,))
+                l2[index[id(param)]] += np.broadcast_to(np.asarray(torch.as_tensor(pen.l2).float()), (P,))
+        return l1, l2
+
+    def train_step(self, X, y, task, opt, coefs, active):
+        """One fused step: data loss, L1/L2 penalties, gradients and the Adam update of every active member.
+
+        Returns per-member data loss, metric and penalty (NaN for inactive members); a member whose
+        loss is not finite is left as it was."""
+        W1, b1, W2, b2 = (p.detach().numpy() for p in self.params)
+        P, H, D = W1.shape
+        K = W2.shape[1]
+        if self._moments is None:
+            self._moments = np.zeros((8, P, max(H * D, K * H, H, K)), np.float32)
+        if self._buffers is None:
+            self._buffers = [np.empty_like(W1), np.empty_like(b1), np.empty_like(W2), np.empty_like(b2)]
+        opt.iterations += 1
+        t = opt.iterations
+        bc1, bc2 = 1 - opt.beta_1 ** t, 1 - opt.beta_2 ** t
+        bias = math.sqrt(bc2) / bc1 if opt.epsilon_hat else 1 / bc1
+        inv = 1.0 if opt.epsilon_hat else 1 / math.sqrt(bc2)
+        hyper = np.array([1 - opt.beta_1, 1 - opt.beta_2, bias, opt.epsilon, inv, opt.weight_decay], np.float32)
+        lr = np.broadcast_to(np.asarray(torch.as_tensor(opt.lr).float()), (P,)).copy()
+        X = X.to(torch.float32)
+        X = X.expand((P,) + X.shape) if X.dim() == 2 else X
+        y = y.to(torch.float32)
+        y = y.unsqueeze(-1) if task.name != "regression" else y
+        y = y.expand((P,) + y.shape) if y.dim() == 2 else y
+        loss = np.empty(P, np.float32)
+        metric = np.empty(P, np.float32)
+        penalty = np.empty(P, np.float32)
+        _mlp(X.numpy(), y.numpy(), W1, b1, W2, b2, self.act, TASKS[task.name], True, *self._buffers, loss, metric,
+             True, active.numpy(), coefs[0], coefs[1], self._moments, lr, hyper, penalty)
+        return torch.from_numpy(loss), torch.from_numpy(metric), torch.from_numpy(penalty)
