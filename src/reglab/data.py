@@ -1,0 +1,524 @@
+"""Datasets for studies: the seeds' generators, scikit-learn's bundled sets, and CSV/NPZ files.
+
+``load(spec)`` turns the ``[data]`` table of a study file (a plain dict) into a :class:`Dataset`:
+float32 features, int64 classes ``0..k-1`` (or float32 regression targets), a train/test split, an
+optional validation part carved from the training rows, and standardisation
+``x' = (x - mean_train) / std_train`` fitted on the training part only (a constant feature has
+std 0 and is divided by 1). Every malformed input raises :class:`DataError`, one line naming the
+file, column or row and the fix.
+
+>>> ds = load({"name": "moons"})
+>>> ds.task, ds.X_train.shape, ds.X_test.shape, ds.info["split"]
+('binary', (30, 2), (70, 2), 'first 30 rows train, remaining 70 test')
+>>> load({"name": "moon"})
+Traceback (most recent call last):
+...
+reglab.data.DataError: [data] name = 'moon' is not a dataset (did you mean 'moons'?); choose one of ...
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+GENERATORS = {  # the seeds' settings: make_moons(100, noise=0.2, random_state=1), make_circles(..., noise=0.1)
+    "moons": {"n_samples": 100, "noise": 0.2, "random_state": 1},
+    "circles": {"n_samples": 100, "noise": 0.1, "random_state": 1, "factor": 0.8},
+}
+BUILTINS = ("breast_cancer", "wine", "iris", "digits", "diabetes")
+FILES = ("csv", "npz")
+NAMES = (*GENERATORS, *BUILTINS, *FILES)
+TASKS = ("binary", "multiclass", "regression")
+SHAPES = ("flat", "image", "sequence")
+GENERATOR_TRAIN_ROWS = 30          # the seeds train on the first 30 generated points
+TEST_FRACTION = 0.3
+# not the generators (the seeds don't standardise them) and not digits (divided by 16 instead)
+STANDARDIZED_BY_DEFAULT = ("csv", "npz", "breast_cancer", "wine", "iris", "diabetes")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class DataError(ValueError):
+    """A data problem the user can fix; the message is one line naming the file, column or row and the fix."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    task: str                      # "binary" | "multiclass" | "regression"
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    X_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    feature_names: list[str] | None = None
+    info: dict = field(default_factory=dict)   # JSON-serialisable: source, rows, split, scaling, shapes, classes
+
+    def validation(self) -> tuple[np.ndarray, np.ndarray]:
+        """The validation data: the carved validation part, else the test part (as the seeds do)."""
+        if self.X_val is None:
+            return self.X_test, self.y_test
+        return self.X_val, self.y_val
+
+
+# ---------------------------------------------------------------------------------------------- spec
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            and math.isfinite(v))
+
+
+# key: (datasets it applies to, allowed choices or (test, description))
+_RULES = {
+    "name": (NAMES, NAMES),
+    "task": (NAMES, TASKS),
+    "train": (NAMES, (lambda v: _is_int(v) and v >= 1, "an int >= 1")),
+    "test_fraction": (NAMES, (lambda v: _is_real(v) and 0 < v < 1, "a float in (0, 1)")),
+    "stratify": (NAMES, (lambda v: isinstance(v, bool), "true or false")),
+    "split_seed": (NAMES, (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)")),
+    "validation": (NAMES, (lambda v: (isinstance(v, str) and v == "test") or (_is_real(v) and 0 < v < 1),
+                           '"test" or a float in (0, 1)')),
+    "standardize": (NAMES, (lambda v: isinstance(v, bool), "true or false")),
+    "n_samples": (tuple(GENERATORS), (lambda v: _is_int(v) and v >= 2, "an int >= 2")),
+    "noise": (tuple(GENERATORS), (lambda v: _is_real(v) and v >= 0, "a float >= 0")),
+    "random_state": (tuple(GENERATORS), (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)")),
+    "factor": (("circles",), (lambda v: _is_real(v) and 0 <= v < 1, "a float in [0, 1)")),
+    "shape": (("digits",), SHAPES),
+    "path": (FILES, (lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "", "a file path")),
+    "label": (("csv",), (lambda v: isinstance(v, str) and v != "", "a column name")),
+    "features": (("csv",), (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(f, str) for f in v),
+                            "a non-empty list of column names")),
+    "delimiter": (("csv",), (lambda v: isinstance(v, str) and len(v) == 1 and v not in '"\r\n',
+                             'one character, e.g. ";" or "\\t"')),
+}
+
+
+def _did_you_mean(word, options) -> str:
+    lowered = {str(o).lower(): o for o in options}
+    close = difflib.get_close_matches(str(word).lower(), lowered, n=1)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+def _check_spec(spec) -> dict:
+    """Validate every key where it enters; return a plain dict of the given values."""
+    if not isinstance(spec, dict):
+        raise DataError(f"[data] must be a table of keys such as name = \"moons\". Got {type(spec).__name__} instead.")
+    for key in spec:
+        if key not in _RULES:
+            raise DataError(f"[data] has an unknown key {key!r}{_did_you_mean(key, _RULES)}; "
+                            f"allowed keys are {', '.join(_RULES)}")
+    if "name" not in spec:
+        raise DataError(f"[data] needs name = one of {', '.join(NAMES)}")
+    name = spec["name"]
+    for key in sorted(spec, key=lambda k: k != "name"):                # name first: the others depend on it
+        value, (applies, rule) = spec[key], _RULES[key]
+        if isinstance(rule, tuple) and isinstance(rule[0], str):      # a list of choices
+            if not isinstance(value, str) or value not in rule:
+                noun = "a dataset" if key == "name" else f"a known {key}"
+                raise DataError(f"[data] {key} = {value!r} is not {noun}{_did_you_mean(value, rule)}; "
+                                f"choose one of {', '.join(rule)}")
+        elif not rule[0](value):
+            raise DataError(f"[data] key {key!r} must be {rule[1]}. Got {value!r} instead.")
+        if name not in applies:
+            raise DataError(f"[data] key {key!r} does not apply to name = {name!r}; it applies to "
+                            f"{', '.join(applies)}; remove it")
+    if "train" in spec and "test_fraction" in spec:
+        raise DataError("[data] gives both 'train' (first-n rows) and 'test_fraction'; keep one of them")
+    return dict(spec)
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+def _resolve(spec, base_dir) -> tuple[Path, str]:
+    if "path" not in spec:
+        raise DataError(f"[data] name = {spec['name']!r} needs path = \"FILE\" (relative to the study file)")
+    shown = str(spec["path"])
+    path = Path(shown).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.exists():
+        raise DataError(f"{shown}: file not found (looked for {path.resolve()}); fix `path` in [data]")
+    if not path.is_file():
+        raise DataError(f"{shown}: not a file (looked at {path.resolve()}); point `path` in [data] at a file")
+    return path, shown
+
+
+def _read_text(path: Path, shown: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{shown}: cannot be read ({e.strerror or e}); check its permissions") from None
+    if not raw.strip():
+        raise DataError(f"{shown}: the file is empty; it needs a header row and data rows")
+    if b"\x00" in raw:
+        raise DataError(f"{shown}: holds binary data, not CSV text; point `path` at a CSV file with a header row")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{shown}: is not UTF-8 text (undecodable byte on line {line}, offset {e.start}); "
+                        f"save it as UTF-8 CSV") from None
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _read_csv(spec, path: Path, shown: str):
+    text = _read_text(path, shown)
+    delimiter = spec.get("delimiter", ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header, rows, lines = None, [], []
+    try:
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue                                              # blank line
+            if header is None:
+                header = [name.strip() for name in row]
+            else:
+                rows.append(row)
+                lines.append(reader.line_num)
+    except csv.Error as e:
+        raise DataError(f"{shown}, line {reader.line_num}: cannot be parsed as CSV ({e}); "
+                        f"check the quoting and `delimiter`") from None
+    if header is None:
+        raise DataError(f"{shown}: holds no rows, only blank lines; it needs a header row and data rows")
+    label, features = _csv_columns(spec, header, shown, delimiter)
+    if not rows:
+        raise DataError(f"{shown}: has a header but no data rows; add rows below the header")
+
+    columns = [header.index(name) for name in features]
+    y_col = header.index(label)
+    X = np.empty((len(rows), len(columns)), dtype=np.float64)
+    labels = []
+    for i, row in enumerate(rows):
+        where = f"{shown}, row {i + 1} (line {lines[i]})"
+        if len(row) != len(header):
+            raise DataError(f"{where}: has {len(row)} fields but the header has {len(header)}; "
+                            f"fix the row or `delimiter`")
+        for k, j in enumerate(columns):
+            X[i, k] = _cell(row[j].strip(), f"{where}, column {header[j]!r}")
+        cell = row[y_col].strip()
+        if not cell:
+            raise DataError(f"{where}, column {label!r}: the label is empty; fill it in or drop the row")
+        labels.append(cell)
+    y = np.array(labels, dtype=str)
+    return X, y, list(features), lambda i: f"{shown}, row {i + 1} (line {lines[i]}), column {label!r}", \
+        f"{shown}, column {label!r}"
+
+
+def _csv_columns(spec, header: list[str], shown: str, delimiter: str) -> tuple[str, list[str]]:
+    """Check the header against `label` and `features`; return both."""
+    for j, name in enumerate(header):
+        if not name:
+            raise DataError(f"{shown}: header column {j + 1} has no name; name every column in the first row")
+        if name in header[:j]:
+            raise DataError(f"{shown}: header names column {name!r} twice; give each column a unique name")
+    if "label" not in spec:
+        raise DataError(f"{shown}: [data] needs label = the label column's name; columns are {_columns(header)}")
+    label = spec["label"]
+    if label not in header:
+        raise DataError(_missing_label(shown, header, label, delimiter))
+    if "features" in spec:
+        features = spec["features"]
+        for j, name in enumerate(features):
+            if name not in header:
+                raise DataError(f"{shown}: requested feature {name!r} is not a column{_did_you_mean(name, header)}; "
+                                f"columns are {_columns(header)}; fix `features` in [data]")
+            if name == label:
+                raise DataError(f"{shown}: column {name!r} is the label and cannot also be a feature; "
+                                f"remove it from `features`")
+            if name in features[:j]:
+                raise DataError(f"{shown}: `features` lists {name!r} twice; list each column once")
+    else:
+        features = [name for name in header if name != label]
+        if not features:
+            raise DataError(f"{shown}: has no feature columns besides the label {label!r}; add feature columns")
+    return label, features
+
+
+def _cell(cell: str, where: str) -> float:
+    if not cell:
+        raise DataError(f"{where}: the cell is empty; fill it in or drop the row")
+    value = _number(cell)
+    if value is None:
+        raise DataError(f"{where}: {cell!r} is not a number; fix the cell or leave the column out of `features`")
+    if math.isnan(value):
+        raise DataError(f"{where}: the cell is NaN; fill in a value or drop the row")
+    if abs(value) > _FLOAT32_MAX:
+        raise DataError(f"{where}: {cell!r} is infinite or beyond float32 range; fix the cell or drop the row")
+    return value
+
+
+def _columns(header) -> str:
+    shown = ", ".join(repr(name) for name in header[:20])
+    return shown + (f", ... ({len(header)} in all)" if len(header) > 20 else "")
+
+
+def _missing_label(shown, header, label, delimiter) -> str:
+    if len(header) == 1:
+        for guess in (",", ";", "\t", "|"):
+            if guess != delimiter and guess in header[0]:
+                return (f"{shown}: the header reads as one column {header[0]!r}, so there is no label column "
+                        f"{label!r}; the delimiter looks like {guess!r}: set delimiter = {guess!r} in [data]")
+    hint = ""
+    if all(_number(name) is not None for name in header):
+        hint = "; the first row looks like data: add a header row"
+    return (f"{shown}: no label column {label!r}{_did_you_mean(label, header)}; "
+            f"columns are {_columns(header)}{hint}")
+
+
+def _read_npz(path: Path, shown: str):
+    fix = "save it with np.savez(path, X=X, y=y)"
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{shown}: not a NumPy .npz file ({_one_line(e)}); {fix}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{shown}: holds a single array, not the arrays X and y; {fix}")
+    with archive:
+        for key in ("X", "y"):
+            if key not in archive.files:
+                held = ", ".join(archive.files) or "nothing"
+                raise DataError(f"{shown}: has no array {key!r} (it holds {held}); {fix}")
+        try:
+            X, y = archive["X"], archive["y"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DataError(f"{shown}: arrays X and y cannot be read ({_one_line(e)}); {fix}") from None
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{shown}: X has dtype {X.dtype}; it must hold numbers")
+    if X.ndim < 2:
+        raise DataError(f"{shown}: X has shape {X.shape}; it needs one row per sample, e.g. X.reshape(-1, 1) "
+                        f"for a single feature")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise DataError(f"{shown}: y has shape {y.shape}; it must be 1-D, one label per row of X")
+    if len(X) != len(y):
+        raise DataError(f"{shown}: X has {len(X)} rows but y has {len(y)}; they must match")
+    if len(X) == 0:
+        raise DataError(f"{shown}: X and y are empty; the file needs data rows")
+    if X.dtype.kind == "f":
+        bad = np.argwhere(~np.isfinite(X) | (np.abs(X) > _FLOAT32_MAX))
+        if len(bad):
+            index = tuple(int(i) for i in bad[0])
+            raise DataError(f"{shown}: X[{', '.join(map(str, index))}] = {float(X[index])!r} is NaN, infinite or "
+                            f"beyond float32 range; fix or drop that row")
+    if y.dtype.kind == "S":
+        try:
+            y = y.astype(str)
+        except UnicodeDecodeError:
+            raise DataError(f"{shown}: y holds bytes that are not text; store labels as numbers or str") from None
+    if y.dtype.kind not in "biufU":
+        raise DataError(f"{shown}: y has dtype {y.dtype}; it must hold numbers or strings")
+    return X.astype(np.float64), y, None, lambda i: f"{shown}, y[{i}]", f"{shown}, y"
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _read_builtin(name: str, spec: dict):
+    from sklearn import datasets
+    if name in GENERATORS:
+        params = {**GENERATORS[name], **{k: spec[k] for k in GENERATORS[name] if k in spec}}
+        make = datasets.make_moons if name == "moons" else datasets.make_circles
+        X, y = make(**params)
+        source = f"sklearn.datasets.make_{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+        return X, y, ["x0", "x1"], source, None
+    bunch = getattr(datasets, f"load_{name}")()
+    names = [str(n) for n in bunch.feature_names]
+    class_names = None if name == "diabetes" else [str(n) for n in bunch.target_names]
+    return bunch.data.astype(np.float64), bunch.target, names, f"sklearn.datasets.load_{name}()", class_names
+
+
+# -------------------------------------------------------------------------------------------- labels
+
+
+def _labels(y: np.ndarray, task: str | None, infer_strictly: bool, where, whole: str):
+    """Return (encoded labels, task, classes): int64 0..k-1 in sorted label order, or float32 targets."""
+    if y.dtype.kind == "U":
+        values = [_number(v) for v in y]
+        if all(v is not None for v in values):
+            y = np.array(values, dtype=np.float64)
+    numeric = y.dtype.kind in "biuf"
+    if numeric:
+        y = y.astype(np.int64 if y.dtype.kind == "b" else y.dtype)
+        if y.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(y) | (np.abs(y) > _FLOAT32_MAX))
+            if bad.size:
+                raise DataError(f"{where(bad[0])}: label {float(y[bad[0]])!r} is NaN, infinite or beyond float32 "
+                                f"range; fix or drop that row")
+    integral = numeric and (y.dtype.kind != "f" or bool(np.all(y == np.round(y))))
+    if task is None and numeric and not integral:
+        task = "regression"
+    if task == "regression":
+        if not numeric:
+            i = next(i for i, v in enumerate(y) if _number(v) is None)
+            raise DataError(f"{where(i)}: {str(y[i])!r} is not a number, but task = \"regression\"; "
+                            f"fix the label or set task = \"binary\" or \"multiclass\"")
+        y = y.astype(np.float64)
+        if np.abs(y).max() > _FLOAT32_MAX:
+            i = int(np.argmax(np.abs(y)))
+            raise DataError(f"{where(i)}: label {float(y[i])!r} is beyond float32 range; rescale the target")
+        return y.astype(np.float32), task, None
+    if numeric and not integral:
+        i = int(np.flatnonzero(y != np.round(y))[0])
+        raise DataError(f"{where(i)}: {float(y[i])!r} is not an integer class label, but task = {task!r}; "
+                        f"set task = \"regression\" or fix the label")
+    classes, encoded = np.unique(y, return_inverse=True)
+    shown = [int(c) if numeric else str(c) for c in classes]
+    if len(classes) < 2:
+        raise DataError(f"{whole}: every label is {shown[0]!r}, a single class; a classifier needs at least 2 "
+                        f"classes — check the label column")
+    if task is None:
+        task = "binary" if len(classes) == 2 else "multiclass"
+        if infer_strictly and numeric and len(classes) > 20 and len(classes) > 0.1 * len(y):
+            raise DataError(f"{whole}: holds {len(classes)} distinct integer values in {len(y)} rows; if they are "
+                            f"targets set task = \"regression\", if classes set task = \"multiclass\" in [data]")
+    elif task == "binary" and len(classes) != 2:
+        raise DataError(f"{whole}: task = \"binary\" needs exactly 2 classes but the labels hold {len(classes)} "
+                        f"({_columns(shown)}); set task = \"multiclass\"")
+    return encoded.reshape(-1).astype(np.int64), task, shown
+
+
+# --------------------------------------------------------------------------------------------- split
+
+
+def _rows_needed(fraction: float, per_part: int) -> int:
+    n = 2
+    while math.ceil(fraction * n) < per_part or n - math.ceil(fraction * n) < per_part:
+        n += 1
+    return n
+
+
+def _fraction_split(y, fraction, stratify, seed, *, what: str, part: str, class_labels):
+    """Indices (keep, held_out) of a shuffled split; ceil(fraction * n) rows are held out."""
+    from sklearn.model_selection import train_test_split
+    n = len(y)
+    per_part = 1
+    if stratify:
+        classes, counts = np.unique(y, return_counts=True)
+        if counts.min() < 2:
+            rare = class_labels[int(classes[counts.argmin()])]
+            raise DataError(f"{part}: class {rare!r} has only 1 row, but the stratified "
+                            f"split {what} needs at least 2 per class; add rows or set stratify = false")
+        per_part = len(classes)
+    held = math.ceil(fraction * n)
+    if held < per_part or n - held < per_part:
+        needed = _rows_needed(fraction, per_part)
+        over = f" stratified over {per_part} classes" if stratify else ""
+        raise DataError(f"{part}: the split {what}{over} needs at least {needed} rows, but there are {n}; "
+                        f"add rows or change the fraction")
+    keep, out = train_test_split(np.arange(n), test_size=held, random_state=seed, shuffle=True,
+                                 stratify=y if stratify else None)
+    return keep, out
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
+    """Load the dataset described by a study file's ``[data]`` table; see the module docstring.
+
+    Relative paths are resolved against ``base_dir`` (the study file's folder), else the working directory.
+    """
+    spec = _check_spec(spec)
+    name = spec["name"]
+    class_names = None
+    if name in FILES:
+        path, source = _resolve(spec, base_dir)
+        read = _read_csv if name == "csv" else (lambda s, p, shown: _read_npz(p, shown))
+        X, raw_y, feature_names, where, whole = read(spec, path, source)
+        default_task, infer_strictly = None, True
+    else:
+        X, raw_y, feature_names, source, class_names = _read_builtin(name, spec)
+        where, whole = (lambda i: f"dataset {name!r}, target[{i}]"), f"dataset {name!r}"
+        default_task, infer_strictly = ("regression" if name == "diabetes" else None), False
+    part = source if name in FILES else f"dataset {name!r}"
+    y, task, classes = _labels(raw_y, spec.get("task", default_task), infer_strictly, where, whole)
+    classify = task != "regression"
+    n = len(y)
+    stratify = spec.get("stratify", classify)
+    if stratify and not classify:
+        raise DataError(f"{part}: stratify = true needs class labels, but the task is regression; remove stratify")
+    seed = spec.get("split_seed", 0)
+
+    if "train" in spec or (name in GENERATORS and "test_fraction" not in spec):
+        n_train = spec.get("train", GENERATOR_TRAIN_ROWS)
+        if n_train >= n:
+            raise DataError(f"{part}: train = {n_train} needs at least {n_train + 1} rows (the rest are the test "
+                            f"part), but there are {n}; lower `train` or add rows")
+        train, test = np.arange(n_train), np.arange(n_train, n)
+        split = f"first {n_train} rows train, remaining {n - n_train} test"
+    else:
+        fraction = spec.get("test_fraction", TEST_FRACTION)
+        train, test = _fraction_split(y, fraction, stratify, seed, what=f"test_fraction = {fraction}", part=part,
+                                      class_labels=classes)
+        split = (f"shuffled (split_seed {seed}){', stratified' if stratify else ''}: "
+                 f"{len(train)} train, {len(test)} test (test_fraction {fraction})")
+    if classify and len(np.unique(y[train])) < 2:
+        raise DataError(f"{part}: the training part ({split}) holds a single class; shuffle the rows or use "
+                        f"test_fraction instead of train")
+
+    val = None
+    validation = spec.get("validation", "test")
+    if validation != "test":
+        keep, held = _fraction_split(y[train], validation, stratify, seed, what=f"validation = {validation}",
+                                     part=f"{part} (training part of {len(train)} rows)", class_labels=classes)
+        train, val = train[keep], train[held]
+        validation = (f"{len(val)} rows carved from the training part ({validation:g}"
+                      f"{', stratified' if stratify else ''}, split_seed {seed})")
+    else:
+        validation = "the test part"
+
+    standardize = spec.get("standardize", name in STANDARDIZED_BY_DEFAULT)
+    flat = X.reshape(n, -1)
+    if standardize:
+        mean = flat[train].mean(axis=0)
+        std = flat[train].std(axis=0)
+        std[std == 0] = 1.0                                           # a constant feature stays finite
+        flat = (flat - mean) / std
+        scaling = "standardized with the training part's mean and std"
+    elif name == "digits":
+        flat = flat / 16.0
+        scaling = "divided by 16 (pixel range 0..16 to 0..1)"
+    else:
+        scaling = "none"
+    X = flat.reshape(X.shape).astype(np.float32)
+    shape = spec.get("shape", "flat")
+    if name == "digits" and shape != "flat":
+        X = X.reshape((n, 1, 8, 8) if shape == "image" else (n, 8, 8))   # sequence: 8 steps (rows) x 8 features
+
+    def part_of(index):
+        return (None, None) if index is None else (X[index], y[index])
+
+    info = {"name": name, "source": source, "rows": n, "task": task, "split": split, "validation": validation,
+            "standardized": bool(standardize), "scaling": scaling,
+            "shapes": {"train": list(X[train].shape), "test": list(X[test].shape),
+                       **({"val": list(X[val].shape)} if val is not None else {})}}
+    if classes is not None:
+        info["classes"] = classes                                     # original label of class index i
+    if class_names is not None:
+        info["class_names"] = class_names
+    if name == "digits":
+        info["shape"] = shape
+    return Dataset(name=name, task=task, X_train=X[train], y_train=y[train], X_test=X[test], y_test=y[test],
+                   X_val=part_of(val)[0], y_val=part_of(val)[1], feature_names=feature_names, info=info)

@@ -1,0 +1,419 @@
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from sklearn.datasets import make_circles, make_moons
+
+from reglab.data import DataError, Dataset, load
+
+
+def write(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def csv_spec(path, **extra):
+    return {"name": "csv", "path": str(path), "label": "y", **extra}
+
+
+def fails(spec, *fragments, base_dir=None):
+    """Assert load(spec) raises a one-line DataError whose message holds every fragment."""
+    with pytest.raises(DataError) as caught:
+        load(spec, base_dir=base_dir)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def two_class_csv(tmp_path, n=20, name="data.csv"):
+    rows = "".join(f"{i},{i * 0.5},{i % 2}\n" for i in range(n))
+    return write(tmp_path, "x1,x2,y\n" + rows, name)
+
+
+# ------------------------------------------------------------------------------------------ built-ins
+
+
+@pytest.mark.parametrize("spec, task, train_shape, test_shape", [
+    ({"name": "moons"}, "binary", (30, 2), (70, 2)),
+    ({"name": "circles"}, "binary", (30, 2), (70, 2)),
+    ({"name": "breast_cancer"}, "binary", (398, 30), (171, 30)),
+    ({"name": "wine"}, "multiclass", (124, 13), (54, 13)),
+    ({"name": "iris"}, "multiclass", (105, 4), (45, 4)),
+    ({"name": "digits"}, "multiclass", (1257, 64), (540, 64)),
+    ({"name": "digits", "shape": "image"}, "multiclass", (1257, 1, 8, 8), (540, 1, 8, 8)),
+    ({"name": "digits", "shape": "sequence"}, "multiclass", (1257, 8, 8), (540, 8, 8)),
+    ({"name": "diabetes"}, "regression", (309, 10), (133, 10)),
+])
+def test_builtin_datasets_load_with_their_shapes_and_task(spec, task, train_shape, test_shape):
+    ds = load(spec)
+    assert isinstance(ds, Dataset) and ds.task == task
+    assert ds.X_train.shape == train_shape and ds.X_test.shape == test_shape
+    assert ds.X_train.dtype == np.float32 and ds.X_test.dtype == np.float32
+    assert ds.y_train.dtype == (np.float32 if task == "regression" else np.int64)
+    assert len(ds.y_train) == train_shape[0] and len(ds.y_test) == test_shape[0]
+    assert np.isfinite(ds.X_train).all() and np.isfinite(ds.X_test).all()
+    assert ds.X_val is None and ds.validation()[0] is ds.X_test and ds.validation()[1] is ds.y_test
+    assert json.loads(json.dumps(ds.info)) == ds.info
+    if task != "regression":
+        assert set(np.unique(ds.y_train)) == set(range(len(ds.info["classes"])))
+
+
+@pytest.mark.parametrize("name, make, params", [
+    ("moons", make_moons, {"n_samples": 100, "noise": 0.2, "random_state": 1}),
+    ("circles", make_circles, {"n_samples": 100, "noise": 0.1, "random_state": 1, "factor": 0.8}),
+])
+def test_generators_default_to_the_seeds_first_30_rows(name, make, params):
+    X, y = make(**params)
+    ds = load({"name": name})
+    np.testing.assert_array_equal(ds.X_train, X[:30].astype(np.float32))
+    np.testing.assert_array_equal(ds.y_train, y[:30])
+    np.testing.assert_array_equal(ds.X_test, X[30:].astype(np.float32))
+    np.testing.assert_array_equal(ds.y_test, y[30:])
+    assert ds.info["standardized"] is False
+
+
+def test_generator_parameters_are_passed_through():
+    X, y = make_moons(n_samples=60, noise=0.3, random_state=7)
+    ds = load({"name": "moons", "n_samples": 60, "noise": 0.3, "random_state": 7, "train": 40})
+    np.testing.assert_array_equal(ds.X_train, X[:40].astype(np.float32))
+    np.testing.assert_array_equal(ds.y_test, y[40:])
+    X, _ = make_circles(n_samples=100, noise=0.1, random_state=1, factor=0.5)
+    np.testing.assert_array_equal(load({"name": "circles", "factor": 0.5}).X_train, X[:30].astype(np.float32))
+
+
+def test_digits_are_scaled_by_16_unless_standardized():
+    flat = load({"name": "digits"})
+    assert flat.X_train.min() == 0.0 and flat.X_train.max() == 1.0
+    image = load({"name": "digits", "shape": "image"})
+    np.testing.assert_array_equal(image.X_train.reshape(len(image.X_train), 64), flat.X_train)
+    sequence = load({"name": "digits", "shape": "sequence"})
+    np.testing.assert_array_equal(sequence.X_train[:, 2, :], flat.X_train[:, 16:24])   # step 2 = image row 2
+    standardized = load({"name": "digits", "standardize": True})
+    assert standardized.X_train.max() > 1.5 and np.isfinite(standardized.X_train).all()
+
+
+# ------------------------------------------------------------------------------------------ splits
+
+
+def imbalanced_csv(tmp_path, n=100, positives=20):
+    rows = "".join(f"{i},{int(i < positives)}\n" for i in range(n))
+    return write(tmp_path, "x,y\n" + rows)
+
+
+def test_stratified_split_keeps_class_ratios(tmp_path):
+    ds = load(csv_spec(imbalanced_csv(tmp_path)))                     # default test_fraction 0.3, stratified
+    assert np.bincount(ds.y_train).tolist() == [56, 14]
+    assert np.bincount(ds.y_test).tolist() == [24, 6]
+
+
+def test_split_seed_reproduces_and_changes_the_split(tmp_path):
+    path = imbalanced_csv(tmp_path)
+    a, b = load(csv_spec(path, split_seed=3)), load(csv_spec(path, split_seed=3))
+    c = load(csv_spec(path, split_seed=4))
+    np.testing.assert_array_equal(a.X_train, b.X_train)
+    assert not np.array_equal(a.X_train, c.X_train)
+
+
+def test_first_n_split_keeps_file_order(tmp_path):
+    ds = load(csv_spec(two_class_csv(tmp_path), train=12, standardize=False))
+    np.testing.assert_array_equal(ds.X_train[:, 0], np.arange(12))
+    np.testing.assert_array_equal(ds.X_test[:, 0], np.arange(12, 20))
+
+
+def test_validation_is_carved_from_training_rows_stratified():
+    full = load({"name": "iris", "standardize": False})
+    ds = load({"name": "iris", "validation": 0.2, "standardize": False})
+    np.testing.assert_array_equal(ds.X_test, full.X_test)
+    assert len(ds.X_val) == 21 and len(ds.X_train) == 84
+    assert np.bincount(ds.y_val).tolist() == [7, 7, 7]
+    rows = lambda X: {tuple(r) for r in X}
+    assert rows(ds.X_val) | rows(ds.X_train) == rows(full.X_train)
+    X_val, y_val = ds.validation()
+    assert X_val is ds.X_val and y_val is ds.y_val
+    assert ds.info["shapes"]["val"] == [21, 4]
+
+
+def test_validation_carving_works_after_a_first_n_split():
+    ds = load({"name": "moons", "validation": 0.2})
+    assert len(ds.X_train) == 24 and len(ds.X_val) == 6 and len(ds.X_test) == 70
+    X, _ = make_moons(n_samples=100, noise=0.2, random_state=1)
+    rows = lambda X: {tuple(r) for r in X}
+    assert rows(ds.X_train) | rows(ds.X_val) == rows(X[:30].astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------ standardisation
+
+
+def test_standardization_uses_training_statistics_only(tmp_path):
+    rows = "".join(f"{i},{i * i},7,{i % 2}\n" for i in range(40))
+    ds = load(csv_spec(write(tmp_path, "a,b,const,y\n" + rows), train=20))
+    np.testing.assert_allclose(ds.X_train[:, :2].mean(axis=0), 0, atol=1e-6)
+    np.testing.assert_allclose(ds.X_train[:, :2].std(axis=0), 1, atol=1e-5)
+    assert ds.X_test[:, 0].mean() > 2                                   # test rows 20..39 lie beyond train's range
+    a = np.arange(40.0)
+    np.testing.assert_allclose(ds.X_test[:, 0], (a[20:] - a[:20].mean()) / a[:20].std(), rtol=1e-5)
+    assert np.isfinite(ds.X_train).all() and np.isfinite(ds.X_test).all()
+    assert (ds.X_train[:, 2] == 0).all() and (ds.X_test[:, 2] == 0).all()   # constant column: std 0 -> divide by 1
+
+
+def test_standardization_after_carving_fits_on_the_remaining_training_rows(tmp_path):
+    ds = load(csv_spec(imbalanced_csv(tmp_path), validation=0.25))
+    assert abs(float(ds.X_train.mean())) < 1e-5
+    assert abs(float(ds.X_val.mean())) > 1e-3
+
+
+def test_standardize_defaults_and_override():
+    assert load({"name": "moons"}).info["standardized"] is False
+    assert load({"name": "wine"}).info["standardized"] is True
+    raw = load({"name": "wine", "standardize": False})
+    assert raw.X_train.max() > 100                                       # proline is in the hundreds
+    ds = load({"name": "moons", "standardize": True})
+    np.testing.assert_allclose(ds.X_train.mean(axis=0), 0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ CSV
+
+
+def test_csv_string_labels_map_in_sorted_order_and_features_subset(tmp_path):
+    rows = "".join(f"{i},{-i},{i * 2},{['emu', 'cat', 'dog'][i % 3]}\n" for i in range(30))
+    path = write(tmp_path, "a,b,c,y\n" + rows)
+    ds = load(csv_spec(path, features=["c", "a"], train=21, standardize=False))
+    assert ds.task == "multiclass" and ds.info["classes"] == ["cat", "dog", "emu"]
+    assert ds.feature_names == ["c", "a"]
+    np.testing.assert_array_equal(ds.X_train[:3], [[0, 0], [2, 1], [4, 2]])
+    assert ds.y_train[:3].tolist() == [2, 0, 1]                          # emu, cat, dog
+
+
+def test_csv_binary_labels_map_to_0_1_and_task_can_be_forced(tmp_path):
+    rows = "".join(f"{i},{[3, 7][i % 2]}\n" for i in range(20))
+    path = write(tmp_path, "x,y\n" + rows)
+    ds = load(csv_spec(path, train=10))
+    assert ds.task == "binary" and ds.info["classes"] == [3, 7]
+    assert ds.y_train.tolist() == [0, 1] * 5
+    assert load(csv_spec(path, task="multiclass")).task == "multiclass"
+
+
+def test_csv_regression_delimiter_quotes_blank_lines_and_base_dir(tmp_path):
+    text = 'x;"note";y\n\n' + "".join(f'{i};"a;b";{i * 0.25 + 0.1}\n' for i in range(20))
+    write(tmp_path, text, "r.csv")
+    ds = load({"name": "csv", "path": "r.csv", "label": "y", "features": ["x"], "delimiter": ";"},
+              base_dir=tmp_path)
+    assert ds.task == "regression" and ds.y_train.dtype == np.float32
+    assert "classes" not in ds.info and ds.info["rows"] == 20
+    np.testing.assert_allclose(np.sort(np.concatenate([ds.y_train, ds.y_test])), np.arange(20) * 0.25 + 0.1, rtol=1e-6)
+
+
+def test_npz_happy_paths(tmp_path):
+    X = np.arange(120, dtype=np.float64).reshape(20, 2, 3)
+    np.savez(tmp_path / "a.npz", X=X, y=np.array(["no", "yes"] * 10))
+    ds = load({"name": "npz", "path": "a.npz", "train": 10, "standardize": False}, base_dir=tmp_path)
+    assert ds.task == "binary" and ds.info["classes"] == ["no", "yes"] and ds.X_train.shape == (10, 2, 3)
+    np.testing.assert_array_equal(ds.X_train, X[:10].astype(np.float32))
+    np.savez(tmp_path / "b.npz", X=np.random.default_rng(0).normal(size=(30, 4)), y=np.linspace(0, 1, 30)[:, None])
+    reg = load({"name": "npz", "path": str(tmp_path / "b.npz")})
+    assert reg.task == "regression" and reg.y_train.shape == (21,)
+    np.testing.assert_allclose(reg.X_train.mean(axis=0), 0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ malformed input
+
+
+def test_missing_file(tmp_path):
+    fails({"name": "csv", "path": "nope.csv", "label": "y"}, "nope.csv", "not found", str(tmp_path), base_dir=tmp_path)
+    fails({"name": "npz", "path": str(tmp_path)}, "not a file")
+
+
+def test_unknown_dataset_name_and_keys():
+    fails({"name": "breast-cancer"}, "'breast-cancer'", "did you mean 'breast_cancer'")
+    fails({"name": "moons", "test_fracton": 0.2}, "'test_fracton'", "did you mean 'test_fraction'")
+    fails({"name": "moons", "shape": "image"}, "'shape'", "digits")
+    fails({"name": "wine", "noise": 0.1}, "'noise'", "moons, circles")
+    fails({"name": "moons", "train": "30"}, "'train'", "an int >= 1", "'30'")
+    fails({"name": "moons", "train": 20, "test_fraction": 0.3}, "'train'", "'test_fraction'")
+    fails({"name": "digits", "shape": "images"}, "'images'", "did you mean 'image'")
+    fails({"name": "iris", "task": "multi"}, "'multi'", "multiclass")
+    fails({"name": "iris", "validation": 1.5}, "'validation'")
+    fails({"task": "binary"}, "needs name")
+    fails({"name": "csv", "label": "y"}, "needs path")
+
+
+def test_missing_label_key_and_column(tmp_path):
+    path = two_class_csv(tmp_path)
+    fails({"name": "csv", "path": str(path)}, "data.csv", "label", "'x1', 'x2', 'y'")
+    fails(csv_spec(path, label="Y"), "data.csv", "'Y'", "did you mean 'y'", "'x1', 'x2', 'y'")
+
+
+def test_requested_feature_missing_or_the_label(tmp_path):
+    path = two_class_csv(tmp_path)
+    fails(csv_spec(path, features=["x1", "x3"]), "data.csv", "'x3'", "`features`")
+    fails(csv_spec(path, features=["x1", "y"]), "data.csv", "'y'", "label")
+
+
+@pytest.mark.parametrize("cell, words", [
+    ("abc", ["'abc' is not a number"]),
+    ("", ["empty"]),
+    ("nan", ["NaN"]),
+    ("inf", ["infinite"]),
+    ("-1e300", ["float32"]),
+])
+def test_bad_cells_name_row_and_column(tmp_path, cell, words):
+    rows = [f"{i},{i},{i % 2}" for i in range(20)]
+    rows[6] = f"6,{cell},0"
+    path = write(tmp_path, "x1,x2,y\n" + "\n".join(rows) + "\n")
+    fails(csv_spec(path), "data.csv", "row 7", "line 8", "column 'x2'", *words)
+
+
+def test_bad_labels_name_the_row(tmp_path):
+    rows = [f"{i},{i % 2}" for i in range(20)]
+    rows[4] = "4,"
+    fails(csv_spec(write(tmp_path, "x,y\n" + "\n".join(rows))), "row 5", "column 'y'", "label is empty")
+    rows[4] = "4,nan"
+    fails(csv_spec(write(tmp_path, "x,y\n" + "\n".join(rows))), "row 5", "column 'y'", "NaN")
+
+
+def test_single_class(tmp_path):
+    path = write(tmp_path, "x,y\n" + "".join(f"{i},1\n" for i in range(20)))
+    fails(csv_spec(path), "data.csv", "column 'y'", "single class")
+    np.savez(tmp_path / "one.npz", X=np.zeros((10, 2)), y=np.zeros(10, dtype=int))
+    fails({"name": "npz", "path": str(tmp_path / "one.npz")}, "one.npz", "single class")
+
+
+def test_training_part_with_a_single_class(tmp_path):
+    rows = "".join(f"{i},{int(i >= 10)}\n" for i in range(20))
+    fails(csv_spec(write(tmp_path, "x,y\n" + rows), train=10), "data.csv", "training part", "single class")
+
+
+def test_too_few_rows_for_the_split(tmp_path):
+    path = write(tmp_path, "x,y\n" + "".join(f"{i},{i % 3}\n" for i in range(6)))
+    fails(csv_spec(path), "data.csv", "stratified over 3 classes", "needs at least 7 rows", "there are 6")
+    assert len(load(csv_spec(write(tmp_path, "x,y\n" + "".join(f"{i},{i % 3}\n" for i in range(7))))).X_test) == 3
+    fails(csv_spec(write(tmp_path, "x,y\n1,0.5\n")), "data.csv", "needs at least 2 rows", "there are 1")
+    fails({"name": "moons", "n_samples": 20}, "train = 30", "at least 31 rows", "there are 20")
+    fails(csv_spec(two_class_csv(tmp_path, n=20), train=30), "data.csv", "at least 31 rows")
+    fails(csv_spec(two_class_csv(tmp_path, n=10), train=4, validation=0.9), "training part of 4 rows",
+          "validation = 0.9", "at least 20 rows")
+
+
+def test_class_with_one_row_cannot_be_stratified(tmp_path):
+    rows = "".join(f"{i},{'a' if i else 'b'}\n" for i in range(20))
+    path = write(tmp_path, "x,y\n" + rows)
+    fails(csv_spec(path), "data.csv", "class 'b' has only 1 row", "stratify = false")
+    assert len(load(csv_spec(path, stratify=False, split_seed=1)).X_test) == 6
+
+
+def test_label_that_does_not_fit_the_task(tmp_path):
+    rows = [f"{i},{i % 3}" for i in range(20)]
+    rows[8] = "8,0.5"
+    fails(csv_spec(write(tmp_path, "x,y\n" + "\n".join(rows)), task="multiclass"),
+          "row 9", "column 'y'", "0.5 is not an integer class label", "regression")
+    rows[8] = "8,cat"
+    fails(csv_spec(write(tmp_path, "x,y\n" + "\n".join(rows)), task="regression"),
+          "row 9", "'cat' is not a number", "regression")
+    rows[8] = "8,2"
+    fails(csv_spec(write(tmp_path, "x,y\n" + "\n".join(rows)), task="binary"), "exactly 2 classes", "3")
+    fails({"name": "iris", "task": "binary"}, "dataset 'iris'", "exactly 2 classes")
+    fails(csv_spec(write(tmp_path, "x,y\n" + "".join(f"{i},{i * 0.1}\n" for i in range(20))), stratify=True),
+          "stratify", "regression")
+
+
+def test_many_integer_labels_are_ambiguous(tmp_path):
+    path = write(tmp_path, "x,y\n" + "".join(f"{i},{i * 3}\n" for i in range(100)))
+    fails(csv_spec(path), "data.csv", "100 distinct integer values", 'task = "regression"')
+    assert load(csv_spec(path, task="regression")).task == "regression"
+
+
+def test_empty_header_only_and_garbage_files(tmp_path):
+    fails(csv_spec(write(tmp_path, "", "empty.csv")), "empty.csv", "empty")
+    fails(csv_spec(write(tmp_path, "  \n\n", "blank.csv")), "blank.csv", "empty")
+    fails(csv_spec(write(tmp_path, "x,y\n", "head.csv")), "head.csv", "no data rows")
+    fails(csv_spec(write(tmp_path, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "img.csv")), "img.csv", "binary")
+    latin = write(tmp_path, "x,y\n1,caf\xe9\n".encode("latin-1"), "latin.csv")
+    fails(csv_spec(latin), "latin.csv", "UTF-8", "line 2", "offset 9")
+
+
+def test_wrong_delimiter_is_detected(tmp_path):
+    path = write(tmp_path, "x1;x2;y\n" + "".join(f"{i};{i};{i % 2}\n" for i in range(20)))
+    fails(csv_spec(path), "data.csv", "one column", "delimiter = ';'")
+    assert load(csv_spec(path, delimiter=";")).X_train.shape == (14, 2)
+
+
+def test_rows_with_wrong_field_count_and_bad_headers(tmp_path):
+    rows = [f"{i},{i},{i % 2}" for i in range(20)]
+    rows[2] = "2,2"
+    fails(csv_spec(write(tmp_path, "x1,x2,y\n" + "\n".join(rows))), "row 3", "2 fields", "header has 3")
+    fails(csv_spec(write(tmp_path, "x,x,y\n1,2,0\n")), "column 'x' twice")
+    fails(csv_spec(write(tmp_path, "x,,y\n1,2,0\n")), "column 2", "no name")
+    fails(csv_spec(write(tmp_path, "1,2,0\n3,4,1\n")), "no label column 'y'", "add a header row")
+    fails(csv_spec(write(tmp_path, "y\n1\n0\n")), "no feature columns")
+
+
+def test_npz_problems(tmp_path):
+    np.savez(tmp_path / "noy.npz", X=np.zeros((10, 2)), labels=np.zeros(10))
+    fails({"name": "npz", "path": str(tmp_path / "noy.npz")}, "noy.npz", "no array 'y'", "labels")
+    np.savez(tmp_path / "len.npz", X=np.zeros((10, 2)), y=np.arange(9) % 2)
+    fails({"name": "npz", "path": str(tmp_path / "len.npz")}, "len.npz", "X has 10 rows but y has 9")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    fails({"name": "npz", "path": str(tmp_path / "one.npy")}, "one.npy", "single array")
+    write(tmp_path, "X,y\n1,2\n", "text.npz")
+    fails({"name": "npz", "path": str(tmp_path / "text.npz")}, "text.npz", "not a NumPy .npz")
+    np.savez(tmp_path / "obj.npz", X=np.array([[1, "a"]], dtype=object), y=np.zeros(1))
+    fails({"name": "npz", "path": str(tmp_path / "obj.npz")}, "obj.npz", "cannot be read")
+    X = np.ones((10, 2))
+    X[3, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=X, y=np.arange(10) % 2)
+    fails({"name": "npz", "path": str(tmp_path / "nan.npz")}, "nan.npz", "X[3, 1]", "NaN")
+    np.savez(tmp_path / "flat.npz", X=np.ones(10), y=np.arange(10) % 2)
+    fails({"name": "npz", "path": str(tmp_path / "flat.npz")}, "flat.npz", "reshape(-1, 1)")
+
+
+# ------------------------------------------------------------------------------------------ fuzzing
+
+
+_CSV_CHARS = st.sampled_from(list("0123456789.,;-+eExyab \n\"'") + ["nan", "inf", "\r\n", "\t", "é"])
+_JUNK = st.tuples(st.sampled_from(["", "x,y\n", "x,a,y\n", "x;y\n"]),
+                  st.one_of(st.text(max_size=200), st.lists(_CSV_CHARS, max_size=120).map("".join)))
+_NUMBER = st.one_of(st.integers(-3, 3).map(str), st.floats(-1e3, 1e3).map(repr))
+_CELL = st.one_of(_NUMBER, _NUMBER, _NUMBER, st.floats().map(repr),
+                  st.sampled_from(["", "abc", "nan", " 1 ", '"2"', "1e39", "-inf", "0x1"]))
+_LABEL = st.one_of(st.sampled_from(["0", "1", "a", "b"]), st.sampled_from(["2", "1.0", "0.5", "", "nan", "x"]))
+
+
+def _tables(cell, label):
+    """CSV text with header x[,a],y and rows of the given cells."""
+    return st.integers(1, 2).flatmap(lambda width: st.lists(
+        st.tuples(st.lists(cell, min_size=width, max_size=width), label), min_size=1, max_size=40).map(
+        lambda rows: ",".join(["x", "a"][:width] + ["y"]) + "\n" + "".join(",".join([*c, y]) + "\n" for c, y in rows)))
+
+
+_SPECS = st.fixed_dictionaries({}, optional={
+    "train": st.integers(1, 12), "task": st.sampled_from(["binary", "multiclass", "regression"]),
+    "validation": st.sampled_from([0.2, 0.5]), "delimiter": st.sampled_from([",", ";"]),
+    "features": st.sampled_from([["x"], ["x", "a"]]), "stratify": st.booleans()})
+
+
+@settings(max_examples=100, deadline=None)
+@given(content=st.one_of(_JUNK.map("".join), st.binary(max_size=100), _tables(_CELL, _LABEL),
+                         _tables(_NUMBER, st.sampled_from(["0", "1", "a", "b"]))), extra=_SPECS)
+def test_fuzzed_csv_loads_or_raises_data_error(content, extra):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fuzz.csv"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        try:
+            ds = load(csv_spec(path, **extra))
+        except DataError as e:
+            assert "\n" not in str(e) and str(e)
+        else:
+            assert np.isfinite(ds.X_train).all() and np.isfinite(ds.X_test).all()
+            assert len(ds.X_train) + len(ds.X_test) + (0 if ds.X_val is None else len(ds.X_val)) == ds.info["rows"]
