@@ -1,0 +1,354 @@
+"""The SQLite record of a study: what has run, with its metrics and learning curves.
+
+One file (``reglab.db`` by default) holds any number of studies. The rules, after sqlite-utils:
+
+- WAL journal, switched on outside any transaction, and a 30 s busy timeout, so that readers never
+  block the writer and two writers wait for each other instead of failing.
+- Every write is one ``BEGIN IMMEDIATE`` transaction: a batch of results is saved whole or not at
+  all, so ``kill -9`` at any moment loses at most the batch in flight and never corrupts the file.
+  ``synchronous = NORMAL``: a commit survives the process being killed; a power cut may drop the
+  last few commits (never corrupting the file), and a resumed study simply re-runs those tasks.
+- The schema is a list of named migrations (``MIGRATIONS``), each applied in its own transaction
+  and recorded in the ``migrations`` table; ``PRAGMA user_version`` holds the schema version.
+  A database from a newer reglab is refused rather than guessed at.
+- One stable key per task, ``UNIQUE (study_id, config_key, seed)``. Saving a finished task again is
+  a no-op (``INSERT OR IGNORE``, the first save wins), so a resumed study never duplicates a row.
+
+Resuming: ``open_study(name, spec)`` stores the study spec as canonical JSON with its sha256. The
+same name with the same spec resumes the study (same id). The same name with a *different* spec is
+refused with a ``StoreError`` that says to rename the study or pick another database -- we refuse
+rather than save a silent new version, because results of two different study files under one
+name would be pooled by every later report.
+
+Dicts (params, metrics, histories, extra) are stored as JSON text. NaN and +-inf are written as the
+JSON5 tokens ``NaN``, ``Infinity`` and ``-Infinity`` (Python's ``json`` and SQLite >= 3.42 read
+them), so a diverged run's ``nan`` loss comes back as ``nan``. As in any JSON, tuples come back as
+lists and dict keys as strings; NumPy arrays and scalars (anything with ``.tolist()``) are stored as
+plain lists and numbers.
+
+>>> with Store(":memory:") as store:
+...     study = store.open_study("moons", {"epochs": 4000})
+...     store.save(study, [{"variant": "l2", "config_key": "l2/lam=0.001", "params": {"lam": 1e-3},
+...                         "seed": 0, "metrics": {"test_accuracy": 0.943, "test_loss": float("nan")},
+...                         "epochs_run": 4000, "diverged": False, "history": {"loss": [0.7, 0.1]}}])
+...     store.done_keys(study)
+...     store.results(study)[0]["metrics"]
+1
+{('l2/lam=0.001', 0)}
+{'test_accuracy': 0.943, 'test_loss': nan}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import sqlite3
+import threading
+from collections.abc import Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "StoreError"]
+
+
+class StoreError(ValueError):
+    """A problem with the database a user pointed at, in one line that suggests the fix."""
+
+
+# Append only: never edit or reorder a migration that has shipped. Each is (name, statements).
+MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
+    ("0001_studies_and_results", (
+        """CREATE TABLE studies (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            spec TEXT NOT NULL,          -- canonical JSON of the study spec
+            spec_hash TEXT NOT NULL,     -- sha256 of spec
+            created TEXT NOT NULL        -- ISO 8601, UTC
+        )""",
+        """CREATE TABLE results (
+            id INTEGER PRIMARY KEY,      -- insertion order
+            study_id INTEGER NOT NULL REFERENCES studies (id),
+            config_key TEXT NOT NULL,    -- stable key of the configuration, e.g. 'l2/lam=0.001'
+            seed INTEGER NOT NULL,
+            variant TEXT NOT NULL,
+            params TEXT NOT NULL,        -- JSON
+            metrics TEXT NOT NULL,       -- JSON, NaN/Infinity allowed
+            epochs_run INTEGER NOT NULL,
+            diverged INTEGER NOT NULL,   -- 0 or 1
+            history TEXT NOT NULL,       -- JSON: name -> per-epoch list
+            extra TEXT NOT NULL,         -- JSON: weight norms, sparsity, ...
+            saved TEXT NOT NULL,         -- ISO 8601, UTC
+            UNIQUE (study_id, config_key, seed)
+        )""",
+    )),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_RECORD_KEYS = ("variant", "config_key", "params", "seed", "metrics", "epochs_run", "diverged", "history")
+_OPTIONAL_KEYS = ("extra",)
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _plain(obj):
+    tolist = getattr(obj, "tolist", None)   # NumPy arrays and scalars, torch tensors
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _dumps(value, what: str, canonical: bool = False) -> str:
+    try:
+        if canonical:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+        return json.dumps(value, default=_plain)
+    except (TypeError, ValueError) as e:   # ValueError: circular reference
+        raise TypeError(f"{what} cannot be stored as JSON: {e}") from e
+
+
+class Store:
+    """A reglab database: studies, and one row per finished (configuration, seed) task.
+
+    ``Store(path)`` opens the file, creating it and applying pending migrations if needed. Use it as
+    a context manager or call ``close()``. One ``Store`` may be shared between threads; several
+    ``Store`` objects (or processes) may write to one file at once.
+
+    Raises ``StoreError`` when the path cannot be opened or written, is not a SQLite file, is
+    another application's SQLite database, or was written by a newer reglab.
+    """
+
+    def __init__(self, path: str | Path = "reglab.db"):
+        self.path = path if str(path) == ":memory:" else Path(path)
+        self._lock = threading.Lock()
+        self._conn = None
+        self._check_file()
+        try:
+            # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
+            self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+            self._check_schema()
+            self._conn.execute("PRAGMA journal_mode = WAL")   # persistent; must run outside a transaction
+            self._conn.execute("PRAGMA synchronous = NORMAL")  # WAL: commits survive kill -9; power loss may drop the last few
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            self.close()
+            if "not a database" in str(e):
+                raise StoreError(f"{self.path} is not a reglab database (not SQLite)") from None
+            raise StoreError(f"cannot use {self.path} as a reglab database: {e}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_file(self) -> None:
+        if self.path == ":memory:":
+            return
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory; give a database file, "
+                             f"e.g. --db {self.path / 'reglab.db'}")
+        if not self.path.parent.is_dir():
+            raise StoreError(f"cannot create {self.path}: directory {self.path.parent} does not exist")
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as f:
+                if f.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                    raise StoreError(f"{self.path} is not a reglab database (not SQLite)")
+
+    def _check_schema(self) -> None:
+        """Refuse, before writing anything, a database that is not ours or is newer than this code."""
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        if tables and "migrations" not in tables:
+            raise StoreError(f"{self.path} is not a reglab database (a SQLite file with tables "
+                             f"{', '.join(sorted(tables))}); use another --db")
+        known = {name for name, _ in MIGRATIONS}
+        unknown = set()
+        if "migrations" in tables:
+            unknown = {row[0] for row in self._conn.execute("SELECT name FROM migrations")} - known
+        if version > SCHEMA_VERSION or unknown:
+            raise StoreError(f"{self.path} was written by a newer reglab (schema version {version}, this "
+                             f"reglab knows up to {SCHEMA_VERSION}); upgrade reglab")
+
+    def _migrate(self) -> None:
+        def applied() -> set[str]:
+            return {row[0] for row in self._conn.execute("SELECT name FROM migrations")}
+
+        has_table = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone()
+        if has_table and applied() >= {name for name, _ in MIGRATIONS}:
+            return   # up to date: reopening writes nothing
+        for version, (name, statements) in enumerate(MIGRATIONS, start=1):
+            with self._transaction():
+                self._conn.execute("CREATE TABLE IF NOT EXISTS migrations "
+                                   "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+                if name in applied():   # re-read inside the lock: another process may have applied it
+                    continue
+                for statement in statements:
+                    self._conn.execute(statement)
+                self._conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, _now()))
+                self._conn.execute(f"PRAGMA user_version = {version}")
+
+    @contextmanager
+    def _transaction(self):
+        """One write transaction: the write lock is taken at BEGIN, everything is undone on any error."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:   # SQLite may already have rolled back (e.g. disk full)
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _operation(self, what: str):
+        """Serialise threads sharing this Store; turn SQLite failures into one-line StoreErrors."""
+        if self._conn is None:
+            raise StoreError(f"{self.path} is closed")
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as e:
+                raise StoreError(f"{what} in {self.path} failed: {e}") from e
+
+    # -- studies -------------------------------------------------------------------------------
+
+    def open_study(self, name: str, spec: Mapping) -> int:
+        """Register study ``name`` with its ``spec`` and return its id; resume it if it already exists.
+
+        The spec is stored as canonical JSON (sorted keys) with its sha256. An existing study with
+        the same hash is resumed (its id is returned); one with a different hash raises StoreError.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"The 'name' parameter of open_study must be a str. Got {type(name).__name__} instead.")
+        if not name.strip():
+            raise ValueError("The 'name' parameter of open_study must be a non-empty str. Got '' instead.")
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"The 'spec' parameter of open_study must be a dict. Got {type(spec).__name__} instead.")
+        text = _dumps(dict(spec), f"the spec of study {name!r}", canonical=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        with self._operation(f"opening study {name!r}"), self._transaction():
+            row = self._conn.execute("SELECT id, spec_hash FROM studies WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return self._conn.execute("INSERT INTO studies (name, spec, spec_hash, created) VALUES (?, ?, ?, ?)",
+                                          (name, text, digest, _now())).lastrowid
+        if row[1] != digest:
+            db = self.path if self.path == ":memory:" else self.path.name
+            raise StoreError(f"study {name!r} already exists in {db} with a different study file; rename the study "
+                             f"(name = \"{name}-2\") or use another --db")
+        return row[0]
+
+    def studies(self) -> list[dict]:
+        """All studies, oldest first: ``name``, ``id``, ``created``, ``n_results``, ``spec_hash``."""
+        with self._operation("listing studies"):
+            rows = self._conn.execute(
+                "SELECT s.name, s.id, s.created, (SELECT count(*) FROM results r WHERE r.study_id = s.id), "
+                "s.spec_hash FROM studies s ORDER BY s.id").fetchall()
+        return [dict(zip(("name", "id", "created", "n_results", "spec_hash"), row)) for row in rows]
+
+    def study(self, name: str) -> dict | None:
+        """The entry of ``studies()`` for ``name`` plus its decoded ``spec``, or None if there is none."""
+        entry = next((s for s in self.studies() if s["name"] == name), None)
+        if entry is not None:
+            with self._operation(f"reading study {name!r}"):
+                (text,) = self._conn.execute("SELECT spec FROM studies WHERE id = ?", (entry["id"],)).fetchone()
+            entry["spec"] = json.loads(text)
+        return entry
+
+    # -- results -------------------------------------------------------------------------------
+
+    def done_keys(self, study_id: int) -> set[tuple[str, int]]:
+        """The ``(config_key, seed)`` pairs of the study that are finished (saved)."""
+        with self._operation("reading finished tasks"):
+            rows = self._conn.execute("SELECT config_key, seed FROM results WHERE study_id = ?", (study_id,))
+            return {(key, seed) for key, seed in rows}
+
+    def save(self, study_id: int, records: list[Mapping]) -> int:
+        """Save finished tasks, all in one transaction; return how many were new.
+
+        Each record has ``variant`` (str), ``config_key`` (str), ``params`` (dict), ``seed`` (int),
+        ``metrics`` (dict), ``epochs_run`` (int), ``diverged`` (bool), ``history`` (dict of lists)
+        and optionally ``extra`` (dict). A task already saved under the same (config_key, seed) is
+        left as it is. If any record is malformed (TypeError/ValueError) or the write fails
+        (StoreError), nothing of the batch is saved.
+        """
+        records = list(records)
+        if not records:
+            return 0
+        inserted = 0
+        with self._operation("saving results"), self._transaction():
+            if self._conn.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone() is None:
+                raise StoreError(f"no study with id {study_id} in {self.path}; call open_study first")
+            saved = _now()
+            for index, record in enumerate(records):
+                row = _encode(index, record)
+                cursor = self._conn.execute(
+                    "INSERT OR IGNORE INTO results (study_id, config_key, seed, variant, params, metrics, "
+                    "epochs_run, diverged, history, extra, saved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (study_id, *row, saved))
+                inserted += cursor.rowcount
+        return inserted
+
+    def results(self, study_id: int) -> list[dict]:
+        """The saved records of the study in the order they were saved, dicts decoded."""
+        with self._operation("reading results"):
+            rows = self._conn.execute(
+                "SELECT variant, config_key, params, seed, metrics, epochs_run, diverged, history, extra "
+                "FROM results WHERE study_id = ? ORDER BY id", (study_id,)).fetchall()
+        return [{"variant": variant, "config_key": key, "params": json.loads(params), "seed": seed,
+                 "metrics": json.loads(metrics), "epochs_run": epochs, "diverged": bool(diverged),
+                 "history": json.loads(history), "extra": json.loads(extra)}
+                for variant, key, params, seed, metrics, epochs, diverged, history, extra in rows]
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (idempotent). The last connection to close folds the WAL into the file."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+
+def _encode(index: int, record: Mapping) -> tuple:
+    """A record as the column values (config_key, seed, variant, params, ..., extra), checked."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"record {index} must be a dict. Got {type(record).__name__} instead.")
+    missing = [key for key in _RECORD_KEYS if key not in record]
+    unknown = [key for key in record if key not in _RECORD_KEYS + _OPTIONAL_KEYS]
+    if missing or unknown:
+        raise ValueError(f"record {index} must have the keys {', '.join(_RECORD_KEYS)} (and optionally extra); "
+                         f"missing {missing}, unknown {unknown}")
+    where = f"record {index} ({record['config_key']!r}, seed {record['seed']!r})"
+    for key in ("variant", "config_key"):
+        if not isinstance(record[key], str):
+            raise TypeError(f"{key} of {where} must be a str. Got {type(record[key]).__name__} instead.")
+    extra = record.get("extra", {})
+    for key, value in (("params", record["params"]), ("metrics", record["metrics"]),
+                       ("history", record["history"]), ("extra", extra)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{key} of {where} must be a dict. Got {type(value).__name__} instead.")
+    try:
+        seed, epochs_run = operator.index(record["seed"]), operator.index(record["epochs_run"])
+    except TypeError as e:
+        raise TypeError(f"seed and epochs_run of {where} must be ints: {e}") from None
+    return (record["config_key"], seed, record["variant"],
+            _dumps(dict(record["params"]), f"params of {where}"),
+            _dumps(dict(record["metrics"]), f"metrics of {where}"),
+            epochs_run, int(bool(record["diverged"])),
+            _dumps(dict(record["history"]), f"history of {where}"),
+            _dumps(dict(extra), f"extra of {where}"))
