@@ -84,3 +84,24 @@ class RNNOutput(nn.Module):
 
     def extra_repr(self):
         return f"return_sequences={self.return_sequences}"
+
+
+class SequenceDropout(nn.Dropout):
+    """Keras's ``LSTM(dropout=rate)``: inverted dropout on a sequence's input features with one
+    mask per sample, shared by every time step (inputs (batch, steps, features))."""
+
+    def noise_shape(self, shape):
+        return (shape[0], 1) + tuple(shape[2:])
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        noise = torch.empty(self.noise_shape(x.shape), dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
+        return x * noise.div_(1 - self.p)
+
+
+class ChannelsFirst(nn.Module):
+    """(batch, steps, features) → (batch, features, steps), for Conv1d/pooling on Keras-layout sequences."""
+
+    def forward(self, x):
+        return x.transpose(1, 2)

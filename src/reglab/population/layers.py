@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import GaussianDropout, GaussianNoise, RNNOutput
+from ..layers import ChannelsFirst, GaussianDropout, GaussianNoise, RNNOutput, SequenceDropout
 
 # Parameter-free, deterministic modules that treat dim 0 as the batch: applied to (P*B, ...).
 STATELESS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
     nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Tanhshrink,
-    nn.LogSigmoid, nn.Identity, nn.Flatten,
+    nn.LogSigmoid, nn.Identity, nn.Flatten, ChannelsFirst, nn.Softmax,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
 )
@@ -168,6 +168,8 @@ class Random(PopLayer):
         if not ctx.training:
             return x
         shape, dtype = x.shape[1:], x.dtype
+        if issubclass(self.kind, SequenceDropout):
+            shape = self.module.noise_shape(shape)
         draws = []
         for i, (rate, gen) in enumerate(zip(self.rates, ctx.noise_generators)):
             if rate == 0:

@@ -1,0 +1,305 @@
+"""Keras-style layer lines → an ``nn.Sequential`` with reglab regularization attached.
+
+Every layer line of the seeds parses as written, e.g.
+``"Dense(500, input_dim=2, activation='relu', kernel_regularizer=l2(0.001))"``. Lines are read
+with :mod:`reglab._parse` (no ``eval``). Tensors keep PyTorch's channels-first layout: image data is
+(N, C, H, W) and sequence data (N, steps, features) as Keras has it; a Conv1D transposes to
+channels-first itself. The model outputs logits: a final ``sigmoid``/``softmax`` activation is
+folded into the loss.
+
+>>> model = build(["Dense(8, input_dim=2, activation='relu', kernel_regularizer=l2(0.001))",
+...                "Dense(1, activation='sigmoid')"], input_shape=(2,))
+>>> model
+Sequential(
+  (0): Linear(in_features=2, out_features=8, bias=True)
+  (1): ReLU()
+  (2): Linear(in_features=8, out_features=1, bias=True)
+)
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import nn
+
+from .. import constraints as C
+from .. import penalties as R
+from .._parse import Call, ParseError, parse_call
+from ..attach import regularize
+from ..layers import ChannelsFirst, GaussianDropout, GaussianNoise, RNNOutput, SequenceDropout
+
+
+class ModelError(ValueError):
+    """A layer line or model description that cannot be built."""
+
+
+ACTIVATIONS = {
+    "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "selu": nn.SELU,
+    "softplus": nn.Softplus, "softsign": nn.Softsign, "swish": nn.SiLU, "silu": nn.SiLU, "gelu": nn.GELU,
+    "hard_sigmoid": nn.Hardsigmoid, "leaky_relu": nn.LeakyReLU, "relu6": nn.ReLU6, "softmax": None, "linear": None,
+}
+_REG_ARGS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "recurrent_regularizer")
+_CON_ARGS = ("kernel_constraint", "bias_constraint", "recurrent_constraint")
+_COMMON = {"name", "input_dim", "input_shape", "kernel_initializer", "bias_initializer", "recurrent_initializer",
+           "activity_regularizer"}
+_OWN_ACTIVITY = {"Dense", "Conv1D", "Conv2D", "LSTM", "GRU", "SimpleRNN"}
+_ALLOWED = {
+    "Dense": {"units", "activation", "use_bias", *_REG_ARGS[:3], *_CON_ARGS[:2]},
+    "Conv1D": {"filters", "kernel_size", "strides", "padding", "activation", "use_bias", "dilation_rate",
+               *_REG_ARGS[:3], *_CON_ARGS[:2]},
+    "Conv2D": {"filters", "kernel_size", "strides", "padding", "activation", "use_bias", "dilation_rate",
+               *_REG_ARGS[:3], *_CON_ARGS[:2]},
+    "LSTM": {"units", "return_sequences", "dropout", "use_bias", *_REG_ARGS, *_CON_ARGS},
+    "GRU": {"units", "return_sequences", "dropout", "use_bias", *_REG_ARGS, *_CON_ARGS, "reset_after"},
+    "SimpleRNN": {"units", "return_sequences", "dropout", "use_bias", "activation", *_REG_ARGS, *_CON_ARGS},
+    "MaxPooling1D": {"pool_size", "strides", "padding"}, "MaxPooling2D": {"pool_size", "strides", "padding"},
+    "AveragePooling1D": {"pool_size", "strides", "padding"}, "AveragePooling2D": {"pool_size", "strides", "padding"},
+    "Flatten": set(), "Dropout": {"rate"}, "GaussianNoise": {"stddev"}, "GaussianDropout": {"rate"},
+    "Activation": {"activation"}, "ActivityRegularization": {"l1", "l2"},
+}
+_POSITIONAL = {"Dense": ["units"], "Conv1D": ["filters", "kernel_size"], "Conv2D": ["filters", "kernel_size"],
+               "LSTM": ["units"], "GRU": ["units"], "SimpleRNN": ["units"], "MaxPooling1D": ["pool_size"],
+               "MaxPooling2D": ["pool_size"], "AveragePooling1D": ["pool_size"], "AveragePooling2D": ["pool_size"],
+               "Dropout": ["rate"], "GaussianNoise": ["stddev"], "GaussianDropout": ["rate"], "Activation": ["activation"]}
+_ALIASES = {"Convolution1D": "Conv1D", "Convolution2D": "Conv2D", "MaxPool1D": "MaxPooling1D",
+            "MaxPool2D": "MaxPooling2D", "AvgPool1D": "AveragePooling1D", "AvgPool2D": "AveragePooling2D"}
+
+
+def parse_line(line: str) -> tuple[str, dict]:
+    """``"Dense(500, activation='relu')"`` → ``("Dense", {"units": 500, "activation": "relu"})``."""
+    try:
+        call = parse_call(line, "layer")
+    except ParseError as exc:
+        raise ModelError(str(exc)) from None
+    kind = _ALIASES.get(call.name, call.name)
+    if kind not in _ALLOWED:
+        close = difflib.get_close_matches(kind, list(_ALLOWED), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known layers: {', '.join(sorted(_ALLOWED))}"
+        raise ModelError(f"Unknown layer {call.name!r} in {line!r}{hint}")
+    names = _POSITIONAL.get(kind, [])
+    if len(call.args) > len(names):
+        raise ModelError(f"{line!r}: {kind} takes at most {len(names)} positional argument(s) ({', '.join(names) or 'none'}).")
+    args = dict(zip(names, call.args))
+    for key, value in call.kwargs.items():
+        if key in args:
+            raise ModelError(f"{line!r}: {key!r} is given twice.")
+        args[key] = value
+    allowed = _ALLOWED[kind] | _COMMON
+    for key in args:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ModelError(f"{line!r}: {kind} has no argument {key!r}{hint}")
+    return kind, args
+
+
+def _rule(value, getter, where):
+    if value is None:
+        return None
+    try:
+        if isinstance(value, Call):
+            return (R.from_call if getter is R.get else C.from_call)(value)
+        return getter(value)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{where}: {exc}") from None
+
+
+def _activation(name, where):
+    if name is None:
+        return None
+    if isinstance(name, Call):
+        name = name.name
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ModelError(f"{where}: unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}.")
+    return name
+
+
+def _pair(value, n, where, what):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    if isinstance(value, tuple) and len(value) == n and all(isinstance(v, int) and v > 0 for v in value):
+        return value
+    raise ModelError(f"{where}: {what} must be an int or a tuple of {n} ints. Got {value!r}.")
+
+
+def build(lines: list[str], input_shape: tuple[int, ...], *, task: str | None = None,
+          activity_convention: str = "mean") -> nn.Sequential:
+    """Build the model the layer ``lines`` describe for inputs of ``input_shape`` (without batch)."""
+    if not isinstance(lines, (list, tuple)) or not lines:
+        raise ModelError("The model needs a non-empty list of layer lines, e.g. [\"Dense(1, activation='sigmoid')\"].")
+    modules: list[nn.Module] = []
+    shape = tuple(input_shape)
+    for index, line in enumerate(lines):
+        if not isinstance(line, str):
+            raise ModelError(f"Layer {index} must be a string such as \"Dense(10)\". Got {line!r}.")
+        kind, args = parse_line(line)
+        where = f"layer {index} {line!r}"
+        last = index == len(lines) - 1
+        for key in ("input_dim", "input_shape"):
+            if key in args and index == 0:
+                given = (args[key],) if key == "input_dim" else tuple(args[key])
+                if tuple(given) != shape[-len(given):] and tuple(given) != shape:
+                    raise ModelError(f"{where}: {key}={args[key]!r} does not fit the data, whose samples have shape {shape}.")
+        shape = _add(kind, args, shape, modules, where, last, task, activity_convention)
+        if kind not in _OWN_ACTIVITY and args.get("activity_regularizer") is not None:
+            # Any Keras layer takes an activity regularizer on its output.
+            _attach(modules[-1], {}, {}, _rule(args["activity_regularizer"], R.get, where), where, activity_convention)
+    return nn.Sequential(*modules)
+
+
+def _add(kind, args, shape, modules, where, last, task, convention):
+    regs = {k: _rule(args.get(k), R.get, where) for k in _REG_ARGS}
+    cons = {k: _rule(args.get(k), C.get, where) for k in _CON_ARGS}
+    activation = _activation(args.get("activation"), where) if kind not in ("LSTM", "GRU") else None
+    bias = bool(args.get("use_bias", True))
+    core = None
+    if kind == "Dense":
+        units = _positive(args.get("units"), where, "units")
+        core = nn.Linear(shape[-1], units, bias=bias)
+        shape = shape[:-1] + (units,)
+    elif kind in ("Conv1D", "Conv2D"):
+        n = 1 if kind == "Conv1D" else 2
+        filters = _positive(args.get("filters"), where, "filters")
+        ksize = _pair(args.get("kernel_size"), n, where, "kernel_size")
+        strides = _pair(args.get("strides", 1), n, where, "strides")
+        dilation = _pair(args.get("dilation_rate", 1), n, where, "dilation_rate")
+        padding = args.get("padding", "valid")
+        if padding not in ("valid", "same"):
+            raise ModelError(f"{where}: padding must be 'valid' or 'same'. Got {padding!r}.")
+        if padding == "same" and strides != (1,) * n:
+            raise ModelError(f"{where}: padding='same' needs strides=1 in PyTorch.")
+        if kind == "Conv1D":
+            if len(shape) != 2:
+                raise ModelError(f"{where}: Conv1D needs samples of shape (steps, features); these have shape {shape}.")
+            modules.append(ChannelsFirst())
+            shape = (shape[1], shape[0])
+        elif len(shape) != 3:
+            raise ModelError(f"{where}: Conv2D needs samples of shape (channels, height, width); these have shape {shape}.")
+        conv = nn.Conv1d if n == 1 else nn.Conv2d
+        core = conv(shape[0], filters, ksize, stride=strides, padding=padding, dilation=dilation, bias=bias)
+        shape = _probe(core, shape, where)
+    elif kind in ("LSTM", "GRU", "SimpleRNN"):
+        if len(shape) != 2:
+            raise ModelError(f"{where}: {kind} needs samples of shape (steps, features); these have shape {shape}.")
+        units = _positive(args.get("units"), where, "units")
+        rate = args.get("dropout", 0.0)
+        if rate:
+            modules.append(SequenceDropout(rate))
+        if kind == "SimpleRNN":
+            act = args.get("activation", "tanh")
+            if act not in ("tanh", "relu"):
+                raise ModelError(f"{where}: SimpleRNN supports activation 'tanh' or 'relu'. Got {act!r}.")
+            core = nn.RNN(shape[1], units, batch_first=True, nonlinearity=act, bias=bias)
+        else:
+            core = (nn.LSTM if kind == "LSTM" else nn.GRU)(shape[1], units, batch_first=True, bias=bias)
+        seq = bool(args.get("return_sequences", False))
+        _attach(core, regs, cons, None, where, convention)
+        modules.append(core)
+        out = RNNOutput(return_sequences=seq)
+        modules.append(out)
+        if regs["activity_regularizer"] is not None:
+            _attach(out, {}, {}, regs["activity_regularizer"], where, convention)
+        return (shape[0], units) if seq else (units,)
+    elif kind in ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"):
+        n = 1 if kind.endswith("1D") else 2
+        size = _pair(args.get("pool_size", 2), n, where, "pool_size")
+        strides = _pair(args.get("strides") or size, n, where, "strides")
+        if args.get("padding", "valid") != "valid":
+            raise ModelError(f"{where}: only padding='valid' pooling is supported.")
+        cls = {("Max", 1): nn.MaxPool1d, ("Max", 2): nn.MaxPool2d, ("Ave", 1): nn.AvgPool1d, ("Ave", 2): nn.AvgPool2d}[(kind[:3], n)]
+        if n == 1 and (not modules or not _channels_first(modules)):
+            if len(shape) != 2:
+                raise ModelError(f"{where}: {kind} needs samples of shape (steps, features); these have shape {shape}.")
+            modules.append(ChannelsFirst())
+            shape = (shape[1], shape[0])
+        core = cls(size, stride=strides)
+        modules.append(core)
+        return _probe(core, shape, where, add=False)
+    elif kind == "Flatten":
+        modules.append(nn.Flatten())
+        size = 1
+        for s in shape:
+            size *= s
+        return (size,)
+    elif kind == "Dropout":
+        modules.append(nn.Dropout(_fraction(args.get("rate"), where, "rate")))
+        return shape
+    elif kind == "GaussianNoise":
+        modules.append(GaussianNoise(_nonneg(args.get("stddev"), where, "stddev")))
+        return shape
+    elif kind == "GaussianDropout":
+        modules.append(GaussianDropout(_fraction(args.get("rate"), where, "rate")))
+        return shape
+    elif kind == "Activation":
+        act = _activation(args.get("activation"), where)
+        module = _activation_module(act, last, task)
+        modules.append(module)
+        return shape
+    elif kind == "ActivityRegularization":
+        module = nn.Identity()
+        modules.append(module)
+        _attach(module, {}, {}, R.L1L2(l1=args.get("l1", 0.0), l2=args.get("l2", 0.0)), where, convention)
+        return shape
+    modules.append(core)
+    act_module = _activation_module(activation, last, task) if activation else None
+    if act_module is not None and not isinstance(act_module, nn.Identity):
+        modules.append(act_module)
+    # Keras applies a layer's activity regularizer to its output, i.e. after its activation.
+    activity_target = act_module if act_module is not None and not isinstance(act_module, nn.Identity) else core
+    _attach(core, regs, cons, None, where, convention)
+    if regs["activity_regularizer"] is not None:
+        _attach(activity_target, {}, {}, regs["activity_regularizer"], where, convention)
+    return shape
+
+
+def _channels_first(modules):
+    return any(isinstance(m, ChannelsFirst) for m in modules)
+
+
+def _activation_module(name, last, task):
+    if name in (None, "linear"):
+        return nn.Identity()
+    if last and (name, task) in (("sigmoid", None), ("sigmoid", "binary"), ("softmax", None), ("softmax", "multiclass")):
+        return nn.Identity()    # folded into the loss: the model outputs logits
+    if name == "softmax":
+        return nn.Softmax(dim=-1)
+    return ACTIVATIONS[name]()
+
+
+def _attach(module, regs, cons, activity, where, convention):
+    try:
+        regularize(module, kernel=regs.get("kernel_regularizer"), bias=regs.get("bias_regularizer"),
+                   recurrent=regs.get("recurrent_regularizer"), activity=activity,
+                   kernel_constraint=cons.get("kernel_constraint"), bias_constraint=cons.get("bias_constraint"),
+                   recurrent_constraint=cons.get("recurrent_constraint"), activity_convention=convention)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{where}: {exc}") from None
+
+
+def _probe(core, shape, where, add=True):
+    try:
+        with torch.no_grad():
+            out = core(torch.zeros((1,) + tuple(shape)))
+    except RuntimeError as exc:
+        raise ModelError(f"{where}: does not fit inputs of shape {shape}: {str(exc).splitlines()[0]}") from None
+    return tuple(out.shape[1:])
+
+
+def _positive(value, where, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{where}: {what} must be a positive int. Got {value!r}.")
+    return value
+
+
+def _fraction(value, where, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ModelError(f"{where}: {what} must be a number in [0, 1). Got {value!r}.")
+    return float(value)
+
+
+def _nonneg(value, where, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ModelError(f"{where}: {what} must be a finite number >= 0. Got {value!r}.")
+    return float(value)

@@ -1,0 +1,259 @@
+"""Run a study: train every (variant, seed) as populations, keep results in the store, summarise.
+
+Re-running a study resumes it: (configuration, seed) pairs already in the store are not trained
+again. Results are saved population by population, each in one transaction, so an interrupted
+run loses at most the members in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import data as data_mod
+from .. import diagnose, stats
+from ..callbacks import EarlyStopping
+from ..population import train_population
+from . import spec as S
+
+HISTORY_POINTS = 500   # histories are kept at up to this many evenly spaced epochs
+
+
+@dataclass
+class StudyRun:
+    study: S.Study
+    dataset: object
+    records: list
+    summary: dict = field(default_factory=dict)
+    trained: int = 0          # members trained by this call (the rest came from the store)
+
+
+def _group_key(training: dict) -> str:
+    shared = {k: v for k, v in training.items() if k != "lr"}
+    return json.dumps(shared, sort_keys=True)
+
+
+def _early_stopping(training):
+    es = training.get("early_stopping")
+    return EarlyStopping(**es) if es else None
+
+
+def prepare(study: S.Study):
+    """Load the data and build every variant's model once, so that a study that cannot run is
+    rejected before anything is written."""
+    dataset = data_mod.load(study.data, base_dir=study.base_dir)
+    build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
+    for v in study.variants:
+        model = build(v.name)
+        try:
+            with torch.no_grad():
+                model.eval()(torch.as_tensor(dataset.X_train[:2]))
+        except RuntimeError as exc:
+            raise S.StudyError(f"variants.{v.name}: the model does not fit the data: {str(exc).splitlines()[0]}") from None
+    return dataset
+
+
+def run(study: S.Study, store=None, *, dataset=None, progress=None, echo=None) -> StudyRun:
+    """Run (or resume) ``study``; returns every record and the summary."""
+    dataset = prepare(study) if dataset is None else dataset
+    study_id = store.open_study(study.name, study.as_dict()) if store is not None else None
+    records = store.results(study_id) if store is not None else []
+    run_ = StudyRun(study, dataset, records)
+    _train(study, study.variants, dataset, store, study_id, run_, progress, echo)
+    if study.protocol == "grid" and study.grid.get("refine", True) and len(S.values(study.grid)) == 1:
+        refined = _refined_variants(study, run_.records, dataset.task)
+        if refined:
+            study.variants = sorted(study.variants + refined, key=lambda v: v.params.get("value", -1.0))
+            _train(study, refined, dataset, store, study_id, run_, progress, echo)
+    keys = {v.key for v in study.variants}
+    run_.records = [r for r in run_.records if r["config_key"] in keys]
+    run_.summary = summarize(study, run_.records, dataset)
+    return run_
+
+
+def _train(study, variants, dataset, store, study_id, run_, progress, echo):
+    done = {(r["config_key"], r["seed"]) for r in run_.records}
+    groups: dict[str, list] = {}
+    for v in variants:
+        groups.setdefault(_group_key(v.training), []).append(v)
+    build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
+    for members in groups.values():
+        by_missing: dict[tuple, list] = {}
+        for v in members:
+            missing = tuple(s for s in study.seeds if (v.key, s) not in done)
+            if missing:
+                by_missing.setdefault(missing, []).append(v)
+        for seeds, vs in by_missing.items():
+            training = vs[0].training
+            if echo:
+                echo(f"training {len(vs)} variant(s) × {len(seeds)} seed(s) = {len(vs) * len(seeds)} members")
+            result = train_population(
+                build, [{"variant": v.name} for v in vs], list(seeds), train=(dataset.X_train, dataset.y_train),
+                validation=dataset.validation(), epochs=training.get("epochs", 100),
+                batch_size=training.get("batch_size"), optimizer=training.get("optimizer"),
+                lr=[v.training.get("lr") for v in vs], weight_decay=training.get("weight_decay"),
+                momentum=training.get("momentum", 0.0), task=dataset.task, preset=training.get("preset", "keras"),
+                early_stopping=_early_stopping(training), progress=progress)
+            new = [_record(vs[m["config_index"]], m["seed"], i, result, dataset) for i, m in enumerate(result.members)]
+            if store is not None:
+                store.save(study_id, new)
+            run_.records.extend(new)
+            run_.trained += len(new)
+
+
+def _downsample(values: np.ndarray, epochs_run: int):
+    values = values[:epochs_run]
+    if epochs_run <= HISTORY_POINTS:
+        idx = np.arange(epochs_run)
+    else:
+        idx = np.unique(np.linspace(0, epochs_run - 1, HISTORY_POINTS).round().astype(int))
+    return idx, values[idx]
+
+
+def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
+    model = result.models[i]
+    task = result.task
+    metric = task.metric
+    from ..training import evaluate
+
+    train_eval = evaluate(model, (dataset.X_train, dataset.y_train), task=task, batch_size=result.batch_size)
+    test_eval = evaluate(model, (dataset.X_test, dataset.y_test), task=task, batch_size=result.batch_size)
+    epochs_run = int(result.epochs_run[i])
+    history, idx = {}, None
+    for key, values in result.history.items():
+        idx, kept = _downsample(values[i], epochs_run)
+        history[key] = [float(v) for v in kept]
+    history["epoch"] = [int(e) for e in (idx if idx is not None else [])]
+    with torch.no_grad():
+        out = model(torch.as_tensor(dataset.X_test))
+        proba = task.predict(out).numpy().round(5).tolist()
+    metrics = {f"train_{metric}": train_eval[metric], f"test_{metric}": test_eval[metric],
+               "train_loss": train_eval["loss"], "test_loss": test_eval["loss"],
+               "train_data_loss": train_eval["data_loss"], "test_data_loss": test_eval["data_loss"]}
+    return {
+        "variant": variant.name, "config_key": variant.key, "params": variant.params, "seed": int(seed),
+        "metrics": metrics, "epochs_run": epochs_run, "diverged": bool(result.diverged[i]), "history": history,
+        "extra": {"weight_norms": diagnose.weight_norms(model),
+                  "sparsity": diagnose.activation_sparsity(model, dataset.X_test),
+                  "test_proba": proba, "best_epoch": int(result.best_epoch[i]),
+                  "stopped_epoch": int(result.stopped_epoch[i]), "snippet": diagnose.snippet(model)},
+    }
+
+
+def _refined_variants(study, records, task):
+    metric = "accuracy" if task != "regression" else "mae"
+    strengths, scores = _grid_scores(study, records, metric)
+    if len(strengths) < 2:
+        return []
+    low, high = stats.choose_decade(strengths, scores, higher_is_better=metric == "accuracy")
+    tried = set(strengths)
+    points = [v for v in stats.refine_grid(low, high, study.grid.get("refine_points", 5)) if v not in tried]
+    if not points:
+        return []
+    return S.grid_variants(study, {"value": points}, only=[{"value": v} for v in points])
+
+
+def _grid_scores(study, records, metric):
+    by_value: dict[float, dict] = {}
+    for r in records:
+        if "value" in r["params"]:
+            by_value.setdefault(r["params"]["value"], {})[r["seed"]] = r["metrics"][f"test_{metric}"]
+    strengths = sorted(by_value)
+    scores = np.array([[by_value[v].get(s, np.nan) for s in study.seeds] for v in strengths], dtype=float)
+    return strengths, scores
+
+
+def summarize(study: S.Study, records: list, dataset) -> dict:
+    """Per-variant statistics, paired comparisons to the baseline (Holm), diagnosis and the winner."""
+    metric = "accuracy" if dataset.task != "regression" else "mae"
+    higher = metric == "accuracy"
+    names = [v.name for v in study.variants]
+    by_variant = {n: {r["seed"]: r for r in records if r["variant"] == n} for n in names}
+    seeds = study.seeds
+    rows = []
+    base = by_variant[study.baseline]
+    base_test = np.array([base[s]["metrics"][f"test_{metric}"] if s in base else np.nan for s in seeds])
+    for name in names:
+        recs = by_variant[name]
+        test = np.array([recs[s]["metrics"][f"test_{metric}"] if s in recs else np.nan for s in seeds])
+        train = np.array([recs[s]["metrics"][f"train_{metric}"] if s in recs else np.nan for s in seeds])
+        row = {"variant": name, "params": next(iter(recs.values()))["params"] if recs else {},
+               "n": int(np.isfinite(test).sum()), "train": stats.describe(train), "test": stats.describe(test),
+               "diverged": int(sum(r["diverged"] for r in recs.values())),
+               "epochs_run": float(np.mean([r["epochs_run"] for r in recs.values()])) if recs else float("nan")}
+        if name != study.baseline:
+            row["paired"] = stats.paired(test, base_test, higher_is_better=higher)
+        row["diagnosis"] = _diagnosis(list(recs.values()), metric, dataset)
+        rows.append(row)
+    compared = [r for r in rows if "paired" in r]
+    adjusted = stats.holm([r["paired"]["p_value"] for r in compared]) if compared else []
+    for r, p in zip(compared, adjusted):
+        r["p_holm"] = float(p)
+        r["verdict"] = stats.verdict(r["paired"], p, higher_is_better=higher)
+    summary = {"study": study.name, "question": study.question, "protocol": study.protocol, "metric": metric,
+               "baseline": study.baseline, "seeds": len(seeds), "task": dataset.task, "rows": rows}
+    finite = [r for r in rows if r["n"]]
+    if finite:
+        best = (max if higher else min)(finite, key=lambda r: r["test"]["mean"])
+        summary["winner"] = best["variant"]
+        first = next(iter(by_variant[best["variant"]].values()), None)
+        summary["snippet"] = first["extra"]["snippet"] if first else ""
+    if study.protocol == "grid" and len(S.values(study.grid)) == 1:
+        strengths, scores = _grid_scores(study, records, metric)
+        if len(strengths) >= 2:
+            summary["grid"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in
+                               stats.one_se_rule(np.array(strengths), scores, higher_is_better=higher).items()}
+            summary["grid"]["strengths"] = strengths
+    return summary
+
+
+def _diagnosis(recs, metric, dataset) -> dict:
+    if not recs:
+        return {}
+    train = float(np.nanmean([r["metrics"][f"train_{metric}"] for r in recs]))
+    test = float(np.nanmean([r["metrics"][f"test_{metric}"] for r in recs]))
+    length = min(len(r["history"].get("val_loss", [])) for r in recs)
+    mean_curve = {"val_loss": np.nanmean([r["history"]["val_loss"][:length] for r in recs], axis=0)} if length else {}
+    out = diagnose.fit_verdict(mean_curve, train, test, metric)
+    if "best_val_epoch" in out and length:
+        out["best_val_epoch"] = int(recs[0]["history"]["epoch"][out["best_val_epoch"]])
+    norms: dict = {}
+    for r in recs:
+        for layer, values in r["extra"]["weight_norms"].items():
+            for k, v in values.items():
+                norms.setdefault(layer, {}).setdefault(k, []).append(v)
+    out["weight_norms"] = {layer: {k: float(np.mean(v)) for k, v in d.items()} for layer, d in norms.items()}
+    sparsity: dict = {}
+    for r in recs:
+        for layer, values in r["extra"]["sparsity"].items():
+            for k, v in values.items():
+                sparsity.setdefault(layer, {}).setdefault(k, []).append(v)
+    out["sparsity"] = {layer: {k: float(np.mean(v)) for k, v in d.items()} for layer, d in sparsity.items()}
+    if dataset.task != "regression":
+        proba = np.array([r["extra"]["test_proba"] for r in recs if not r["diverged"]], dtype=float)
+        if len(proba):
+            out["ensemble_accuracy"] = float(stats.ensemble_accuracy(proba, dataset.y_test))
+            out["mean_member_accuracy"] = test
+    return out
+
+
+def from_store(store, name: str) -> StudyRun:
+    """Rebuild a study's run from the database alone (for status, export and reports)."""
+    row = store.study(name)
+    if row is None:
+        raise S.StudyError(f"no study {name!r} in the database; `reglab list` shows what is there.")
+    study = S.from_dict(row["spec"])
+    records = store.results(row["id"])
+    if study.protocol == "grid":
+        known = {v.key for v in study.variants}
+        extra = sorted({r["params"]["value"] for r in records if r["config_key"] not in known and "value" in r["params"]})
+        if extra:
+            study.variants += S.grid_variants(study, {"value": extra}, only=[{"value": v} for v in extra])
+            study.variants.sort(key=lambda v: v.params.get("value", -1.0))
+    dataset = data_mod.load(study.data, base_dir=study.base_dir)
+    keys = {v.key for v in study.variants}
+    records = [r for r in records if r["config_key"] in keys]
+    return StudyRun(study, dataset, records, summarize(study, records, dataset))

@@ -1,0 +1,411 @@
+"""Study files (TOML): validated into a :class:`Study`, with errors that point at the key.
+
+See the README's "Study files" section for the format; ``examples/`` holds one per seed case study.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib
+import json
+import math
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from . import keras
+
+
+class StudyError(ValueError):
+    """A study file that cannot be run; the message names the key and the fix."""
+
+
+TOP_KEYS = {"name", "question", "protocol", "seeds", "baseline", "data", "model", "training", "variants", "grid"}
+MODEL_KEYS = {"layers", "factory", "rules", "activity_convention"}
+TRAINING_KEYS = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "preset", "early_stopping"}
+VARIANT_KEYS = {"layers", "insert", "replace", "rules", "training", "activity_convention", "description"}
+GRID_KEYS = {"variant", "values", "refine", "refine_points", "include_none", "parameter"}
+EARLY_KEYS = {"monitor", "min_delta", "patience", "mode", "baseline", "restore_best_weights", "start_from_epoch"}
+RULE_KEYS = {"kernel", "bias", "recurrent", "activity", "kernel_constraint", "bias_constraint", "recurrent_constraint"}
+DEFAULT_DECADES = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+
+
+def _unknown(keys, allowed, where):
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
+            raise StudyError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _table(value, where) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StudyError(f"{where} must be a table (e.g. [{where}] or {{...}}). Got {value!r}.")
+    return value
+
+
+@dataclass
+class Variant:
+    """One configuration of a study: a named change of the base model and training."""
+
+    name: str
+    layers: list | None = None          # Keras lines after the change (layer-line models)
+    rules: dict = field(default_factory=dict)   # module name -> regularize kwargs (factory models)
+    training: dict = field(default_factory=dict)
+    activity_convention: str = "mean"
+    params: dict = field(default_factory=dict)  # what was varied, e.g. {"value": 0.001}
+
+    @property
+    def key(self) -> str:
+        """Stable key of the configuration in the store."""
+        return self.name + " " + json.dumps({"layers": self.layers, "rules": self.rules, "training": self.training,
+                                             "activity": self.activity_convention}, sort_keys=True, default=str)
+
+
+@dataclass
+class Study:
+    name: str
+    protocol: str
+    seeds: list[int]
+    data: dict
+    model: dict
+    training: dict
+    variants: list[Variant]
+    baseline: str
+    question: str = ""
+    grid: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+    base_dir: Path = Path(".")
+
+    def as_dict(self) -> dict:
+        """The study as given (the store keeps it and refuses a changed study under the same name)."""
+        return self.raw
+
+
+def load(path: str | Path, *, seeds: int | None = None, epochs: int | None = None) -> Study:
+    """Read and validate a study file; ``seeds``/``epochs`` override the file's values."""
+    path = Path(path)
+    if not path.exists():
+        raise StudyError(f"Study file {str(path)!r} does not exist; check the path.")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise StudyError(f"Study file {str(path)!r} is not UTF-8 text; save it as a TOML text file.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"Study file {str(path)!r} is not valid TOML: {exc}.") from None
+    return from_dict(raw, base_dir=path.parent, seeds=seeds, epochs=epochs)
+
+
+def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None, epochs: int | None = None) -> Study:
+    raw = copy.deepcopy(raw)
+    if seeds is not None:
+        raw["seeds"] = seeds
+    if epochs is not None:
+        raw.setdefault("training", {})["epochs"] = epochs
+    _unknown(raw, TOP_KEYS, "study")
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", name):
+        raise StudyError(f"study: 'name' must be a short name of letters, digits, '_', '.', '-'. Got {name!r}.")
+    protocol = raw.get("protocol", "compare")
+    if protocol not in ("compare", "grid", "repeat"):
+        raise StudyError(f"study: 'protocol' must be 'compare', 'grid' or 'repeat'. Got {protocol!r}.")
+    seed_list = _seeds(raw.get("seeds", 30))
+    data = _table(raw.get("data"), "data")
+    if not data:
+        raise StudyError("study: the [data] table is missing; e.g. [data] name = \"moons\".")
+    model = _table(raw.get("model"), "model")
+    _unknown(model, MODEL_KEYS, "model")
+    if ("layers" in model) == ("factory" in model):
+        raise StudyError("model: give either 'layers' (Keras-style lines) or 'factory' (\"package.module:function\").")
+    if "layers" in model:
+        _lines(model["layers"], "model.layers")
+    else:
+        _factory_ref(model["factory"])
+        _rules(model.get("rules", {}), "model.rules")
+    convention = _convention(model.get("activity_convention", "mean"), "model.activity_convention")
+    training = _training(_table(raw.get("training"), "training"), "training")
+    study = Study(name=name, protocol=protocol, seeds=seed_list, data=data, model=model, training=training,
+                  variants=[], baseline="", question=str(raw.get("question", "")), raw=raw,
+                  base_dir=Path(base_dir))
+    if protocol == "grid":
+        study.grid = _table(raw.get("grid"), "grid")
+        _unknown(study.grid, GRID_KEYS, "grid")
+        if "variants" in raw:
+            raise StudyError("study: a grid study takes [grid], not [variants]; use protocol = \"compare\" for named variants.")
+        study.variants = grid_variants(study, values(study.grid))
+    else:
+        tables = _table(raw.get("variants"), "variants") or {"none": {}}
+        if protocol == "repeat" and len(tables) != 1:
+            raise StudyError("study: protocol 'repeat' takes exactly one variant (or none).")
+        study.variants = [variant(study, vname, _table(vt, f"variants.{vname}"), convention)
+                          for vname, vt in tables.items()]
+    names = [v.name for v in study.variants]
+    baseline = raw.get("baseline", names[0])
+    if baseline not in names:
+        raise StudyError(f"study: baseline {baseline!r} is not a variant; variants are: {', '.join(names)}.")
+    study.baseline = baseline
+    return study
+
+
+def _seeds(value):
+    if isinstance(value, bool):
+        raise StudyError(f"study: 'seeds' must be a count (e.g. 30) or a list of ints. Got {value!r}.")
+    if isinstance(value, int):
+        if not 1 <= value <= 100_000:
+            raise StudyError(f"study: 'seeds' must be between 1 and 100000. Got {value}.")
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        if len(set(value)) != len(value):
+            raise StudyError("study: 'seeds' lists a seed twice.")
+        return list(value)
+    raise StudyError(f"study: 'seeds' must be a count (e.g. 30) or a non-empty list of ints >= 0. Got {value!r}.")
+
+
+def _lines(lines, where):
+    if not isinstance(lines, list) or not lines or not all(isinstance(x, str) for x in lines):
+        raise StudyError(f"{where} must be a non-empty list of layer lines such as \"Dense(10, activation='relu')\".")
+    for i, line in enumerate(lines):
+        try:
+            keras.parse_line(line)
+        except keras.ModelError as exc:
+            raise StudyError(f"{where}[{i}]: {exc}") from None
+
+
+def _convention(value, where):
+    if value not in ("mean", "sum"):
+        raise StudyError(f"{where} must be 'mean' (Keras >= 3.14) or 'sum' (Keras 2.3, 3.0-3.13). Got {value!r}.")
+    return value
+
+
+def _training(table, where):
+    _unknown(table, TRAINING_KEYS, where)
+    out = dict(table)
+    for key, low in (("epochs", 1), ("batch_size", 1)):
+        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < low):
+            raise StudyError(f"{where}.{key} must be an int >= {low}. Got {out[key]!r}.")
+    for key in ("lr", "weight_decay", "momentum"):
+        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], (int, float))
+                           or not math.isfinite(out[key]) or out[key] < 0):
+            raise StudyError(f"{where}.{key} must be a finite number >= 0. Got {out[key]!r}.")
+    if "optimizer" in out and out["optimizer"] not in ("adam", "adamw", "sgd"):
+        raise StudyError(f"{where}.optimizer must be 'adam', 'adamw' or 'sgd'. Got {out['optimizer']!r}.")
+    if "preset" in out and out["preset"] not in ("keras", "torch"):
+        raise StudyError(f"{where}.preset must be 'keras' or 'torch'. Got {out['preset']!r}.")
+    if "early_stopping" in out:
+        es = _table(out["early_stopping"], f"{where}.early_stopping")
+        _unknown(es, EARLY_KEYS, f"{where}.early_stopping")
+    return out
+
+
+def _rules(rules, where):
+    rules = _table(rules, where)
+    for module, kwargs in rules.items():
+        _unknown(_table(kwargs, f"{where}.{module}"), RULE_KEYS, f"{where}.{module}")
+    return rules
+
+
+def _factory_ref(ref):
+    if not isinstance(ref, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", ref):
+        raise StudyError(f"model.factory must look like \"package.module:function\". Got {ref!r}.")
+    return ref
+
+
+def _merge_training(base: dict, change: dict) -> dict:
+    merged = dict(base)
+    for key, value in change.items():
+        if key == "early_stopping" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def variant(study: Study, name: str, table: dict, convention: str, params: dict | None = None) -> Variant:
+    where = f"variants.{name}"
+    _unknown(table, VARIANT_KEYS, where)
+    training = _merge_training(study.training, _training(_table(table.get("training"), f"{where}.training"),
+                                                         f"{where}.training"))
+    convention = _convention(table.get("activity_convention", convention), f"{where}.activity_convention")
+    if "factory" in study.model:
+        for key in ("layers", "insert", "replace"):
+            if key in table:
+                raise StudyError(f"{where}.{key} needs a layer-line model; a factory model changes through 'rules'.")
+        rules = copy.deepcopy(study.model.get("rules", {}))
+        for module, kwargs in _rules(table.get("rules", {}), f"{where}.rules").items():
+            rules[module] = {**rules.get(module, {}), **kwargs}
+        return Variant(name, None, rules, training, convention, params or {})
+    if "rules" in table:
+        raise StudyError(f"{where}.rules needs a factory model; change layer lines through 'layers'.")
+    lines = list(study.model["layers"])
+    if "replace" in table:
+        _lines(table["replace"], f"{where}.replace")
+        lines = list(table["replace"])
+    parsed = [keras.parse_line(line) for line in lines]
+    for index, changes in _table(table.get("layers"), f"{where}.layers").items():
+        i = _index(index, len(parsed), f"{where}.layers")
+        kind, args = parsed[i]
+        args = {**args, **_table(changes, f"{where}.layers.{index}")}
+        parsed[i] = (kind, args)
+        _check_args(kind, args, f"{where}.layers.{index}")
+    inserts = _table(table.get("insert"), f"{where}.insert")
+    for index in sorted(inserts, key=lambda k: -1 if k == "input" else int(k) if str(k).lstrip("-").isdigit() else 0,
+                        reverse=True):
+        line = inserts[index]
+        if not isinstance(line, str):
+            raise StudyError(f"{where}.insert.{index} must be a layer line such as \"Dropout(0.5)\". Got {line!r}.")
+        try:
+            item = keras.parse_line(line)
+        except keras.ModelError as exc:
+            raise StudyError(f"{where}.insert.{index}: {exc}") from None
+        position = 0 if index == "input" else _index(index, len(parsed), f"{where}.insert") + 1
+        parsed.insert(position, item)
+    return Variant(name, [_line(kind, args) for kind, args in parsed], {}, training, convention, params or {})
+
+
+def _check_args(kind, args, where):
+    try:
+        keras.parse_line(_line(kind, args))
+    except keras.ModelError as exc:
+        raise StudyError(f"{where}: {exc}") from None
+
+
+def _index(key, n, where):
+    try:
+        i = int(key)
+    except (TypeError, ValueError):
+        raise StudyError(f"{where}: {key!r} must be a layer index (0 to {n - 1}).") from None
+    if not 0 <= i < n:
+        raise StudyError(f"{where}: layer {i} does not exist; the model has layers 0 to {n - 1}.")
+    return i
+
+
+def _line(kind: str, args: dict) -> str:
+    """Write (kind, args) back as a layer line; strings that are calls or names stay unquoted."""
+    parts = []
+    for key, value in args.items():
+        parts.append(f"{key}={_literal(value)}")
+    return f"{kind}({', '.join(parts)})"
+
+
+def _literal(value) -> str:
+    from .._parse import Call
+
+    if isinstance(value, Call):
+        inner = [_literal(a) for a in value.args] + [f"{k}={_literal(v)}" for k, v in value.kwargs.items()]
+        return f"{value.name}({', '.join(inner)})"
+    if isinstance(value, str):
+        if re.fullmatch(r"[A-Za-z_]\w*\(.*\)", value.strip()):
+            return value.strip()     # a regularizer/constraint call written as text in TOML
+        return repr(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, list):
+        return _literal(tuple(value))
+    return repr(value)
+
+
+def values(grid: dict):
+    """The grid's values: a list (one strength) or a table of lists (a product of strengths)."""
+    vals = grid.get("values", DEFAULT_DECADES)
+    if isinstance(vals, dict):
+        if not vals:
+            raise StudyError("grid.values is empty; give e.g. values = [0.1, 0.01, 0.001].")
+        out = {}
+        for key, lst in vals.items():
+            out[key] = _value_list(lst, f"grid.values.{key}")
+        return out
+    return {"value": _value_list(vals, "grid.values")}
+
+
+def _value_list(lst, where):
+    if not isinstance(lst, list) or not lst:
+        raise StudyError(f"{where} must be a non-empty list of numbers, e.g. [0.1, 0.01, 0.001].")
+    for v in lst:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise StudyError(f"{where}: strengths must be finite numbers >= 0. Got {v!r}.")
+    return [float(v) for v in lst]
+
+
+def grid_variants(study: Study, grid_values: dict, only: list[dict] | None = None) -> list[Variant]:
+    """One variant per grid point (plus 'none' when include_none), from the grid's template variant."""
+    template = _table(study.grid.get("variant"), "grid.variant")
+    if not template:
+        raise StudyError("grid.variant is missing: the change each value makes, e.g. "
+                         "variant = { layers = { 0 = { kernel_regularizer = \"l2({value})\" } } }.")
+    keys = list(grid_values)
+    text = json.dumps(template)
+    for key in keys:
+        if "{" + key + "}" not in text:
+            raise StudyError(f"grid.variant never uses {{{key}}}; write e.g. \"l2({{{key}}})\" where the value goes.")
+    points = only if only is not None else _product(grid_values)
+    out = []
+    if study.grid.get("include_none", True) and only is None:
+        out.append(variant(study, "none", {}, study.model.get("activity_convention", "mean")))
+    for point in points:
+        filled = text
+        for key, value in point.items():
+            filled = filled.replace("{" + key + "}", f"{value:g}")
+        name = ", ".join(f"{k}={v:g}" for k, v in point.items()) if len(point) > 1 else f"{point[next(iter(point))]:g}"
+        out.append(variant(study, name, json.loads(filled), study.model.get("activity_convention", "mean"), dict(point)))
+    return out
+
+
+def _product(grid_values):
+    points = [{}]
+    for key, vals in grid_values.items():
+        points = [{**p, key: v} for p in points for v in vals]
+    return points
+
+
+def resolve_factory(ref: str, base_dir: Path):
+    """Import ``package.module:function`` (the study's folder first on the path); no eval."""
+    module_name, _, attr = ref.partition(":")
+    sys.path.insert(0, str(base_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StudyError(f"model.factory: cannot import {module_name!r} ({exc}); put it next to the study file or install it.") from None
+    finally:
+        sys.path.remove(str(base_dir))
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise StudyError(f"model.factory: {module_name!r} has no function {attr!r}.")
+    return fn
+
+
+def builder(study: Study, input_shape: tuple, task: str):
+    """The ``build(variant=...)`` function the population engine calls, one model per variant."""
+    by_name = {v.name: v for v in study.variants}
+    factory = resolve_factory(study.model["factory"], study.base_dir) if "factory" in study.model else None
+
+    def build(variant: str):
+        v = by_name[variant]
+        if factory is None:
+            try:
+                return keras.build(v.layers, input_shape, task=task, activity_convention=v.activity_convention)
+            except keras.ModelError as exc:
+                raise StudyError(f"variants.{v.name}: {exc}") from None
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise StudyError(f"model.factory returned {type(model).__name__}, not an nn.Module.")
+        modules = dict(model.named_modules())
+        from ..attach import regularize
+
+        for name, kwargs in v.rules.items():
+            if name not in modules:
+                raise StudyError(f"variants.{v.name}.rules: the model has no module {name!r}; "
+                                 f"modules: {', '.join(n for n in modules if n)}.")
+            try:
+                regularize(modules[name], activity_convention=v.activity_convention, **kwargs)
+            except (ValueError, TypeError) as exc:
+                raise StudyError(f"variants.{v.name}.rules.{name}: {exc}") from None
+        return model
+
+    return build
