@@ -112,7 +112,8 @@ class Adam(Optimizer):
         t = self.iterations
         bc1, bc2 = 1 - self.beta_1 ** t, 1 - self.beta_2 ** t
         if (_nb is not None and not isinstance(lr, torch.Tensor) and p.dtype == torch.float32
-                and g.dtype == torch.float32 and p.is_contiguous() and g.is_contiguous() and p.device.type == "cpu"):
+                and g.dtype == torch.float32 and p.is_contiguous() and p.device.type == "cpu"):
+            g = g.contiguous()
             f32 = np.float32
             step = -lr * (math.sqrt(bc2) / bc1 if self.epsilon_hat else 1 / bc1)
             _adam_kernel(p.detach().view(-1).numpy(), g.detach().reshape(-1).numpy(), m.view(-1).numpy(),

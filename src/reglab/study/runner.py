@@ -56,52 +56,91 @@ def prepare(study: S.Study):
     return dataset
 
 
-def run(study: S.Study, store=None, *, dataset=None, progress=None, echo=None) -> StudyRun:
-    """Run (or resume) ``study``; returns every record and the summary."""
+def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=None, echo=None) -> StudyRun:
+    """Run (or resume) ``study``; returns every record and the summary. ``executor`` runs the
+    populations (default: :class:`LocalExecutor`, in this process)."""
     dataset = prepare(study) if dataset is None else dataset
+    executor = LocalExecutor() if executor is None else executor
     study_id = store.open_study(study.name, study.as_dict()) if store is not None else None
     records = store.results(study_id) if store is not None else []
     run_ = StudyRun(study, dataset, records)
-    _train(study, study.variants, dataset, store, study_id, run_, progress, echo)
+    _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor)
     if study.protocol == "grid" and study.grid.get("refine", True) and len(S.values(study.grid)) == 1:
         refined = _refined_variants(study, run_.records, dataset.task)
         if refined:
             study.variants = sorted(study.variants + refined, key=lambda v: v.params.get("value", -1.0))
-            _train(study, refined, dataset, store, study_id, run_, progress, echo)
+            _train(study, refined, dataset, store, study_id, run_, progress, echo, executor)
     keys = {v.key for v in study.variants}
     run_.records = [r for r in run_.records if r["config_key"] in keys]
     run_.summary = summarize(study, run_.records, dataset)
     return run_
 
 
-def _train(study, variants, dataset, store, study_id, run_, progress, echo):
-    done = {(r["config_key"], r["seed"]) for r in run_.records}
+@dataclass(frozen=True)
+class Task:
+    """One population to train: some variants (sharing training settings) × some seeds."""
+
+    variants: tuple
+    seeds: tuple
+
+
+def plan(study: S.Study, variants, done: set, chunks: int = 1) -> list[Task]:
+    """The populations still to train: variants grouped by training settings and by the seeds they
+    miss (``done`` holds finished (config_key, seed) pairs); each split into ``chunks`` seed chunks."""
     groups: dict[str, list] = {}
     for v in variants:
         groups.setdefault(_group_key(v.training), []).append(v)
-    build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
+    tasks = []
     for members in groups.values():
         by_missing: dict[tuple, list] = {}
         for v in members:
             missing = tuple(s for s in study.seeds if (v.key, s) not in done)
             if missing:
-                by_missing.setdefault(missing, []).append(v)
-        for seeds, vs in by_missing.items():
-            training = vs[0].training
-            if echo:
-                echo(f"training {len(vs)} variant(s) × {len(seeds)} seed(s) = {len(vs) * len(seeds)} members")
-            result = train_population(
-                build, [{"variant": v.name} for v in vs], list(seeds), train=(dataset.X_train, dataset.y_train),
-                validation=dataset.validation(), epochs=training.get("epochs", 100),
-                batch_size=training.get("batch_size"), optimizer=training.get("optimizer"),
-                lr=[v.training.get("lr") for v in vs], weight_decay=training.get("weight_decay"),
-                momentum=training.get("momentum", 0.0), task=dataset.task, preset=training.get("preset", "keras"),
-                early_stopping=_early_stopping(training), progress=progress)
-            new = [_record(vs[m["config_index"]], m["seed"], i, result, dataset) for i, m in enumerate(result.members)]
-            if store is not None:
-                store.save(study_id, new)
-            run_.records.extend(new)
-            run_.trained += len(new)
+                by_missing.setdefault(missing, []).append(v.name)
+        for seeds, names in by_missing.items():
+            size = -(-len(seeds) // max(1, chunks))
+            tasks += [Task(tuple(names), seeds[i:i + size]) for i in range(0, len(seeds), size)]
+    return tasks
+
+
+def execute(study: S.Study, dataset, task: Task, progress=None) -> list[dict]:
+    """Train one task's population and return its records (what the store keeps)."""
+    by_name = {v.name: v for v in study.variants}
+    vs = [by_name[name] for name in task.variants]
+    training = vs[0].training
+    build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
+    result = train_population(
+        build, [{"variant": v.name} for v in vs], list(task.seeds), train=(dataset.X_train, dataset.y_train),
+        validation=dataset.validation(), epochs=training.get("epochs", 100),
+        batch_size=training.get("batch_size"), optimizer=training.get("optimizer"),
+        lr=[v.training.get("lr") for v in vs], weight_decay=training.get("weight_decay"),
+        momentum=training.get("momentum", 0.0), task=dataset.task, preset=training.get("preset", "keras"),
+        early_stopping=_early_stopping(training), progress=progress)
+    return [_record(vs[m["config_index"]], m["seed"], i, result, dataset) for i, m in enumerate(result.members)]
+
+
+class LocalExecutor:
+    """Runs tasks one after another in this process."""
+
+    chunks = 1
+
+    def map(self, study, dataset, tasks, progress=None):
+        for task in tasks:
+            yield task, execute(study, dataset, task, progress)
+
+
+def _train(study, variants, dataset, store, study_id, run_, progress, echo, executor):
+    done = {(r["config_key"], r["seed"]) for r in run_.records}
+    tasks = plan(study, variants, done, executor.chunks)
+    for task in tasks:
+        if echo:
+            echo(f"training {len(task.variants)} variant(s) × {len(task.seeds)} seed(s) = "
+                 f"{len(task.variants) * len(task.seeds)} members")
+    for task, new in executor.map(study, dataset, tasks, progress):
+        if store is not None:
+            store.save(study_id, new)     # the driver is the only writer; one transaction per task
+        run_.records.extend(new)
+        run_.trained += len(new)
 
 
 def _downsample(values: np.ndarray, epochs_run: int):
