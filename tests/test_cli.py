@@ -16,12 +16,13 @@ def test_every_command_has_help():
         assert sub.exit_code == 0 and "Example" in sub.output, name
 
 
-def test_demo_trains_and_reports():
-    result = CliRunner().invoke(main, ["demo", "--seeds", "2", "--epochs", "30"])
+def test_demo_runs_every_seed_case_study(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--seeds", "2", "--epochs", "5", "--db", str(tmp_path / "demo.db")])
     assert result.exit_code == 0, result.output
-    assert "none" in result.output and "l2 1e-3" in result.output
-    assert "4 members" in result.output
-    assert "test 0.914" in result.output   # the seeds' published figure alongside
+    for study in ("moons-l2", "moons-l2-grid", "moons-unit-norm", "circles-activity", "circles-activity-grid"):
+        assert f"== {study} (" in result.output
+    assert "test 0.914" in result.output   # the seeds' published figures alongside
+    assert "train 0.967 / test 0.829" in result.output
 
 
 @pytest.mark.parametrize("args", [["demo", "--seeds", "1"], ["demo", "--epochs", "0"], ["demo", "--seeds", "x"],
