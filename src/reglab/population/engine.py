@@ -11,6 +11,7 @@ member i ends where the standalone fit with the same seed and configuration ends
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,8 +105,9 @@ class Population:
                 mean = torch.tensor([r is None or r.activity_convention == "mean" for r in regs])
                 self.activity[pos] = (MergedPenalty(acts), mean)
         self.params = [p for layer in self.layers for p in layer.params.values()]
-        act = fused.plan(self.layers) if not self.activity else None
-        self.fused = fused.FusedMLP(self.layers, act) if act is not None else None
+        act = fused.plan(self.layers)
+        activity = fused.activity_plan(self.activity) if act is not None else None
+        self.fused = fused.FusedMLP(self.layers, act, activity) if activity is not None else None
 
     def forward(self, x: torch.Tensor, ctx: Context):
         """Outputs (P, B, ...) and each member's activity penalty (P,) for inputs ``x`` of shape (P, B, ...)."""
@@ -201,16 +203,20 @@ def _member_bytes(model, X, batch_size):
 
 
 def parse_bytes(value) -> int:
+    """A positive number of bytes from ``1073741824``, ``"1GiB"``, ``"512MB"`` or ``"100k"``."""
+    message = f"The 'memory_budget' parameter must be a positive size like '1GiB' or a number of bytes. Got {value!r} instead."
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
-    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(float(text))
-    except ValueError:
-        raise ValueError(f"The 'memory_budget' parameter must be a size like '1GiB' or a number of bytes. Got {value!r} instead.") from None
+        number = float(value)
+    else:
+        units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+        text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+        try:
+            number = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+        except ValueError:
+            raise ValueError(message) from None
+    if not math.isfinite(number) or number < 1:
+        raise ValueError(message)
+    return int(number)
 
 
 def train_population(build, configs=None, seeds=(0,), *, train, validation=None, epochs: int,
@@ -346,8 +352,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
                     break
                 continue
             if pop.fused is not None:
-                data, metric, grads = pop.fused.run(xb, yb, task, grad=True)
-                pen = pop.weight_penalty()
+                data, metric, act, grads = pop.fused.run(xb, yb, task, grad=True)
+                pen = pop.weight_penalty() + act
             else:
                 out, act = pop.forward(xb, train_ctx)
                 data = task.sample_loss(out, yb).mean(-1)
@@ -410,9 +416,10 @@ def _evaluate(pop: Population, X, Y, task, batch_size, ctx) -> dict:
     act_sum = torch.zeros_like(data_sum)
     for idx, size in batches(n, batch_size, None):
         if pop.fused is not None:
-            data, metric, _ = pop.fused.run(X[idx], Y[idx], task, grad=False)
+            data, metric, act, _ = pop.fused.run(X[idx], Y[idx], task, grad=False)
             data_sum += data.double() * size
             metric_sum += metric.double() * size
+            act_sum += act.double() * size
             continue
         xb = X[idx].expand((pop.P,) + X[idx].shape)
         out, act = pop.forward(xb, ctx)

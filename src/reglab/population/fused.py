@@ -52,7 +52,8 @@ if nb is not None:
     # fastmath without the no-NaN/no-inf assumptions: divergence must stay visible.
     @nb.njit(parallel=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}, cache=True)
     def _mlp(X, y, W1, b1, W2, b2, act, task, grad, gW1, gb1, gW2, gb2, loss, metric,
-             update, active, l1, l2, moments, lr, hyper, penalty):  # pragma: no cover - compiled
+             update, active, l1, l2, moments, lr, hyper, penalty,
+             act_pos, act_l1, act_l2, act_div, activity):  # pragma: no cover - compiled
         P, H, D = W1.shape
         B = X.shape[1]
         K = W2.shape[1]
@@ -79,6 +80,10 @@ if nb is not None:
                 gb2[p] = 0.0
             total = 0.0
             score = 0.0
+            act_total = 0.0
+            a1 = act_l1[p] if act_pos else np.float32(0.0)
+            a2 = act_l2[p] if act_pos else np.float32(0.0)
+            inv_div = np.float32(1.0) / act_div[p] if act_pos else np.float32(0.0)
             for b in range(B):
                 for j in range(H):
                     pre[j] = b1[p, j]
@@ -86,7 +91,7 @@ if nb is not None:
                     xv = X[p, b, d]
                     for j in range(H):
                         pre[j] += xv * W1T[d, j]
-                if act == 0 and K == 1:   # the seeds' shape: one fused loop
+                if act == 0 and K == 1 and act_pos == 0:   # the seeds' shape: one fused loop
                     acc = np.float32(0.0)
                     for j in range(H):
                         v = max(pre[j], np.float32(0.0))
@@ -111,6 +116,12 @@ if nb is not None:
                         for j in range(H):
                             acc += h[j] * W2[p, k, j]
                         o[k] = acc + b2[p, k]
+                if act_pos:   # activity penalty on the hidden layer's output (1: before, 2: after the activation)
+                    va = 0.0
+                    for j in range(H):
+                        a = pre[j] if act_pos == 1 else h[j]
+                        va += a1 * abs(a) + a2 * a * a
+                    act_total += va
                 if task == 0:
                     z = o[0]
                     t = y[p, b, 0]
@@ -144,7 +155,7 @@ if nb is not None:
                     score += ab / K
                 if not grad:
                     continue
-                if act == 0 and K == 1:
+                if act == 0 and K == 1 and act_pos == 0:
                     gk = g[0]
                     gb2[p, 0] += gk
                     for j in range(H):
@@ -162,6 +173,9 @@ if nb is not None:
                         for j in range(H):
                             gW2[p, k, j] += gk * h[j]
                             gh[j] += gk * W2[p, k, j]
+                    if act_pos == 2:
+                        for j in range(H):
+                            gh[j] += (a1 * np.sign(h[j]) + 2 * a2 * h[j]) * inv_div
                     if act == 0:
                         for j in range(H):
                             gh[j] = gh[j] if pre[j] > 0 else np.float32(0.0)
@@ -171,6 +185,9 @@ if nb is not None:
                     elif act == 2:
                         for j in range(H):
                             gh[j] = gh[j] * h[j] * (np.float32(1.0) - h[j])
+                    if act_pos == 1:
+                        for j in range(H):
+                            gh[j] += (a1 * np.sign(pre[j]) + 2 * a2 * pre[j]) * inv_div
                     for j in range(H):
                         gb1[p, j] += gh[j]
                 for d in range(D):
@@ -183,6 +200,7 @@ if nb is not None:
                         gW1[p, j, d] = gW1T[d, j]
             loss[p] = total / B
             metric[p] = score / B
+            activity[p] = act_total * inv_div if act_pos else 0.0
             if not update:
                 continue
             # Penalties and the optimizer step, while this member's weights are still in cache.
@@ -190,6 +208,7 @@ if nb is not None:
             w2f, g2f = W2[p].reshape(K * H), gW2[p].reshape(K * H)
             pen = (_penalty(w1f, l1[0, p], l2[0, p]) + _penalty(b1[p], l1[1, p], l2[1, p])
                    + _penalty(w2f, l1[2, p], l2[2, p]) + _penalty(b2[p], l1[3, p], l2[3, p]))
+            pen += activity[p]
             penalty[p] = pen
             if not np.isfinite(loss[p] + pen):
                 continue   # diverged: frozen before this step, as on the generic path
@@ -204,6 +223,7 @@ _NO_COEF = np.zeros((4, 1), np.float32)
 _NO_MOMENTS = np.zeros((8, 1, 1), np.float32)
 _NO_LR = np.zeros(1, np.float32)
 _NO_HYPER = np.zeros(6, np.float32)
+_NO_ACT = np.zeros(1, np.float32)
 
 
 def plan(layers) -> int | None:
@@ -222,18 +242,40 @@ def plan(layers) -> int | None:
     return ACTIVATIONS[type(mid.module)]
 
 
+def activity_plan(activity: dict):
+    """(position, l1, l2, mean-convention mask) for an L1/L2 activity penalty on the hidden layer
+    (position 1: the first Linear's output, 2: the activation's output); None if the fused kernel
+    cannot compute it; (0, ...) when there is none."""
+    if not activity:
+        return 0, None, None, None
+    if len(activity) != 1:
+        return None
+    (pos, (merged, mean)), = activity.items()
+    if pos not in (0, 1) or merged.custom or any(type(g).__name__ != "L1L2" for g in merged.groups):
+        return None
+    P = len(mean)
+    l1 = np.zeros(P, np.float32)
+    l2 = np.zeros(P, np.float32)
+    for pen in merged.groups:
+        l1 += np.broadcast_to(np.asarray(torch.as_tensor(pen.l1).float()), (P,))
+        l2 += np.broadcast_to(np.asarray(torch.as_tensor(pen.l2).float()), (P,))
+    return pos + 1, l1, l2, mean.numpy().astype(bool)
+
+
 class FusedMLP:
     """Runs :func:`_mlp` on a population's stacked Linear-activation-Linear parameters."""
 
-    def __init__(self, layers, act: int):
+    def __init__(self, layers, act: int, activity=(0, None, None, None)):
         self.first, self.last, self.act = layers[0], layers[2], act
+        self.act_pos, self.act_l1, self.act_l2, self.act_mean = activity
         self.params = [self.first.params["weight"], self.first.params["bias"],
                        self.last.params["weight"], self.last.params["bias"]]
         self._buffers = None
         self._moments = None
 
     def run(self, X: torch.Tensor, y: torch.Tensor, task, grad: bool):
-        """Per-member data loss and metric (P,), and the data-loss gradients when ``grad``.
+        """Per-member data loss, metric and activity penalty (P,), and the gradients of data loss +
+        activity penalty when ``grad``.
 
         The gradients live in buffers that the next call overwrites: use them before calling again."""
         W1, b1, W2, b2 = (p.detach().numpy() for p in self.params)
@@ -253,12 +295,20 @@ class FusedMLP:
                      np.empty((P, 1, 1), np.float32), np.empty((P, 1), np.float32)]
         loss = np.empty(P, np.float32)
         metric = np.empty(P, np.float32)
+        activity = np.empty(P, np.float32)
         _mlp(Xn, yn, W1, b1, W2, b2, self.act, TASKS[task.name], grad, *grads, loss, metric,
-             False, _NO_ACTIVE, _NO_COEF, _NO_COEF, _NO_MOMENTS, _NO_LR, _NO_HYPER, loss)
-        out = (torch.from_numpy(loss), torch.from_numpy(metric))
+             False, _NO_ACTIVE, _NO_COEF, _NO_COEF, _NO_MOMENTS, _NO_LR, _NO_HYPER, loss,
+             *self._activity_args(Xn.shape[1]), activity)
+        out = (torch.from_numpy(loss), torch.from_numpy(metric), torch.from_numpy(activity))
         if not grad:
             return out + (None,)
         return out + ([torch.from_numpy(g) for g in grads],)
+
+    def _activity_args(self, batch: int):
+        if not self.act_pos:
+            return 0, _NO_ACT, _NO_ACT, _NO_ACT
+        divisor = np.where(self.act_mean, np.float32(batch), np.float32(1.0)).astype(np.float32)
+        return self.act_pos, self.act_l1, self.act_l2, divisor
 
     def optimizer_plan(self, opt, penalties):
         """Per-parameter (l1, l2) coefficient arrays when the whole step can run fused, else None.
@@ -307,6 +357,8 @@ class FusedMLP:
         loss = np.empty(P, np.float32)
         metric = np.empty(P, np.float32)
         penalty = np.empty(P, np.float32)
+        activity = np.empty(P, np.float32)
         _mlp(X.numpy(), y.numpy(), W1, b1, W2, b2, self.act, TASKS[task.name], True, *self._buffers, loss, metric,
-             True, active.numpy(), coefs[0], coefs[1], self._moments, lr, hyper, penalty)
+             True, active.numpy(), coefs[0], coefs[1], self._moments, lr, hyper, penalty,
+             *self._activity_args(X.shape[1]), activity)
         return torch.from_numpy(loss), torch.from_numpy(metric), torch.from_numpy(penalty)
