@@ -175,7 +175,9 @@ class Random(PopLayer):
             if rate == 0:
                 draws.append(None)
                 continue
-            if issubclass(self.kind, nn.Dropout):
+            if issubclass(self.kind, nn.Dropout) and rate == 1:   # as torch: zeros, nothing drawn
+                draws.append(torch.zeros(shape, dtype=dtype))
+            elif issubclass(self.kind, nn.Dropout):
                 noise = torch.empty(shape, dtype=dtype).bernoulli_(1 - rate, generator=gen)
                 draws.append(noise.div_(1 - rate))
             elif issubclass(self.kind, GaussianNoise):
