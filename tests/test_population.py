@@ -430,12 +430,7 @@ def test_absurd_learning_rate_diverges_alone(path, optimizer, bad_lr, batch_size
         assert_member_equals(mixed, i, *fits[i])
 
 
-@pytest.mark.parametrize("path, optimizer, bad_lr", [
-    case if case[:2] != ("fused", "adam") else pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason=(
-        "fused.py _mlp: np.isfinite under fastmath {'reassoc', 'nsz'} is always True (numba computes it as "
-        "x - x == x - x, which LLVM folds), so the fused Adam step updates a member on the step its loss "
-        "turns inf/NaN instead of freezing it")))
-    for case in DIVERGENCE_CASES])
+@pytest.mark.parametrize("path, optimizer, bad_lr", DIVERGENCE_CASES)
 def test_diverged_member_keeps_its_last_finite_weights(path, optimizer, bad_lr, chunks):
     *_, result, fits = diverging_population(path, optimizer, bad_lr, 48, chunks)
     for i in (2, 3):

@@ -96,6 +96,8 @@ class SequenceDropout(nn.Dropout):
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
+        if self.p == 1:
+            return x * 0.0   # as nn.Dropout: no draw, all dropped
         noise = torch.empty(self.noise_shape(x.shape), dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
         return x * noise.div_(1 - self.p)
 

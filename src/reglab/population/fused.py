@@ -210,7 +210,8 @@ if nb is not None:
                    + _penalty(w2f, l1[2, p], l2[2, p]) + _penalty(b2[p], l1[3, p], l2[3, p]))
             pen += activity[p]
             penalty[p] = pen
-            if not np.isfinite(loss[p] + pen):
+            total_loss = loss[p] + pen
+            if np.isnan(total_loss) or np.isinf(total_loss):   # (isfinite folds away under reassoc)
                 continue   # diverged: frozen before this step, as on the generic path
             _adam(w1f, g1f, moments[0, p, :H * D], moments[4, p, :H * D], l1[0, p], l2[0, p], hyper, lr[p])
             _adam(b1[p], gb1[p], moments[1, p, :H], moments[5, p, :H], l1[1, p], l2[1, p], hyper, lr[p])
