@@ -126,7 +126,7 @@ def list_(db):
 @DB_OPTION
 @_friendly
 def status(study_name, db):
-    """How far a study has run: finished (configuration, seed) pairs out of those its file asks for.
+    """How far a study has run: finished (configuration, seed) pairs per variant, over the seeds run so far.
 
     Example: reglab status moons-l2
     """
@@ -138,14 +138,15 @@ def status(study_name, db):
             raise UserError(f"no study {study_name!r} in {db}; `reglab list --db {db}` shows what is there.")
         records = store.results(row["id"])
     study = spec.from_dict(row["spec"])
-    expected = len(study.variants) * len(study.seeds)
+    seeds = {r["seed"] for r in records}   # the seed count is not part of a stored study: runs may add seeds
+    expected = len(study.variants) * len(seeds)
     per_variant = {}
     for r in records:
         per_variant[r["variant"]] = per_variant.get(r["variant"], 0) + 1
-    click.echo(f"{study_name}: {len(records)} of {expected} planned results"
+    click.echo(f"{study_name}: {len(records)} of {expected} results over the {len(seeds)} seed(s) run so far"
                + (" (grid refinement adds more)" if study.protocol == "grid" else ""))
     for v in study.variants:
-        click.echo(f"  {v.name:<24} {per_variant.get(v.name, 0):>4}/{len(study.seeds)}")
+        click.echo(f"  {v.name:<24} {per_variant.get(v.name, 0):>4}/{len(seeds)}")
 
 
 def _export_rows(records):

@@ -66,9 +66,13 @@ _POSITIONAL = {"Dense": ["units"], "Conv1D": ["filters", "kernel_size"], "Conv2D
 _ALIASES = {"Convolution1D": "Conv1D", "Convolution2D": "Conv2D", "MaxPool1D": "MaxPooling1D",
             "MaxPool2D": "MaxPooling2D", "AvgPool1D": "AveragePooling1D", "AvgPool2D": "AveragePooling2D"}
 
+_TYPOGRAPHIC_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+
 
 def parse_line(line: str) -> tuple[str, dict]:
     """``"Dense(500, activation='relu')"`` → ``("Dense", {"units": 500, "activation": "relu"})``."""
+    if isinstance(line, str):
+        line = line.translate(_TYPOGRAPHIC_QUOTES)   # lines copied from a web page: ‘relu’ is 'relu'
     try:
         call = parse_call(line, "layer")
     except ParseError as exc:
@@ -92,6 +96,12 @@ def parse_line(line: str) -> tuple[str, dict]:
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ModelError(f"{line!r}: {kind} has no argument {key!r}{hint}")
+    # Names inside the line are checked here, so a study file with a typo is rejected when it is read.
+    for key in (*_REG_ARGS, *_CON_ARGS):
+        if key in args:
+            _rule(args[key], R.get if key in _REG_ARGS else C.get, f"{line!r}: {key}")
+    if "activation" in args and kind != "SimpleRNN":
+        _activation(args["activation"], f"{line!r}")
     return kind, args
 
 

@@ -46,7 +46,13 @@ def prepare(study: S.Study):
     rejected before anything is written."""
     dataset = data_mod.load(study.data, base_dir=study.base_dir)
     build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
+    metric = "accuracy" if dataset.task != "regression" else "mae"
+    logged = [p + k for p in ("", "val_") for k in ("loss", "data_loss", "penalty", metric)]
     for v in study.variants:
+        monitor = (v.training.get("early_stopping") or {}).get("monitor", "val_loss")
+        if monitor not in logged:
+            raise S.StudyError(f"variants.{v.name}: early_stopping monitors {monitor!r}, which a {dataset.task} "
+                               f"study does not log; choose one of {', '.join(logged)}.")
         model = build(v.name)
         try:
             with torch.no_grad():
@@ -66,12 +72,13 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
     run_ = StudyRun(study, dataset, records)
     _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor)
     if study.protocol == "grid" and study.grid.get("refine", True) and len(S.values(study.grid)) == 1:
-        refined = _refined_variants(study, run_.records, dataset.task)
+        coarse = {v.key for v in study.variants}   # decide from the coarse grid alone, as on the first run
+        refined = _refined_variants(study, [r for r in run_.records if r["config_key"] in coarse], dataset.task)
         if refined:
             study.variants = sorted(study.variants + refined, key=lambda v: v.params.get("value", -1.0))
             _train(study, refined, dataset, store, study_id, run_, progress, echo, executor)
-    keys = {v.key for v in study.variants}
-    run_.records = [r for r in run_.records if r["config_key"] in keys]
+    keys, seeds = {v.key for v in study.variants}, set(study.seeds)
+    run_.records = [r for r in run_.records if r["config_key"] in keys and r["seed"] in seeds]
     run_.summary = summarize(study, run_.records, dataset)
     return run_
 
@@ -286,6 +293,7 @@ def from_store(store, name: str) -> StudyRun:
         raise S.StudyError(f"no study {name!r} in the database; `reglab list` shows what is there.")
     study = S.from_dict(row["spec"])
     records = store.results(row["id"])
+    study.seeds = sorted({r["seed"] for r in records}) or study.seeds   # the store keeps no seed count
     if study.protocol == "grid":
         known = {v.key for v in study.variants}
         extra = sorted({r["params"]["value"] for r in records if r["config_key"] not in known and "value" in r["params"]})

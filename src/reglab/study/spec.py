@@ -85,8 +85,23 @@ class Study:
     base_dir: Path = Path(".")
 
     def as_dict(self) -> dict:
-        """The study as given (the store keeps it and refuses a changed study under the same name)."""
-        return self.raw
+        """The study as the store keeps it; the store refuses a changed study under the same name.
+
+        It is the study as given, except that: ``seeds`` is left out (running with more or fewer
+        seeds resumes the same study), the baseline is written out and the variants become a list
+        (the store keeps JSON with sorted keys, which would lose their order and so the default
+        baseline), and a relative data ``path`` is made absolute (reports read the data from anywhere).
+        """
+        spec = copy.deepcopy(self.raw)
+        spec.pop("seeds", None)
+        spec["baseline"] = self.baseline
+        if isinstance(spec.get("variants"), dict):
+            spec["variants"] = [{"name": name, **table} for name, table in spec["variants"].items()]
+        data = spec.get("data")
+        if isinstance(data, dict) and isinstance(data.get("path"), str):
+            path = Path(data["path"]).expanduser()
+            data["path"] = str(path if path.is_absolute() else (self.base_dir / path).resolve())
+        return spec
 
 
 def load(path: str | Path, *, seeds: int | None = None, epochs: int | None = None) -> Study:
@@ -137,11 +152,12 @@ def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None
     if protocol == "grid":
         study.grid = _table(raw.get("grid"), "grid")
         _unknown(study.grid, GRID_KEYS, "grid")
+        _grid_settings(study.grid)
         if "variants" in raw:
             raise StudyError("study: a grid study takes [grid], not [variants]; use protocol = \"compare\" for named variants.")
         study.variants = grid_variants(study, values(study.grid))
     else:
-        tables = _table(raw.get("variants"), "variants") or {"none": {}}
+        tables = _variant_tables(raw.get("variants")) or {"none": {}}
         if protocol == "repeat" and len(tables) != 1:
             raise StudyError("study: protocol 'repeat' takes exactly one variant (or none).")
         study.variants = [variant(study, vname, _table(vt, f"variants.{vname}"), convention)
@@ -152,6 +168,33 @@ def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None
         raise StudyError(f"study: baseline {baseline!r} is not a variant; variants are: {', '.join(names)}.")
     study.baseline = baseline
     return study
+
+
+def _variant_tables(value) -> dict:
+    """[variants.NAME] tables, or an array of tables [[variants]] with name = "..." (order kept)."""
+    if not isinstance(value, list):
+        return _table(value, "variants")
+    out = {}
+    for i, table in enumerate(value):
+        table = dict(_table(table, f"variants[{i}]"))
+        name = table.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise StudyError(f"variants[{i}] needs name = \"...\" (a [[variants]] table names its variant).")
+        if name in out:
+            raise StudyError(f"variants: {name!r} is given twice.")
+        out[name] = table
+    return out
+
+
+def _grid_settings(grid):
+    for key in ("refine", "include_none"):
+        if key in grid and not isinstance(grid[key], bool):
+            raise StudyError(f"grid.{key} must be true or false. Got {grid[key]!r}.")
+    points = grid.get("refine_points", 5)
+    if isinstance(points, bool) or not isinstance(points, int) or not 2 <= points <= 100:
+        raise StudyError(f"grid.refine_points must be an int from 2 to 100. Got {points!r}.")
+    if "parameter" in grid and not isinstance(grid["parameter"], str):
+        raise StudyError(f"grid.parameter must be a name (a string). Got {grid['parameter']!r}.")
 
 
 def _seeds(value):
@@ -201,6 +244,12 @@ def _training(table, where):
     if "early_stopping" in out:
         es = _table(out["early_stopping"], f"{where}.early_stopping")
         _unknown(es, EARLY_KEYS, f"{where}.early_stopping")
+        from ..callbacks import EarlyStopping
+
+        try:
+            EarlyStopping(**es)
+        except (ValueError, TypeError) as exc:
+            raise StudyError(f"{where}.early_stopping: {exc}") from None
     return out
 
 
@@ -321,7 +370,11 @@ def values(grid: dict):
         for key, lst in vals.items():
             out[key] = _value_list(lst, f"grid.values.{key}")
         return out
-    return {"value": _value_list(vals, "grid.values")}
+    out = {"value": _value_list(vals, "grid.values")}
+    if grid.get("refine", True) and min(out["value"]) <= 0:
+        raise StudyError("grid.values: refining works on a log scale, so strengths must be > 0 "
+                         "(include_none = true already runs without the penalty), or set refine = false.")
+    return out
 
 
 def _value_list(lst, where):
@@ -330,6 +383,8 @@ def _value_list(lst, where):
     for v in lst:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise StudyError(f"{where}: strengths must be finite numbers >= 0. Got {v!r}.")
+    if len({f"{v:g}" for v in lst}) != len(lst):
+        raise StudyError(f"{where} lists a strength twice: {lst!r}.")
     return [float(v) for v in lst]
 
 

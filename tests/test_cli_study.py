@@ -1,0 +1,307 @@
+"""The study commands of the CLI: run / status / list / export / report / demo on tiny studies,
+user errors (exit 2, one line, nothing written), and resume after `kill -9` of a real process."""
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from reglab.cli import PUBLISHED, main
+from reglab.store import Store
+
+STUDY = """\
+name = "cli-study"
+question = "Does L2 help the tiny MLP?"
+seeds = 2
+baseline = "none"
+
+[data]
+name = "moons"
+
+[model]
+layers = ["Dense(16, input_dim=2, activation='relu')", "Dense(1, activation='sigmoid')"]
+
+[training]
+epochs = 6
+
+[variants.none]
+
+[variants.l2]
+layers = { 0 = { kernel_regularizer = "l2(0.1)" } }
+"""
+
+COLUMNS = {"variant", "params", "seed", "train_accuracy", "test_accuracy", "train_loss", "test_loss", "epochs_run",
+           "diverged"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def user_error(result, pattern):
+    """Exit code 2, one line 'error: ...' on stderr, no traceback."""
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+def db_files(folder):
+    return sorted(p.name for p in folder.iterdir() if ".db" in p.name)
+
+
+def stored(db, name):
+    with Store(db) as store:
+        return store.results(store.study(name)["id"])
+
+
+def test_run_status_list_export_and_report(tmp_path):
+    study, db = tmp_path / "study.toml", tmp_path / "s.db"
+    study.write_text(STUDY)
+    out = ok(invoke("run", study, "--db", db))
+    assert "4 members trained, 0 from" in out
+    assert "== cli-study (compare, 2 seeds, metric: accuracy) ==" in out and "Does L2 help the tiny MLP?" in out
+    header = next(line for line in out.splitlines() if line.startswith("variant"))
+    for column in ("train accuracy", "test accuracy", "95% CI (test)", "Δ vs none", "P(better)", "p (Holm)", "verdict"):
+        assert column in header
+    records = stored(db, "cli-study")
+    assert sorted((r["variant"], r["seed"]) for r in records) == [("l2", 0), ("l2", 1), ("none", 0), ("none", 1)]
+    table = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["none"], ["l2"])}
+    assert "(baseline)" in table["none"]
+    assert any(v in table["l2"] for v in ("better", "worse", "no clear difference"))
+    for variant, line in table.items():
+        test = [r["metrics"]["test_accuracy"] for r in records if r["variant"] == variant]
+        mean = sum(test) / 2
+        std = abs(test[0] - test[1]) / 2 ** 0.5
+        assert f"{mean:.3f} ± {std:.3f}" in line
+    assert "winning configuration, as PyTorch code" in out
+
+    out = ok(invoke("run", study, "--db", db))
+    assert "0 members trained, 4 from" in out
+
+    out = ok(invoke("status", "cli-study", "--db", db))
+    assert "cli-study: 4 of 4 results over the 2 seed(s) run so far" in out
+    assert [line.split() for line in out.splitlines()[1:]] == [["none", "2/2"], ["l2", "2/2"]]
+
+    out = ok(invoke("list", "--db", db))
+    assert out.split()[:3] == ["cli-study", "4", "results"]
+
+    by_key = {(r["variant"], r["seed"]): r for r in records}
+    rows = list(csv.DictReader(io.StringIO(ok(invoke("export", "cli-study", "--db", db, "--format", "csv")))))
+    assert len(rows) == 4 and COLUMNS <= set(rows[0])
+    assert {(row["variant"], int(row["seed"])) for row in rows} == set(by_key)
+    for row in rows:
+        record = by_key[(row["variant"], int(row["seed"]))]
+        assert json.loads(row["params"]) == record["params"] == {}
+        assert float(row["test_accuracy"]) == record["metrics"]["test_accuracy"]
+        assert float(row["train_loss"]) == record["metrics"]["train_loss"]
+        assert int(row["epochs_run"]) == 6 and row["diverged"] == "False"
+
+    rows = json.loads(ok(invoke("export", "cli-study", "--db", db, "--format", "json")))
+    assert len(rows) == 4 and all(COLUMNS <= set(row) for row in rows)
+    for row in rows:
+        record = by_key[(row["variant"], row["seed"])]
+        assert row["test_accuracy"] == record["metrics"]["test_accuracy"] and row["diverged"] is False
+
+    target = tmp_path / "export.csv"
+    assert ok(invoke("export", "cli-study", "--db", db, "--out", target)) == ""
+    assert len(list(csv.DictReader(target.open()))) == 4
+
+    report = tmp_path / "report" / "nested"
+    ok(invoke("report", "cli-study", "--db", db, "--out", report))
+    assert {"results.csv", "results.json", "summary.md"} <= {p.name for p in report.iterdir()}
+    summary_md = (report / "summary.md").read_text()
+    assert summary_md.startswith("# cli-study") and "Δ vs none" in summary_md and "Does L2 help" in summary_md
+    payload = json.loads((report / "results.json").read_text())
+    assert payload["summary"]["baseline"] == "none" and [r["variant"] for r in payload["summary"]["rows"]] == ["none", "l2"]
+    assert len(payload["records"]) == 4 and COLUMNS <= set(payload["records"][0])
+    assert len(list(csv.DictReader((report / "results.csv").open()))) == 4
+
+
+def test_more_seeds_train_only_the_new_ones_and_a_changed_study_is_refused(tmp_path):
+    study, db = tmp_path / "study.toml", tmp_path / "s.db"
+    study.write_text(STUDY)
+    assert "4 members trained, 0 from" in ok(invoke("run", study, "--db", db, "--seeds", "2"))
+    assert "2 members trained, 4 from" in ok(invoke("run", study, "--db", db, "--seeds", "3"))
+    out = ok(invoke("status", "cli-study", "--db", db))
+    assert "cli-study: 6 of 6 results over the 3 seed(s) run so far" in out
+    assert [line.split() for line in out.splitlines()[1:]] == [["none", "3/3"], ["l2", "3/3"]]
+    keys = [(r["config_key"], r["seed"]) for r in stored(db, "cli-study")]
+    assert len(keys) == len(set(keys)) == 6
+
+    study.write_text(STUDY.replace("epochs = 6", "epochs = 7"))
+    user_error(invoke("run", study, "--db", db), "already exists in s.db with a different study file")
+    assert len(stored(db, "cli-study")) == 6
+
+
+CSV_STUDY = STUDY.replace('name = "moons"', 'name = "csv"\npath = "d.csv"\nlabel = "y"').replace("input_dim=2, ", "")
+
+REJECTED = {
+    "unknown key": (STUDY.replace("seeds = 2", "seeds = 2\nepochs = 3"), "study: unknown key 'epochs'"),
+    "unknown regularizer": (STUDY.replace("l2(0.1)", "l3(0.1)"), "Unknown penalty 'l3'"),
+    "bad TOML": (STUDY + "[variants.x\n", "is not valid TOML"),
+    "Conv2D on flat data": (STUDY.replace("Dense(16, input_dim=2, activation='relu')", "Conv2D(4, 3)"),
+                            "Conv2D needs samples of shape (channels, height, width)"),
+    "early stopping on a metric not logged": (STUDY.replace("epochs = 6", "epochs = 6\nearly_stopping = { monitor = 'acc' }"),
+                                              "early_stopping monitors 'acc'"),
+    "missing CSV": (CSV_STUDY.replace("d.csv", "missing.csv"), "missing.csv: file not found"),
+    "missing label column": (CSV_STUDY.replace('label = "y"', 'label = "class"'), "'class'"),
+    "non-numeric cell": (CSV_STUDY.replace("d.csv", "bad.csv"), "bad.csv"),
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTED))
+def test_a_rejected_study_or_bad_data_writes_nothing(case, tmp_path):
+    text, pattern = REJECTED[case]
+    (tmp_path / "d.csv").write_text("a,b,y\n" + "".join(f"{i / 10},{i % 3},{i % 2}\n" for i in range(40)))
+    (tmp_path / "bad.csv").write_text("a,b,y\n1,2,0\n3,four,1\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(40)))
+    study = tmp_path / "study.toml"
+    study.write_text(text)
+    user_error(invoke("run", study, "--db", tmp_path / "x.db"), pattern)
+    assert db_files(tmp_path) == []
+
+
+def test_a_missing_study_file_writes_nothing(tmp_path):
+    user_error(invoke("run", tmp_path / "nope.toml", "--db", tmp_path / "x.db"), "does not exist")
+    assert db_files(tmp_path) == []
+
+
+def test_database_and_output_errors_exit_2(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(STUDY)
+    junk = tmp_path / "junk.db"
+    junk.write_text("this is not a database\n" * 10)
+    for args in (["list"], ["status", "cli-study"], ["export", "cli-study"], ["report", "cli-study", "--out", tmp_path / "r"],
+                 ["run", study]):
+        user_error(invoke(*args, "--db", junk), "junk.db is not a reglab database (not SQLite)")
+    assert junk.read_text() == "this is not a database\n" * 10 and not (tmp_path / "r").exists()
+    user_error(invoke("run", study, "--db", tmp_path / "no" / "such" / "x.db"), "does not exist")
+
+    db = tmp_path / "s.db"
+    ok(invoke("run", study, "--db", db, "--seeds", "1", "--epochs", "2"))
+    for command in ("status", "export", "report"):
+        user_error(invoke(command, "nope", "--db", db), "no study 'nope'")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    user_error(invoke("report", "cli-study", "--db", db, "--out", a_file / "sub"), "cannot create the report folder")
+    user_error(invoke("export", "cli-study", "--db", db, "--out", tmp_path / "missing" / "x.csv"),
+               "does not exist; create it or choose another --out")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_demo_prints_every_case_study_with_the_seeds_figures(tmp_path):
+    result = invoke("demo", "--seeds", "2", "--epochs", "3", "--db", tmp_path / "demo.db")
+    out = ok(result)
+    sections = {}
+    for chunk in out.split("\n== ")[1:]:
+        sections[chunk.split(" ", 1)[0]] = chunk
+    assert set(sections) == {"moons-l2", "moons-l2-grid", "moons-unit-norm", "circles-activity", "circles-activity-grid"}
+    for name, figures in PUBLISHED.items():
+        assert f"{name} (" in out and "2 seeds" in sections[name].splitlines()[0]
+        lines = sections[name].splitlines()
+        for variant, (train, test) in figures.items():
+            row = next((line for line in lines if line.split()[:1] == [variant]), None)
+            assert row is not None, (name, variant)
+            assert row.endswith(f"| train {train:.3f} / test {test:.3f}"), row
+    assert "demo finished" in out
+    with Store(tmp_path / "demo.db") as store:
+        assert [s["name"] for s in store.studies()] == list(PUBLISHED)
+
+
+KILL_STUDY = """\
+name = "killed"
+seeds = 2
+
+[data]
+name = "moons"
+
+[model]
+layers = ["Dense(8, input_dim=2, activation='relu')", "Dense(1, activation='sigmoid')"]
+
+[training]
+epochs = 40
+batch_size = 4
+
+[variants.fast]
+training = { epochs = 2 }
+
+[variants.slow_a]
+
+[variants.slow_b]
+training = { batch_size = 5 }
+"""
+
+
+def _count(db):
+    try:
+        con = sqlite3.connect(db, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM results").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0                   # not created yet, or locked for a moment
+
+
+def test_kill_9_after_the_first_population_then_resume(tmp_path):
+    """Three training groups (different training tables) are three populations, each saved in one
+    transaction. Kill the real process once the first is saved; a second run completes the rest."""
+    study, db = tmp_path / "study.toml", tmp_path / "k.db"
+    study.write_text(KILL_STUDY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(tmp_path / "child.log", "w") as log:
+        child = subprocess.Popen([sys.executable, "-m", "reglab.cli", "run", str(study), "--db", str(db)],
+                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 300
+            while (not db.exists() or _count(str(db)) == 0) and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert child.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "child.log").read_text()
+            os.kill(child.pid, signal.SIGKILL)
+            assert child.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    counts = dict(con.execute("SELECT variant, count(*) FROM results GROUP BY variant").fetchall())
+    con.close()
+    assert counts.get("fast") == 2, counts                       # the first population was saved whole
+    assert sum(counts.values()) < 6 and set(counts.values()) <= {2}, counts   # no population saved in part
+
+    before = sum(counts.values())
+    out = ok(invoke("run", study, "--db", db))
+    assert f"{6 - before} members trained, {before} from" in out
+
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    pairs = con.execute("SELECT variant, seed, count(*) FROM results GROUP BY variant, seed ORDER BY variant, seed").fetchall()
+    con.close()
+    assert pairs == [(v, s, 1) for v in ("fast", "slow_a", "slow_b") for s in (0, 1)]
