@@ -86,20 +86,36 @@ def _print_run(run_, published=None):
 @DB_OPTION
 @click.option("--seeds", type=click.IntRange(1, 100_000), default=None, help="Override the study's seed count.")
 @click.option("--epochs", type=click.IntRange(1, 1_000_000), default=None, help="Override the training epochs.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Train in this process, or on a Dask cluster (pip install 'reglab[dask]').")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786", help="With --executor dask: an existing cluster.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="With --executor dask: start a local cluster of N worker processes (default 2).")
 @_friendly
-def run(study_file, db, seeds, epochs):
+def run(study_file, db, seeds, epochs, executor, scheduler, workers):
     """Run (or resume) a study file and print its statistics.
 
     Finished (configuration, seed) pairs in the database are never trained again.
     Example: reglab run examples/moons_l2.toml --seeds 10 --db moons.db
+    On a Dask cluster: reglab run STUDY.toml --executor dask --scheduler tcp://HOST:8786
     """
+    import contextlib
+
     from reglab import study as st
 
+    if executor == "local" and (scheduler is not None or workers is not None):
+        raise UserError("--scheduler and --workers need --executor dask")
     study = st.load(study_file, seeds=seeds, epochs=epochs)
     dataset = st.prepare(study)   # a study that cannot run is rejected before the database is touched
-    with _open_store(db) as store:
+    if executor == "dask":
+        from reglab.study.dask import DaskExecutor
+
+        pool = DaskExecutor(scheduler, workers)
+    else:
+        pool = contextlib.nullcontext()
+    with pool as ex, _open_store(db) as store:
         start = time.perf_counter()
-        run_ = st.run(study, store, dataset=dataset, echo=click.echo)
+        run_ = st.run(study, store, dataset=dataset, echo=click.echo, executor=ex)
         click.echo(f"{run_.trained} members trained, {len(run_.records) - run_.trained} from {db}, "
                    f"{time.perf_counter() - start:.1f} s")
     _print_run(run_, PUBLISHED.get(study.name))

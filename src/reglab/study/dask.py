@@ -1,0 +1,325 @@
+"""Run a study's populations on a Dask cluster (``pip install 'reglab[dask]'``).
+
+:class:`DaskExecutor` is an executor for :func:`reglab.study.run`: the study is planned into one
+task per population chunk (``chunks`` = the cluster's worker threads, so each group of seeds is cut
+into pieces that keep every worker busy), every task is submitted as one Dask future, and the
+records come back to the driver as each task finishes -- the driver is the only writer to the
+store, so the store stays the record of what has run.
+
+- The dataset is read by the driver (user files included) and shipped once per worker
+  (``client.scatter(..., broadcast=True)``); tasks carry only its key, so workers need no shared
+  file system. A factory model (``model.factory``) that is a single ``.py`` file next to the study
+  file is uploaded to the workers too; a factory in a package must be installed on the workers.
+- The study travels as its raw dict and folder; each worker rebuilds it with ``spec.from_dict``
+  and trains with ``runner.execute`` (one thread per task), so a task gives the same records, bit
+  for bit on CPU, as the local executor training the same population. (For the fused kernel a
+  member's numbers do not depend on its population either; the generic engine's batched matmuls
+  round differently in the last bit with the population size.)
+- A worker that dies in the middle of a task: Dask runs the task again on another worker
+  (``retries=2`` covers tasks that fail there for other reasons). The scheduler gone: the run
+  stops with :class:`SchedulerLost`; the tasks that finished are already in the store and
+  ``reglab run`` again resumes from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import runner
+from . import spec as S
+
+__all__ = ["ClusterError", "DaskExecutor", "SchedulerLost"]
+
+INSTALL_HINT = "Dask is not installed; pip install 'reglab[dask]' (or: pip install 'dask[distributed]')"
+
+
+class ClusterError(ValueError):
+    """The Dask cluster cannot be used (not installed, unreachable, no workers); one line with the fix."""
+
+
+class SchedulerLost(ClusterError):
+    """The connection to the scheduler broke in the middle of a run."""
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ClusterError(INSTALL_HINT) from None
+    return distributed
+
+
+# ------------------------------------------------------------------------------------- worker side
+
+# What reached this process as a worker: datasets deserialised, tasks run and their seconds (client.run).
+_ARRIVALS = {"datasets": 0, "tasks": 0, "seconds": 0.0}
+
+
+def arrivals() -> dict:
+    """How many datasets arrived in this worker process, how many tasks it ran and in how many seconds."""
+    return dict(_ARRIVALS)
+
+
+class Shipped:
+    """The dataset on its way to the workers; counts its arrivals (once per worker, not per task)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getstate__(self):
+        return {"dataset": self.dataset}
+
+    def __setstate__(self, state):
+        self.dataset = state["dataset"]
+        _ARRIVALS["datasets"] += 1
+
+
+def _rebuild(payload: dict) -> S.Study:
+    """The study from its raw dict, plus the grid points the run added while refining."""
+    study = S.from_dict(payload["raw"], base_dir=payload["base_dir"])
+    refined = payload["refined"]
+    if refined:
+        keys = list(refined[0])
+        study.variants += S.grid_variants(study, {k: [p[k] for p in refined] for k in keys}, only=refined)
+    return study
+
+
+def _one_thread():
+    """One thread per task: numba's first, as starting its OpenMP pool resets torch's count."""
+    try:
+        import numba
+
+        if numba.get_num_threads() != 1:
+            numba.set_num_threads(1)
+    except (ImportError, ValueError, RuntimeError):   # pragma: no cover - numba is optional for this
+        pass
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def run_task(payload: dict, shipped: Shipped, task: runner.Task) -> list[dict]:
+    """On a worker: train one task's population and return its records."""
+    start = time.perf_counter()
+    _one_thread()
+    records = runner.execute(_rebuild(payload), shipped.dataset, task, progress=False)
+    _ARRIVALS["tasks"] += 1
+    _ARRIVALS["seconds"] += time.perf_counter() - start
+    return records
+
+
+# -------------------------------------------------------------------------------------- driver side
+
+
+def _address(scheduler: str) -> str:
+    scheduler = scheduler.strip()
+    return scheduler if "://" in scheduler else f"tcp://{scheduler}"
+
+
+class DaskExecutor:
+    """Train a study's tasks on Dask: an existing cluster (``scheduler="tcp://HOST:8786"``) or a
+    local one started here (``workers=N`` processes with one thread each; 2 when neither is given).
+
+    Use it as a context manager (it connects on entry and closes what it started on exit)::
+
+        with DaskExecutor("tcp://10.0.0.5:8786") as ex:
+            reglab.study.run(study, store, executor=ex)
+    """
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None, *,
+                 timeout: float | None = None, wait_for_workers: float = 60.0):
+        if scheduler is not None and workers is not None:
+            raise ClusterError("give a scheduler address (an existing cluster) or a number of workers "
+                               "(a local cluster), not both")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ClusterError(f"workers must be an int >= 1. Got {workers!r}.")
+        self.scheduler = _address(scheduler) if scheduler is not None else None
+        self.workers = workers if workers is not None or scheduler is not None else 2
+        self.timeout = timeout                  # connecting; None: dask's distributed.comm.timeouts.connect
+        self.wait_for_workers = wait_for_workers
+        self.client = None
+        self._cluster = None
+        self._shipped = None                    # (dataset, future): shipped once, reused by later map calls
+        self._uploaded: set[str] = set()
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def start(self):
+        """Connect to the scheduler (or start the local cluster); idempotent."""
+        if self.client is not None:
+            return self
+        distributed = _distributed()
+        if self.scheduler is None:
+            try:
+                self._cluster = distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                                         processes=True, dashboard_address=":0")
+                self.client = distributed.Client(self._cluster)
+            except Exception as exc:
+                self.close()
+                raise ClusterError(f"cannot start a local Dask cluster of {self.workers} workers: {_line(exc)}") from None
+            return self
+        try:
+            timeout = {} if self.timeout is None else {"timeout": self.timeout}
+            self.client = distributed.Client(self.scheduler, **timeout)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {self.scheduler} ({_line(exc)}); start one "
+                               f"with `dask scheduler` or check --scheduler") from None
+        try:
+            self.client.wait_for_workers(1, timeout=self.wait_for_workers)
+        except (TimeoutError, OSError):
+            self.close()
+            raise ClusterError(f"no Dask workers joined {self.scheduler} within {self.wait_for_workers:g} s; "
+                               f"start some with `dask worker {self.scheduler} --nthreads 1`") from None
+        return self
+
+    def close(self):
+        """Close the client, and the local cluster if this executor started it."""
+        client, cluster, self.client, self._cluster, self._shipped = self.client, self._cluster, None, None, None
+        self._uploaded = set()
+        lost = client is not None and client.status != "running"
+        with _quiet("distributed.client") if lost else contextlib.nullcontext():
+            for thing in (client, cluster):
+                if thing is not None:
+                    try:
+                        thing.close(timeout=10) if thing is client else thing.close()
+                    except Exception:   # closing after the scheduler is gone may fail; nothing left to do
+                        pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def address(self) -> str:
+        if self.scheduler is not None:
+            return self.scheduler
+        return self._cluster.scheduler_address if self._cluster is not None else "(local cluster, not started)"
+
+    @property
+    def chunks(self) -> int:
+        """One population chunk per worker thread (one thread per worker: one per worker)."""
+        self.start()
+        try:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        except TypeError:   # pragma: no cover - older distributed without n_workers
+            workers = self.client.scheduler_info()["workers"].values()
+        except (OSError, TimeoutError) as exc:
+            raise self._lost(exc) from None
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+
+    # -- work ----------------------------------------------------------------------------------
+
+    def map(self, study, dataset, tasks, progress=None):
+        """Submit every task at once; yield ``(task, records)`` as each finishes."""
+        tasks = list(tasks)
+        if not tasks:
+            return
+        self.start()
+        distributed = _distributed()
+        client = self.client
+        payload = _payload(study)
+        futures: dict = {}
+        bar = tqdm(total=len(tasks), desc="tasks", unit="task", disable=None if progress is None else not progress)
+        try:
+            try:
+                self._upload_factory(study)
+                data = self._ship(dataset)
+                for task in tasks:
+                    futures[client.submit(run_task, payload, data, task, pure=False, retries=2)] = task
+            except (OSError, TimeoutError) as exc:
+                raise self._lost(exc) from None
+            for future in distributed.as_completed(list(futures)):
+                task = futures.pop(future)
+                records = self._result(future, task)
+                bar.update(1)
+                yield task, records
+        finally:
+            bar.close()
+            if futures and client.status == "running":
+                try:
+                    client.cancel(list(futures))
+                except Exception:   # pragma: no cover - best effort on the way out
+                    pass
+
+    def _result(self, future, task):
+        from concurrent.futures import CancelledError
+
+        from distributed.scheduler import KilledWorker
+
+        if future.status == "error":   # the task itself failed (e.g. a StudyError on the worker): say so
+            try:
+                return future.result()
+            except KilledWorker:
+                raise ClusterError(f"a task of {len(task.variants)} variant(s) x {len(task.seeds)} seed(s) was "
+                                   f"running on each of the workers that died; they may be running out of "
+                                   f"memory (lower training.batch_size or the seeds per task)") from None
+        if future.status == "cancelled" or self.client.status != "running":
+            raise self._lost()
+        try:
+            return future.result()
+        except (CancelledError, OSError, TimeoutError) as exc:
+            raise self._lost(exc) from None
+
+    def _lost(self, exc=None) -> SchedulerLost:
+        self._shipped = None
+        return SchedulerLost(f"lost the Dask scheduler at {self.address}; run `reglab run` again to resume "
+                             f"from the store")
+
+    def _ship(self, dataset):
+        if self._shipped is None or self._shipped[0] is not dataset:
+            future = self.client.scatter(Shipped(dataset), broadcast=True, hash=False)
+            self._shipped = (dataset, future)
+        return self._shipped[1]
+
+    def _upload_factory(self, study):
+        """A factory that is one .py file next to the study file goes to the workers with the study."""
+        ref = study.model.get("factory")
+        if not ref:
+            return
+        module = ref.partition(":")[0]
+        path = Path(study.base_dir) / f"{module}.py"
+        if "." in module or not path.is_file() or str(path) in self._uploaded:
+            return
+        self.client.upload_file(str(path), load=False)
+        self._uploaded.add(str(path))
+
+
+def _payload(study: S.Study) -> dict:
+    """What a worker needs to rebuild ``study``: its raw dict, its folder, the grid points added by
+    refinement; checked here so that workers and driver agree on every configuration key."""
+    base = S.from_dict(study.raw, base_dir=study.base_dir)
+    names = {v.name for v in base.variants}
+    payload = {"raw": study.raw, "base_dir": os.fspath(Path(study.base_dir).resolve()),
+               "refined": [dict(v.params) for v in study.variants if v.name not in names]}
+    rebuilt = {v.name: v.key for v in _rebuild(payload).variants}
+    mine = {v.name: v.key for v in study.variants}
+    if any(rebuilt.get(name) != key for name, key in mine.items()):
+        raise S.StudyError("the study's variants cannot be rebuilt from its file on the workers; "
+                           "run it with --executor local")
+    return payload
+
+
+@contextlib.contextmanager
+def _quiet(name):
+    """Hold back a logger's tracebacks (a client that lost its scheduler logs its cancelled reconnect)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
