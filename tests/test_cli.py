@@ -31,3 +31,12 @@ def test_bad_arguments_exit_2_without_traceback(args):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [["list"], ["status", "x"], ["export", "x"], ["report", "x"]])
+def test_read_only_commands_refuse_a_missing_database(tmp_path, args):
+    db = tmp_path / "missing.db"
+    result = CliRunner().invoke(main, args + ["--db", str(db)])
+    assert result.exit_code == 2
+    assert "no database at" in result.output and "Traceback" not in result.output
+    assert not db.exists()

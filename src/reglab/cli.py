@@ -62,9 +62,14 @@ PUBLISHED = {
 DEMO_STUDIES = ["moons_l2", "moons_l2_grid", "moons_unit_norm", "circles_activity", "circles_activity_grid"]
 
 
-def _open_store(db):
+def _open_store(db, create=True):
+    """The store at ``db``; commands that only read refuse a missing file instead of creating one."""
+    from pathlib import Path
+
     from reglab.store import Store
 
+    if not create and not Path(db).exists():
+        raise UserError(f"no database at {db!r}; run a study first (`reglab run STUDY.toml --db {db}`) or pass --db.")
     return Store(db)
 
 
@@ -129,7 +134,7 @@ def list_(db):
 
     Example: reglab list --db moons.db
     """
-    with _open_store(db) as store:
+    with _open_store(db, create=False) as store:
         rows = store.studies()
     if not rows:
         click.echo(f"no studies in {db}")
@@ -148,7 +153,7 @@ def status(study_name, db):
     """
     from reglab.study import spec
 
-    with _open_store(db) as store:
+    with _open_store(db, create=False) as store:
         row = store.study(study_name)
         if row is None:
             raise UserError(f"no study {study_name!r} in {db}; `reglab list --db {db}` shows what is there.")
@@ -189,7 +194,7 @@ def export(study_name, db, fmt, out):
     import csv
     import io
 
-    with _open_store(db) as store:
+    with _open_store(db, create=False) as store:
         row = store.study(study_name)
         if row is None:
             raise UserError(f"no study {study_name!r} in {db}; `reglab list --db {db}` shows what is there.")
@@ -233,8 +238,12 @@ def report(study_name, db, out):
 
     Example: reglab report moons-l2 --out report/
     """
+    from pathlib import Path
+
     from reglab.report import write_report
 
+    if not Path(db).exists():
+        raise UserError(f"no database at {db!r}; run a study first (`reglab run STUDY.toml --db {db}`) or pass --db.")
     paths = write_report(study_name, db, out)
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
