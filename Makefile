@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-quick clean
+.PHONY: install browser test demo bench bench-quick clean
 
 install: $(STAMP)
 
@@ -16,7 +16,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,dask]'
 	touch $(STAMP)
 
-test: install
+# The report's browser test drives Debian's Chromium through Playwright (no browser download).
+# Install it when it is missing and we can (root with apt-get); otherwise that one test skips, saying why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the report's browser test (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "warning: apt-get could not install chromium; tests/test_report_browser.py will skip"; \
+	else echo "note: chromium is missing and cannot be installed here (needs root and apt-get); the browser test will skip"; fi
+
+test: install browser
 	$(BIN)/python -m pytest
 
 demo: install

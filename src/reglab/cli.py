@@ -234,7 +234,8 @@ def _write(out, payload):
 @click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True)
 @_friendly
 def report(study_name, db, out):
-    """Write a study's summary (summary.md, results.csv, results.json) into a folder.
+    """Write a study's report into a folder: index.html (one self-contained page with the statistics,
+    diagnosis and figures), figures/ as PNG and SVG, summary.md, results.csv, results.json.
 
     Example: reglab report moons-l2 --out report/
     """
@@ -245,7 +246,7 @@ def report(study_name, db, out):
     if not Path(db).exists():
         raise UserError(f"no database at {db!r}; run a study first (`reglab run STUDY.toml --db {db}`) or pass --db.")
     paths = write_report(study_name, db, out)
-    click.echo("wrote " + ", ".join(str(p) for p in paths))
+    click.echo(f"wrote {paths[0]} and {len(paths) - 1} more files (figures/, summary.md, results.csv, results.json)")
 
 
 @main.command()

@@ -1,83 +1,78 @@
-"""Reports of a study: summary.md, results.csv and results.json (figures and HTML: the report issue)."""
+"""Reports of a study: ``index.html`` (one self-contained page), the figures as PNG and SVG, and
+``summary.md``, ``results.csv``, ``results.json``.
+
+``write_report(study_name, db, out)`` reads the study from the database alone. Figures: learning
+curves, the validation curve (grids of one strength), the test metric per seed with the paired
+differences, weight norms and activation sparsity per layer, decision boundaries (2-D
+classification data; one member per variant is re-trained, see :mod:`reglab.report.boundary`) and a
+heat map (grids of two strengths).
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 from pathlib import Path
 
 from ..study import runner
-from ..study.text import diagnosis, table
+from . import boundary, figures, files, html
+from .context import Context
+
+FIGURES = (figures.learning_curves, figures.validation_curve, figures.heat_map, figures.strip_plot,
+           boundary.decision_boundaries, figures.weight_norms, figures.sparsity)
 
 
 def write_report(study_name: str, db, out) -> list[Path]:
-    """Write the report files of ``study_name`` from the database ``db`` into folder ``out``."""
+    """Write the report of ``study_name`` from the database ``db`` into folder ``out``; returns the
+    files written, ``index.html`` first."""
     from ..store import Store
 
     with Store(db) as store:
         loaded = runner.from_store(store, study_name)
+        created = (store.study(study_name) or {}).get("created")
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        (out / "figures").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create the report folder {str(out)!r}: {exc.strerror}; choose another --out.") from None
+    ctx = Context.of(loaded)
+    plots = render(ctx, out / "figures")
     summary = loaded.summary
-    files = {
-        "summary.md": _markdown(summary),
-        "results.json": json.dumps({"summary": _clean(summary), "records": _rows(loaded.records)}, indent=1,
-                                   allow_nan=False, default=str),
-        "results.csv": _csv(_rows(loaded.records)),
+    texts = {
+        "index.html": html.page(ctx, plots, html.provenance(db, created), _parameters(ctx)),
+        "summary.md": files.markdown(summary, [(f"figures/{p.key}.png", p.title) for p in plots]),
+        "results.json": files.results_json(summary, loaded.records),
+        "results.csv": files.results_csv(loaded.records),
     }
-    paths = []
-    for name, text in files.items():
-        path = out / name
-        tmp = path.with_name(name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        paths.append(path)
+    paths = [_write(out / name, text) for name, text in texts.items()]
+    paths += [path for p in plots for path in (p.png, p.svg)]
     return paths
 
 
-def _clean(value):
-    """JSON-safe copy: NaN/inf become None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
+def render(ctx: Context, folder: Path) -> list:
+    """Draw every figure that applies to the study; returns the :class:`figures.Plot` objects."""
+    import matplotlib
+
+    plots = []
+    with matplotlib.rc_context(figures.STYLE):
+        for make in FIGURES:
+            plot = make(ctx, folder)
+            if plot is not None:
+                plots.append(plot)
+    return plots
+
+
+def _parameters(ctx: Context):
+    try:
+        from ..study import spec as S
+
+        ds = ctx.run.dataset
+        model = S.builder(ctx.run.study, tuple(ds.X_train.shape[1:]), ds.task)(ctx.baseline)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:   # noqa: BLE001 - only the count is lost
         return None
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return _clean(value.item())
-    return value
 
 
-def _rows(records):
-    rows = []
-    for r in records:
-        row = {"variant": r["variant"], "params": json.dumps(r["params"], sort_keys=True), "seed": r["seed"]}
-        row.update(r["metrics"])
-        row.update({"epochs_run": r["epochs_run"], "diverged": r["diverged"]})
-        rows.append(_clean(row))
-    return rows
-
-
-def _csv(rows):
-    buffer = io.StringIO()
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _markdown(summary):
-    lines = [f"# {summary['study']}", ""]
-    if summary.get("question"):
-        lines += [summary["question"], ""]
-    lines += [f"Protocol: {summary['protocol']}; {summary['seeds']} seeds; metric: {summary['metric']}; "
-              f"baseline: {summary['baseline']}.", "", "```", table(summary), "```", "", "```", diagnosis(summary), "```"]
-    if summary.get("snippet"):
-        lines += ["", "Winning configuration:", "", "```python", summary["snippet"], "```"]
-    return "\n".join(lines) + "\n"
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
