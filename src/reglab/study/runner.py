@@ -234,6 +234,7 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
             row["paired"] = stats.paired(test, base_test, higher_is_better=higher)
         row["diagnosis"] = _diagnosis(list(recs.values()), metric, dataset)
         rows.append(row)
+    _relative_underfit(rows, higher)
     compared = [r for r in rows if "paired" in r]
     adjusted = stats.holm([r["paired"]["p_value"] for r in compared]) if compared else []
     for r, p in zip(compared, adjusted):
@@ -254,6 +255,19 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
                                stats.one_se_rule(np.array(strengths), scores, higher_is_better=higher).items()}
             summary["grid"]["strengths"] = strengths
     return summary
+
+
+def _relative_underfit(rows, higher: bool, margin: float = 0.02) -> None:
+    """A variant that no longer fits its training data as well as the best-fitting variant does is
+    underfit (too much regularization), whatever its train–test gap: the seeds' λ = 0.1."""
+    fitted = [r for r in rows if r["n"] and r.get("diagnosis")]
+    if len(fitted) < 2 or not higher:
+        return
+    best = max(r["train"]["mean"] for r in fitted)
+    for r in fitted:
+        if r["train"]["mean"] < best - margin:
+            r["diagnosis"]["verdict"] = "underfit"
+            r["diagnosis"]["train_below_best_variant"] = float(best - r["train"]["mean"])
 
 
 def _diagnosis(recs, metric, dataset) -> dict:
