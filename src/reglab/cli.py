@@ -170,16 +170,6 @@ def status(study_name, db):
         click.echo(f"  {v.name:<24} {per_variant.get(v.name, 0):>4}/{len(seeds)}")
 
 
-def _export_rows(records):
-    rows = []
-    for r in records:
-        row = {"variant": r["variant"], "params": json.dumps(r["params"], sort_keys=True), "seed": r["seed"]}
-        row.update(r["metrics"])
-        row.update({"epochs_run": r["epochs_run"], "diverged": r["diverged"]})
-        rows.append(row)
-    return rows
-
-
 @main.command()
 @click.argument("study_name")
 @DB_OPTION
@@ -191,23 +181,15 @@ def export(study_name, db, fmt, out):
 
     Example: reglab export moons-l2 --format csv --out moons.csv
     """
-    import csv
-    import io
+    from reglab.report import files
 
     with _open_store(db, create=False) as store:
         row = store.study(study_name)
         if row is None:
             raise UserError(f"no study {study_name!r} in {db}; `reglab list --db {db}` shows what is there.")
-        rows = _export_rows(store.results(row["id"]))
-    if fmt == "json":
-        payload = json.dumps(rows, indent=1)
-    else:
-        buffer = io.StringIO()
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        writer = csv.DictWriter(buffer, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        payload = buffer.getvalue()
+        records = store.results(row["id"])
+    # The same rows as the report's results.csv/results.json (NaN becomes an empty cell / null).
+    payload = json.dumps(files.rows(records), indent=1, allow_nan=False) if fmt == "json" else files.results_csv(records)
     _write(out, payload)
 
 
