@@ -90,6 +90,9 @@ def test_report_opens_cleanly_in_chromium(browser, report, tmp_path):
     shot = tmp_path / "report.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 50_000
+    if os.environ.get("REGLAB_SCREENSHOTS"):                 # keep it to look at
+        Path(os.environ["REGLAB_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(os.environ["REGLAB_SCREENSHOTS"]) / "report.png")
     pdf = tmp_path / "report.pdf"
     page.pdf(path=str(pdf), format="A4")                   # print
     assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 50_000

@@ -60,6 +60,14 @@ def save(fig, folder: Path, key: str) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def clip_accuracy(ax, ctx: Context) -> None:
+    """An accuracy axis stays within [0, 1]: a t interval over few seeds can reach past 1, which the
+    axis should not pretend is possible."""
+    if ctx.higher:
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, -0.02), min(high, 1.02))
+
+
 def legend_columns(labels, width: float = WIDTH) -> int:
     """How many legend columns fit across a figure ``width`` inches wide (about 17 characters an inch
     at the legend's font size), so that a bottom legend is never cut at the edges."""
@@ -163,6 +171,7 @@ def learning_curves(ctx: Context, folder: Path) -> Plot | None:
         axes[1, c].set_yscale("log")
     for ax in axes[1]:
         log_labels(ax)
+    clip_accuracy(axes[0, 0], ctx)
     axes[0, 0].set_ylabel(ctx.metric_label)
     axes[1, 0].set_ylabel(f"{loss_name} (log scale)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -224,6 +233,7 @@ def validation_curve(ctx: Context, folder: Path) -> Plot | None:
     ax.set_xlabel(f"{ctx.parameter} (log scale)")
     ax.set_ylabel(ctx.metric_label)
     ax.set_title(f"{ctx.metric_label} against the strength {ctx.parameter}")
+    clip_accuracy(ax, ctx)
     handles, labels = ax.get_legend_handles_labels()
     first = [i for i, label in enumerate(labels) if "(mean, 95% CI)" in label]
     order = first + [i for i in range(len(labels)) if i not in first]
@@ -285,6 +295,7 @@ def strip_plot(ctx: Context, folder: Path) -> Plot | None:
     base_row = ctx.row(ctx.baseline)["test"]
     panel(axes[0], series, f"test {ctx.metric_label} per seed", f"test {ctx.metric_label}", base_row["mean"],
           f"{tex(ctx.baseline)} mean")
+    clip_accuracy(axes[0], ctx)
     if others:
         diffs = []
         for n in others:
