@@ -248,9 +248,10 @@ def test_plain_files(reports):
 
 
 def test_report_command_and_errors(reports, tmp_path):
-    result = CliRunner().invoke(main, ["report", "tiny-grid1", "--db", str(reports["db"]), "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(main, ["report", "tiny-iris", "--db", str(reports["db"]), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "r" / "index.html").exists() and (tmp_path / "r" / "figures" / "validation_curve.svg").exists()
+    assert (tmp_path / "r" / "index.html").exists() and (tmp_path / "r" / "figures" / "per_seed.svg").exists()
+    assert "index.html" in result.output
     missing = CliRunner().invoke(main, ["report", "nope", "--db", str(reports["db"]), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "nope" in missing.output and "Traceback" not in missing.output
     blocker = tmp_path / "file"

@@ -167,7 +167,7 @@ def learning_curves(ctx: Context, folder: Path) -> Plot | None:
         axes[0, c].set_title(f"{title} {ctx.metric_label}")
         axes[1, c].set_title(f"{title} {loss_name}, without the penalty")
         axes[1, c].set_xlabel("epoch")
-        axes[1, c].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[1, c].xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         axes[1, c].set_yscale("log")
     for ax in axes[1]:
         log_labels(ax)

@@ -72,7 +72,8 @@ table { border-collapse: collapse; font-size: .86rem; margin: .4rem 0; font-vari
 th, td { padding: .3rem .45rem; border-bottom: 1px solid var(--line); text-align: right; vertical-align: top; }
 th { background: var(--bg-soft); font-weight: 600; white-space: nowrap; }
 th.wrap { white-space: normal; }
-td.text, th.text { text-align: left; }
+td { white-space: nowrap; }
+td.text, th.text { text-align: left; white-space: normal; }
 td.name { overflow-wrap: anywhere; min-width: 7rem; max-width: 16rem; }
 td.nowrap { white-space: nowrap; }
 table.sortable th { cursor: pointer; }
@@ -137,13 +138,14 @@ def _ci(lo, hi, signed=False) -> str:
 
 
 def _name(name) -> str:
-    """A variant name, escaped, that may break after '_', '.', ',' or '=' (long grid names in narrow tables).
+    """A variant name, escaped, that may break after '_' or '=' (long names in narrow tables; not after
+    '.', which would split a number).
 
     >>> _name("before_relu<b>")
     'before_<wbr>relu&lt;b&gt;'
     """
     text = e(name)
-    for ch in ("_", ".", ",", "="):
+    for ch in ("_", "="):
         text = text.replace(ch, ch + "<wbr>")
     return text
 
