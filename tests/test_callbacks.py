@@ -15,13 +15,7 @@ from reglab.callbacks import Callback, EarlyStopping, PenaltySchedule, StoppingR
 NAN = float("nan")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: with two intra-op threads some losses cost milliseconds per call on small CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
 
 
 # --- driving EarlyStopping by hand ---------------------------------------------------------
