@@ -96,8 +96,11 @@ def _print_run(run_, published=None):
 @click.option("--scheduler", default=None, metavar="tcp://HOST:8786", help="With --executor dask: an existing cluster.")
 @click.option("--workers", type=click.IntRange(1, 1024), default=None,
               help="With --executor dask: start a local cluster of N worker processes (default 2).")
+@click.option("--task-size", type=click.IntRange(1, 10_000_000), default=None, metavar="N",
+              help="At most N members per population: results are saved after each population, so smaller "
+                   "tasks lose less to an interruption (default: one population per training setting).")
 @_friendly
-def run(study_file, db, seeds, epochs, executor, scheduler, workers):
+def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size):
     """Run (or resume) a study file and print its statistics.
 
     Finished (configuration, seed) pairs in the database are never trained again.
@@ -120,7 +123,7 @@ def run(study_file, db, seeds, epochs, executor, scheduler, workers):
         pool = contextlib.nullcontext()
     with pool as ex, _open_store(db) as store:
         start = time.perf_counter()
-        run_ = st.run(study, store, dataset=dataset, echo=click.echo, executor=ex)
+        run_ = st.run(study, store, dataset=dataset, echo=click.echo, executor=ex, task_size=task_size)
         click.echo(f"{run_.trained} members trained, {len(run_.records) - run_.trained} from {db}, "
                    f"{time.perf_counter() - start:.1f} s")
     _print_run(run_, PUBLISHED.get(study.name))

@@ -62,21 +62,26 @@ def prepare(study: S.Study):
     return dataset
 
 
-def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=None, echo=None) -> StudyRun:
+def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=None, echo=None,
+        task_size: int | None = None) -> StudyRun:
     """Run (or resume) ``study``; returns every record and the summary. ``executor`` runs the
-    populations (default: :class:`LocalExecutor`, in this process)."""
+    populations (default: :class:`LocalExecutor`, in this process). ``task_size`` caps the members
+    of one population: smaller tasks are saved more often (an interruption loses less) but train
+    less in parallel; default: no cap."""
+    if task_size is not None and (isinstance(task_size, bool) or not isinstance(task_size, int) or task_size < 1):
+        raise ValueError(f"task_size must be a positive int or None. Got {task_size!r} instead.")
     dataset = prepare(study) if dataset is None else dataset
     executor = LocalExecutor() if executor is None else executor
     study_id = store.open_study(study.name, study.as_dict()) if store is not None else None
     records = store.results(study_id) if store is not None else []
     run_ = StudyRun(study, dataset, records)
-    _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor)
+    _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor, task_size)
     if study.protocol == "grid" and study.grid.get("refine", True) and len(S.values(study.grid)) == 1:
         coarse = {v.key for v in study.variants}   # decide from the coarse grid alone, as on the first run
         refined = _refined_variants(study, [r for r in run_.records if r["config_key"] in coarse], dataset.task)
         if refined:
             study.variants = sorted(study.variants + refined, key=lambda v: v.params.get("value", -1.0))
-            _train(study, refined, dataset, store, study_id, run_, progress, echo, executor)
+            _train(study, refined, dataset, store, study_id, run_, progress, echo, executor, task_size)
     keys, seeds = {v.key for v in study.variants}, set(study.seeds)
     run_.records = [r for r in run_.records if r["config_key"] in keys and r["seed"] in seeds]
     run_.summary = summarize(study, run_.records, dataset)
@@ -91,9 +96,10 @@ class Task:
     seeds: tuple
 
 
-def plan(study: S.Study, variants, done: set, chunks: int = 1) -> list[Task]:
+def plan(study: S.Study, variants, done: set, chunks: int = 1, task_size: int | None = None) -> list[Task]:
     """The populations still to train: variants grouped by training settings and by the seeds they
-    miss (``done`` holds finished (config_key, seed) pairs); each split into ``chunks`` seed chunks."""
+    miss (``done`` holds finished (config_key, seed) pairs); each split into ``chunks`` seed chunks,
+    and further so that no task has more than ``task_size`` members."""
     groups: dict[str, list] = {}
     for v in variants:
         groups.setdefault(_group_key(v.training), []).append(v)
@@ -106,8 +112,20 @@ def plan(study: S.Study, variants, done: set, chunks: int = 1) -> list[Task]:
                 by_missing.setdefault(missing, []).append(v.name)
         for seeds, names in by_missing.items():
             size = -(-len(seeds) // max(1, chunks))
-            tasks += [Task(tuple(names), seeds[i:i + size]) for i in range(0, len(seeds), size)]
+            for i in range(0, len(seeds), size):
+                tasks += _split(Task(tuple(names), seeds[i:i + size]), task_size)
     return tasks
+
+
+def _split(task: Task, task_size: int | None) -> list[Task]:
+    """``task`` cut into tasks of at most ``task_size`` members (variants × seeds)."""
+    if task_size is None or len(task.variants) * len(task.seeds) <= task_size:
+        return [task]
+    if len(task.variants) > task_size:   # one seed at a time, variants in groups of task_size
+        return [Task(task.variants[i:i + task_size], (seed,))
+                for seed in task.seeds for i in range(0, len(task.variants), task_size)]
+    step = task_size // len(task.variants)
+    return [Task(task.variants, task.seeds[i:i + step]) for i in range(0, len(task.seeds), step)]
 
 
 def execute(study: S.Study, dataset, task: Task, progress=None) -> list[dict]:
@@ -136,13 +154,13 @@ class LocalExecutor:
             yield task, execute(study, dataset, task, progress)
 
 
-def _train(study, variants, dataset, store, study_id, run_, progress, echo, executor):
+def _train(study, variants, dataset, store, study_id, run_, progress, echo, executor, task_size=None):
     done = {(r["config_key"], r["seed"]) for r in run_.records}
-    tasks = plan(study, variants, done, executor.chunks)
-    for task in tasks:
-        if echo:
-            echo(f"training {len(task.variants)} variant(s) × {len(task.seeds)} seed(s) = "
-                 f"{len(task.variants) * len(task.seeds)} members")
+    tasks = plan(study, variants, done, executor.chunks, task_size)
+    if echo and tasks:
+        members = sum(len(t.variants) * len(t.seeds) for t in tasks)
+        echo(f"training {members} members in {len(tasks)} population(s)" if len(tasks) > 1 else
+             f"training {len(tasks[0].variants)} variant(s) × {len(tasks[0].seeds)} seed(s) = {members} members")
     for task, new in executor.map(study, dataset, tasks, progress):
         if store is not None:
             store.save(study_id, new)     # the driver is the only writer; one transaction per task
