@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -107,8 +108,6 @@ def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size):
     Example: reglab run examples/moons_l2.toml --seeds 10 --db moons.db
     On a Dask cluster: reglab run STUDY.toml --executor dask --scheduler tcp://HOST:8786
     """
-    import contextlib
-
     from reglab import study as st
 
     if executor == "local" and (scheduler is not None or workers is not None):
@@ -121,12 +120,42 @@ def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size):
         pool = DaskExecutor(scheduler, workers)
     else:
         pool = contextlib.nullcontext()
-    with pool as ex, _open_store(db) as store:
+    with _stop_on_interrupt(db, study.name), pool as ex, _open_store(db) as store:
         start = time.perf_counter()
         run_ = st.run(study, store, dataset=dataset, echo=click.echo, executor=ex, task_size=task_size)
         click.echo(f"{run_.trained} members trained, {len(run_.records) - run_.trained} from {db}, "
                    f"{time.perf_counter() - start:.1f} s")
     _print_run(run_, PUBLISHED.get(study.name))
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(db, name):
+    """Ctrl-C (SIGINT) or SIGTERM: finished tasks are already saved (each in its own transaction;
+    the one being saved is saved whole), so say how far the study got and exit 130."""
+    import signal
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not interrupt the goodbye
+        saved = "no results"
+        try:
+            from reglab.store import Store
+
+            with Store(db) as store:
+                row = store.study(name)
+                saved = f"{row['n_results']} results" if row else saved
+        except Exception:   # the goodbye must not fail
+            pass
+        click.echo(f"\ninterrupted: {saved} of study {name!r} are saved in {db}; run the same command again "
+                   f"to resume", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @main.command(name="list")
@@ -161,14 +190,22 @@ def status(study_name, db):
         if row is None:
             raise UserError(f"no study {study_name!r} in {db}; `reglab list --db {db}` shows what is there.")
         records = store.results(row["id"])
+        live = store.running(row["id"])
     study = spec.from_dict(row["spec"])
     seeds = {r["seed"] for r in records}   # the seed count is not part of a stored study: runs may add seeds
+    if live and live["planned"].get("seeds"):
+        seeds |= set(live["planned"]["seeds"])
     expected = len(study.variants) * len(seeds)
     per_variant = {}
     for r in records:
         per_variant[r["variant"]] = per_variant.get(r["variant"], 0) + 1
-    click.echo(f"{study_name}: {len(records)} of {expected} results over the {len(seeds)} seed(s) run so far"
-               + (" (grid refinement adds more)" if study.protocol == "grid" else ""))
+    if live:
+        who = f" (pid {live['pid']} on {live['host']}, started {live['started']})" if live["pid"] else ""
+        planned = live["planned"].get("members", expected)
+        click.echo(f"{study_name}: running{who}: {len(records)} of {planned} members finished")
+    else:
+        click.echo(f"{study_name}: {len(records)} of {expected} results over the {len(seeds)} seed(s) run so far"
+                   + (" (grid refinement adds more)" if study.protocol == "grid" else ""))
     for v in study.variants:
         click.echo(f"  {v.name:<24} {per_variant.get(v.name, 0):>4}/{len(seeds)}")
 
@@ -232,6 +269,12 @@ def report(study_name, db, out):
         raise UserError(f"no database at {db!r}; run a study first (`reglab run STUDY.toml --db {db}`) or pass --db.")
     paths = write_report(study_name, db, out)
     click.echo(f"wrote {paths[0]} and {len(paths) - 1} more files (figures/, summary.md, results.csv, results.json)")
+    with _open_store(db, create=False) as store:
+        entry = store.study(study_name)
+        live = store.running(entry["id"]) if entry else None
+    if live:
+        click.echo(f"note: {study_name!r} is still running; the report shows the {entry['n_results']} members "
+                   f"finished so far -- write it again when the run ends")
 
 
 @main.command()

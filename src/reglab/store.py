@@ -43,6 +43,8 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -50,11 +52,71 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "StoreError"]
+try:   # POSIX record locks: released by the OS when the holder exits, even on kill -9
+    import fcntl
+except ImportError:   # pragma: no cover - Windows: no run lock, concurrent runs are not detected
+    fcntl = None
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "StoreError", "StudyBusy"]
 
 
 class StoreError(ValueError):
     """A problem with the database a user pointed at, in one line that suggests the fix."""
+
+
+class StudyBusy(StoreError):
+    """The study is being run by another process (see :meth:`Store.lease`)."""
+
+
+class _LockFile:
+    """This process's one descriptor on ``<db>.lock``, shared by every lease on that database.
+
+    POSIX record locks belong to the process and are all dropped when *any* descriptor of the file
+    is closed, so the file stays open while a lease is held and is only probed through this one fd.
+    """
+
+    _open: dict = {}
+    _guard = threading.Lock()
+
+    def __init__(self, path: str):
+        self.path, self.fd, self.held = path, os.open(path, os.O_RDWR | os.O_CREAT, 0o644), set()
+
+    @classmethod
+    def get(cls, db: Path) -> _LockFile:
+        path = os.path.realpath(str(db)) + ".lock"
+        with cls._guard:
+            if path not in cls._open:
+                cls._open[path] = cls(path)
+            return cls._open[path]
+
+    def acquire(self, study_id: int) -> bool:
+        with self._guard:
+            if study_id in self.held:
+                return False
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, study_id)
+            except OSError:
+                return False
+            self.held.add(study_id)
+            return True
+
+    def release(self, study_id: int) -> None:
+        with self._guard:
+            if study_id in self.held:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, study_id)
+                self.held.discard(study_id)
+
+    def busy(self, study_id: int) -> bool:
+        """Whether some process (this one included) holds the study's lock."""
+        with self._guard:
+            if study_id in self.held:
+                return True
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, study_id)
+            except OSError:
+                return True
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, study_id)
+            return False
 
 
 # Append only: never edit or reorder a migration that has shipped. Each is (name, statements).
@@ -81,6 +143,15 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
             extra TEXT NOT NULL,         -- JSON: weight norms, sparsity, ...
             saved TEXT NOT NULL,         -- ISO 8601, UTC
             UNIQUE (study_id, config_key, seed)
+        )""",
+    )),
+    ("0002_runs", (
+        """CREATE TABLE runs (
+            study_id INTEGER PRIMARY KEY REFERENCES studies (id),
+            pid INTEGER NOT NULL,        -- the process running the study
+            host TEXT NOT NULL,
+            started TEXT NOT NULL,       -- ISO 8601, UTC
+            planned TEXT NOT NULL        -- JSON: what the run will train, e.g. {"seeds": [...], "members": 60}
         )""",
     )),
 ]
@@ -260,6 +331,77 @@ class Store:
                 (text,) = self._conn.execute("SELECT spec FROM studies WHERE id = ?", (entry["id"],)).fetchone()
             entry["spec"] = json.loads(text)
         return entry
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, study_id: int, planned: Mapping | None = None):
+        """Hold study ``study_id`` for one run: a second run of the same study, from this process or
+        any other on this machine (or on a shared file system with working locks), gets
+        :class:`StudyBusy` naming the holder. The lock is an OS record lock on ``<db>.lock``, so it is
+        released when the run ends however it ends -- Ctrl-C, an exception or ``kill -9``.
+        ``planned`` (e.g. ``{"seeds": [...], "members": 60}``) is kept for :meth:`running`."""
+        if self.path == ":memory:" or fcntl is None:
+            yield
+            return
+        try:
+            lock = _LockFile.get(self.path)
+        except OSError as e:
+            raise StoreError(f"cannot create the lock file {self.path}.lock: {e.strerror}; "
+                             f"use a --db in a folder you can write") from None
+        if not lock.acquire(study_id):
+            holder = self.running(study_id) or {}
+            who = (f" (pid {holder['pid']} on {holder['host']}, started {holder['started']})"
+                   if holder.get("pid") else "")
+            raise StudyBusy(f"study {self._name(study_id)!r} is already being run by another reglab{who}; "
+                            f"wait for it to finish (`reglab status` shows progress) or stop it, then run again")
+        try:
+            with self._operation("recording the run"), self._transaction():
+                self._conn.execute("INSERT OR REPLACE INTO runs (study_id, pid, host, started, planned) "
+                                   "VALUES (?, ?, ?, ?, ?)", (study_id, os.getpid(), socket.gethostname(), _now(),
+                                                              _dumps(dict(planned or {}), "the run's plan")))
+            yield
+        finally:
+            try:
+                if self._conn is not None:
+                    with self._operation("ending the run"), self._transaction():
+                        self._conn.execute("DELETE FROM runs WHERE study_id = ? AND pid = ?", (study_id, os.getpid()))
+            finally:
+                lock.release(study_id)
+
+    def plan_run(self, study_id: int, planned: Mapping) -> None:
+        """Update what the current run of ``study_id`` will train (shown by :meth:`running`)."""
+        with self._operation("recording the run"), self._transaction():
+            self._conn.execute("UPDATE runs SET planned = ? WHERE study_id = ? AND pid = ?",
+                               (_dumps(dict(planned), "the run's plan"), study_id, os.getpid()))
+
+    def running(self, study_id: int) -> dict | None:
+        """The run holding ``study_id`` -- ``pid``, ``host``, ``started``, ``planned`` -- or None.
+
+        A row left by a run that was killed is ignored: the study's lock, not the row, says whether
+        a run is alive."""
+        if self.path == ":memory:" or fcntl is None:
+            return None
+        lock_path = os.path.realpath(str(self.path)) + ".lock"
+        if lock_path not in _LockFile._open and not os.path.exists(lock_path):
+            return None   # no run ever took a lease here: probe without creating the file
+        try:
+            busy = _LockFile.get(self.path).busy(study_id)
+        except OSError:
+            busy = False
+        if not busy:
+            return None
+        with self._operation("reading the run"):
+            row = self._conn.execute("SELECT pid, host, started, planned FROM runs WHERE study_id = ?",
+                                     (study_id,)).fetchone()
+        if row is None:
+            return {"pid": None, "host": None, "started": None, "planned": {}}
+        return {"pid": row[0], "host": row[1], "started": row[2], "planned": json.loads(row[3])}
+
+    def _name(self, study_id: int) -> str:
+        with self._operation("reading the study"):
+            row = self._conn.execute("SELECT name FROM studies WHERE id = ?", (study_id,)).fetchone()
+        return row[0] if row else str(study_id)
 
     # -- results -------------------------------------------------------------------------------
 

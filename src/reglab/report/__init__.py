@@ -27,7 +27,8 @@ def write_report(study_name: str, db, out) -> list[Path]:
 
     with Store(db) as store:
         loaded = runner.from_store(store, study_name)
-        created = (store.study(study_name) or {}).get("created")
+        entry = store.study(study_name) or {}
+        created, live = entry.get("created"), store.running(entry["id"]) if entry else None
     out = Path(out)
     try:
         (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,7 @@ def write_report(study_name: str, db, out) -> list[Path]:
     plots = render(ctx, out / "figures")
     summary = loaded.summary
     texts = {
-        "index.html": html.page(ctx, plots, html.provenance(db, created), _parameters(ctx)),
+        "index.html": html.page(ctx, plots, {**html.provenance(db, created), "running": live}, _parameters(ctx)),
         "summary.md": files.markdown(summary, [(f"figures/{p.key}.png", p.title) for p in plots]),
         "results.json": files.results_json(summary, loaded.records),
         "results.csv": files.results_csv(loaded.records),

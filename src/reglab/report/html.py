@@ -17,6 +17,8 @@ import math
 import platform
 from datetime import datetime, timezone
 
+from ..study.text import divergence, verdict_text
+from ..study.text import rise as _rise
 from .context import Context, fmt, seeds_text
 
 
@@ -65,6 +67,7 @@ h3 { font-size: 1.02rem; margin: 1.2rem 0 .4rem; }
 .meta, .muted, figcaption { color: var(--muted); }
 .answer { background: var(--bg-soft); border-left: 4px solid #3a7ebf; padding: .7rem 1rem; margin: 1rem 0; }
 .answer p { margin: .25rem 0; }
+.running { background: #fff4e5; border-left: 4px solid #e08a00; padding: .5rem 1rem; margin: 1rem 0; color: #222; }
 nav { font-size: .9rem; margin: .8rem 0; }
 nav a { margin-right: 1rem; color: #2b5d9b; text-decoration: none; white-space: nowrap; }
 .scroll { overflow-x: auto; }
@@ -175,8 +178,8 @@ def stats_table(ctx: Context) -> str:
                  f'<td data-sort="{_num(row["test"]["mean"])}">{_pm(row["test"])}</td>',
                  f'<td data-sort="{_num(row["test"]["ci_low"])}">{_ci(row["test"]["ci_low"], row["test"]["ci_high"])}</td>']
         if p:
-            verdict = row.get("verdict", "")
-            vcls = {"better": "better", "worse": "worse"}.get(verdict, "")
+            verdict = verdict_text(row)
+            vcls = {"better": "better", "worse": "worse", "diverged": "worse"}.get(row.get("verdict", ""), "")
             cells += [f'<td class="nowrap" data-sort="{_num(p["mean_diff"])}">{fmt(p["mean_diff"], signed=True)} '
                       f'{_ci(p["ci_low"], p["ci_high"], signed=True)}</td>',
                       f'<td data-sort="{_num(p["p_better"])}">{fmt(p["p_better"], 2)}</td>',
@@ -184,10 +187,10 @@ def stats_table(ctx: Context) -> str:
                       f'<td class="text nowrap {vcls}">{e(verdict)}</td>']
         else:
             cells += ['<td data-sort="">(baseline)</td>', '<td data-sort=""></td>', '<td data-sort=""></td>',
-                      '<td class="text"></td>']
+                      f'<td class="text nowrap{" worse" if fit == "diverged" else ""}">{e(divergence(row))}</td>']
         cells.append(f'<td class="text nowrap">{e(fit)}</td>')
         if show_diverged:
-            cells.append(f'<td>{row.get("diverged", 0)}</td>')
+            cells.append(f'<td data-sort="{row.get("diverged", 0)}">{row.get("diverged", 0)}/{row.get("runs", row["n"])}</td>')
         out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
     better = "higher" if ctx.higher else "lower"
@@ -195,7 +198,9 @@ def stats_table(ctx: Context) -> str:
                f'distribution. Δ is the paired difference to {e(s["baseline"])} on the same seeds ({better} is better), '
                f'P(better) the posterior probability that the variant is better, p (Holm) the two-sided paired t-test '
                f'p-value corrected for the number of variants compared; the verdict is "better" or "worse" at '
-               f'Holm p &lt; 0.05. Click a column heading to sort.</p>')
+               f'Holm p &lt; 0.05. A member whose loss became NaN or infinite <b>diverged</b>: it has no score, n '
+               f'counts the scored seeds, and a variant that diverged on every seed has the verdict "diverged". '
+               f'Click a column heading to sort.</p>')
     return "\n".join(out)
 
 
@@ -218,10 +223,10 @@ def diagnosis_table(ctx: Context) -> str:
         rise = d.get("val_loss_rise_after_best")
         out.append("<tr>" + "".join([
             f'<td class="text name">{_swatch(ctx, row["variant"])}{_name(row["variant"])}</td>',
-            f'<td class="text nowrap">{e(d.get("verdict", "—"))}</td>',
+            f'<td class="text nowrap">{e(_fit(row))}</td>',
             f'<td>{fmt(d.get("gap"), signed=True)}</td>',
             f'<td>{d.get("best_val_epoch", "—")}</td>',
-            f'<td>{"—" if rise is None else f"{rise:+.0%}"}</td>',
+            f'<td>{"—" if rise is None else _rise(rise)}</td>',
             f'<td>{fmt(d.get("ensemble_accuracy"))}</td>',
             f'<td>{fmt(d.get("mean_member_accuracy"))}</td>',
             f'<td class="text">{e(norms) or "—"}</td>',
@@ -229,7 +234,10 @@ def diagnosis_table(ctx: Context) -> str:
     out.append("</tbody></table></div>")
     out.append('<p class="muted">Fit: <b>overfit</b> when the train–test gap exceeds 0.05 (or the test error is '
                'more than 1.5 × the training error) or the mean validation loss ends more than 10% above its '
-               'minimum; <b>underfit</b> when the training accuracy itself is below 0.9. "Best val. epoch" is the '
+               'minimum; <b>underfit</b> when the training accuracy itself is below 0.9 (or every feature is '
+               'constant); <b>diverged</b> when the loss became NaN or infinite on every seed (on some seeds: the '
+               'count follows, and the rest are diagnosed from the others); <b>one class in training</b> when the '
+               'training split holds a single class, so no model can learn the task. "Best val. epoch" is the '
                'epoch (counted from 0) of the lowest mean validation loss, penalty included, and the next column '
                'how far it rose after it. Ensemble: the accuracy of averaging the seeds\' predicted probabilities, '
                'against the mean single member.</p>')
@@ -241,10 +249,21 @@ def diagnosis_table(ctx: Context) -> str:
     return "\n".join(out)
 
 
+def _fit(row) -> str:
+    """The diagnosis column: the fit verdict, with how many seeds diverged."""
+    verdict = (row.get("diagnosis") or {}).get("verdict", "—")
+    if verdict == "diverged":
+        return divergence(row) or verdict
+    return "; ".join(v for v in (verdict, divergence(row)) if v)
+
+
 def _answer(ctx: Context) -> str:
     s = ctx.summary
-    parts = []
-    compared = [r for r in s["rows"] if "paired" in r]
+    parts = [f"<b>Warning:</b> {e(w)}." for w in s.get("warnings", ())]
+    diverged = [r for r in s["rows"] if (r.get("diagnosis") or {}).get("verdict") == "diverged"]
+    if diverged and len(diverged) < len(s["rows"]):
+        parts.append("Diverged on every seed (no score): " + ", ".join(f"<b>{e(r['variant'])}</b>" for r in diverged) + ".")
+    compared = [r for r in s["rows"] if "paired" in r and r.get("verdict") in ("better", "worse", "no clear difference")]
     better = [r for r in compared if r.get("verdict") == "better"]
     worse = [r for r in compared if r.get("verdict") == "worse"]
     if better:
@@ -258,8 +277,10 @@ def _answer(ctx: Context) -> str:
     if rest:
         parts.append(f"{rest} of {len(compared)} variant(s) cannot be told apart from {e(s['baseline'])} "
                      f"over these {s['seeds']} seeds.")
-    if not compared:
+    if not compared and not diverged:
         parts.append(f"One variant over {s['seeds']} seeds (no comparison).")
+    if s.get("no_winner"):
+        parts.append(f"No winner: {e(s['no_winner'])}.")
     if s.get("winner"):
         w = ctx.row(s["winner"])
         parts.append(f'Best mean test {e(ctx.metric_label)}: <b>{e(s["winner"])}</b> '
@@ -409,6 +430,7 @@ def page(ctx: Context, plots, provenance: dict, n_parameters=None) -> str:
 <p class="meta">{e(s['protocol'])} protocol · {s['seeds']} seeds · metric: test {e(ctx.metric_label)} · baseline:
 {e(s['baseline'])} · {len(ctx.names)} variants</p>
 <nav>{nav}</nav>
+{_running(provenance.get("running"), len(ctx.run.records))}
 </header>
 <section id="answer"><h2>Answer</h2>
 {_answer(ctx)}
@@ -423,8 +445,7 @@ def page(ctx: Context, plots, provenance: dict, n_parameters=None) -> str:
 {diagnosis_table(ctx)}
 </section>
 <section id="snippet"><h2>Winning configuration</h2>
-<p>The variant with the best mean test score, <b>{e(s.get('winner', '—'))}</b>, as PyTorch code to paste next to
-your own model.{_winner_note(ctx)}</p>
+<p>{f"The variant with the best mean test score, <b>{e(s['winner'])}</b>, as PyTorch code to paste next to your own model.{_winner_note(ctx)}" if s.get("winner") else f"No winner: {e(s.get('no_winner') or 'no variant has a score')}."}</p>
 <pre><code>{e(snippet)}</code></pre>
 </section>
 <section id="figures"><h2>Figures</h2>
@@ -444,6 +465,18 @@ loads nothing from the network.</footer>
 </body>
 </html>
 """
+
+
+def _running(live, finished: int) -> str:
+    """A banner for a study that was still running when the report was written."""
+    if not live:
+        return ""
+    planned = (live.get("planned") or {}).get("members")
+    of = f" of {planned}" if planned else ""
+    who = f" (pid {live['pid']} on {live['host']}, started {live['started']})" if live.get("pid") else ""
+    return (f'<p class="running"><b>Still running.</b> This study was being trained when this page was written{e(who)}: '
+            f'{finished}{of} members had finished, and everything below is computed from those alone. '
+            f'Write the report again when the run ends.</p>')
 
 
 def provenance(db, created=None) -> dict:

@@ -7,7 +7,10 @@ run loses at most the members in flight.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,15 +76,19 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
     dataset = prepare(study) if dataset is None else dataset
     executor = LocalExecutor() if executor is None else executor
     study_id = store.open_study(study.name, study.as_dict()) if store is not None else None
-    records = store.results(study_id) if store is not None else []
-    run_ = StudyRun(study, dataset, records)
-    _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor, task_size)
-    if study.protocol == "grid" and study.grid.get("refine", True) and len(S.values(study.grid)) == 1:
-        coarse = {v.key for v in study.variants}   # decide from the coarse grid alone, as on the first run
-        refined = _refined_variants(study, [r for r in run_.records if r["config_key"] in coarse], dataset.task)
-        if refined:
-            study.variants = sorted(study.variants + refined, key=lambda v: v.params.get("value", -1.0))
-            _train(study, refined, dataset, store, study_id, run_, progress, echo, executor, task_size)
+    planned = {"seeds": list(study.seeds), "members": len(study.variants) * len(study.seeds)}
+    with store.lease(study_id, planned) if store is not None else contextlib.nullcontext():
+        records = store.results(study_id) if store is not None else []
+        run_ = StudyRun(study, dataset, records)
+        _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor, task_size)
+        if study.protocol == "grid" and study.grid.get("refine", True) and len(S.values(study.grid)) == 1:
+            coarse = {v.key for v in study.variants}   # decide from the coarse grid alone, as on the first run
+            refined = _refined_variants(study, [r for r in run_.records if r["config_key"] in coarse], dataset.task)
+            if refined:
+                study.variants = sorted(study.variants + refined, key=lambda v: v.params.get("value", -1.0))
+                if store is not None:
+                    store.plan_run(study_id, {**planned, "members": len(study.variants) * len(study.seeds)})
+                _train(study, refined, dataset, store, study_id, run_, progress, echo, executor, task_size)
     keys, seeds = {v.key for v in study.variants}, set(study.seeds)
     run_.records = [r for r in run_.records if r["config_key"] in keys and r["seed"] in seeds]
     run_.summary = summarize(study, run_.records, dataset)
@@ -163,9 +170,28 @@ def _train(study, variants, dataset, store, study_id, run_, progress, echo, exec
              f"training {len(tasks[0].variants)} variant(s) × {len(tasks[0].seeds)} seed(s) = {members} members")
     for task, new in executor.map(study, dataset, tasks, progress):
         if store is not None:
-            store.save(study_id, new)     # the driver is the only writer; one transaction per task
+            with _interrupts_deferred():   # a finished task is saved whole even if Ctrl-C lands now
+                store.save(study_id, new)  # the driver is the only writer; one transaction per task
         run_.records.extend(new)
         run_.trained += len(new)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold SIGINT/SIGTERM back for the duration of the block, then deliver them (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if caught:   # delivered again now, to whatever handled it before (Ctrl-C: KeyboardInterrupt)
+            signal.raise_signal(caught[0])
 
 
 def _downsample(values: np.ndarray, epochs_run: int):
@@ -197,6 +223,8 @@ def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
     metrics = {f"train_{metric}": train_eval[metric], f"test_{metric}": test_eval[metric],
                "train_loss": train_eval["loss"], "test_loss": test_eval["loss"],
                "train_data_loss": train_eval["data_loss"], "test_data_loss": test_eval["data_loss"]}
+    if result.diverged[i]:   # the frozen weights made the loss NaN/inf: they have no score to report
+        metrics = {k: float("nan") for k in metrics}
     return {
         "variant": variant.name, "config_key": variant.key, "params": variant.params, "seed": int(seed),
         "metrics": metrics, "epochs_run": epochs_run, "diverged": bool(result.diverged[i]), "history": history,
@@ -210,7 +238,7 @@ def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
 def _refined_variants(study, records, task):
     metric = "accuracy" if task != "regression" else "mae"
     strengths, scores = _grid_scores(study, records, metric)
-    if len(strengths) < 2:
+    if len(strengths) < 2 or not np.isfinite(scores).any():   # every strength diverged: nothing to refine
         return []
     low, high = stats.choose_decade(strengths, scores, higher_is_better=metric == "accuracy")
     tried = set(strengths)
@@ -224,47 +252,67 @@ def _grid_scores(study, records, metric):
     by_value: dict[float, dict] = {}
     for r in records:
         if "value" in r["params"]:
-            by_value.setdefault(r["params"]["value"], {})[r["seed"]] = r["metrics"][f"test_{metric}"]
+            by_value.setdefault(r["params"]["value"], {})[r["seed"]] = _score(r, f"test_{metric}")
     strengths = sorted(by_value)
     scores = np.array([[by_value[v].get(s, np.nan) for s in study.seeds] for v in strengths], dtype=float)
     return strengths, scores
 
 
 def summarize(study: S.Study, records: list, dataset) -> dict:
-    """Per-variant statistics, paired comparisons to the baseline (Holm), diagnosis and the winner."""
+    """Per-variant statistics, paired comparisons to the baseline (Holm), diagnosis and the winner.
+
+    A diverged member has no score: its metrics count as missing (``n`` counts the others), its
+    variant's ``diverged`` says on how many of its ``runs`` seeds, and a variant that diverged on
+    every seed gets the verdict and the diagnosis ``"diverged"``. The winner is the best variant
+    that never diverged (if every scored variant diverged somewhere: the best of those)."""
     metric = "accuracy" if dataset.task != "regression" else "mae"
     higher = metric == "accuracy"
     names = [v.name for v in study.variants]
     by_variant = {n: {r["seed"]: r for r in records if r["variant"] == n} for n in names}
     seeds = study.seeds
+    faults = _data_faults(dataset)
     rows = []
     base = by_variant[study.baseline]
-    base_test = np.array([base[s]["metrics"][f"test_{metric}"] if s in base else np.nan for s in seeds])
+    base_test = _per_seed(base, seeds, f"test_{metric}")
     for name in names:
         recs = by_variant[name]
-        test = np.array([recs[s]["metrics"][f"test_{metric}"] if s in recs else np.nan for s in seeds])
-        train = np.array([recs[s]["metrics"][f"train_{metric}"] if s in recs else np.nan for s in seeds])
+        test = _per_seed(recs, seeds, f"test_{metric}")
+        train = _per_seed(recs, seeds, f"train_{metric}")
         row = {"variant": name, "params": next(iter(recs.values()))["params"] if recs else {},
                "n": int(np.isfinite(test).sum()), "train": stats.describe(train), "test": stats.describe(test),
-               "diverged": int(sum(r["diverged"] for r in recs.values())),
+               "diverged": int(sum(bool(r["diverged"]) for r in recs.values())), "runs": len(recs),
                "epochs_run": float(np.mean([r["epochs_run"] for r in recs.values()])) if recs else float("nan")}
         if name != study.baseline:
             row["paired"] = stats.paired(test, base_test, higher_is_better=higher)
-        row["diagnosis"] = _diagnosis(list(recs.values()), metric, dataset)
+        row["diagnosis"] = _diagnosis(list(recs.values()), metric, dataset, faults)
         rows.append(row)
     _relative_underfit(rows, higher)
+    base_row = next(r for r in rows if r["variant"] == study.baseline)
     compared = [r for r in rows if "paired" in r]
     adjusted = stats.holm([r["paired"]["p_value"] for r in compared]) if compared else []
     for r, p in zip(compared, adjusted):
         r["p_holm"] = float(p)
-        r["verdict"] = stats.verdict(r["paired"], p, higher_is_better=higher)
+        if _all_diverged(r):
+            r["verdict"] = "diverged"
+        elif _all_diverged(base_row):
+            r["verdict"] = "no comparison: baseline diverged"
+        else:
+            r["verdict"] = stats.verdict(r["paired"], p, higher_is_better=higher)
     summary = {"study": study.name, "question": study.question, "protocol": study.protocol, "metric": metric,
                "baseline": study.baseline, "seeds": len(seeds), "task": dataset.task, "rows": rows}
+    warnings = _warnings(faults, rows, dataset)
+    if warnings:
+        summary["warnings"] = warnings
     finite = [r for r in rows if r["n"]]
-    if finite:
-        best = (max if higher else min)(finite, key=lambda r: r["test"]["mean"])
+    steady = [r for r in finite if not r["diverged"]] or finite
+    if faults:
+        summary["no_winner"] = "the training data cannot be learned (see the warning)"
+    elif not steady:
+        summary["no_winner"] = "every member diverged" if any(r["diverged"] for r in rows) else "no variant has a score"
+    else:
+        best = (max if higher else min)(steady, key=lambda r: r["test"]["mean"])
         summary["winner"] = best["variant"]
-        first = next(iter(by_variant[best["variant"]].values()), None)
+        first = next((r for r in by_variant[best["variant"]].values() if not r["diverged"]), None)
         summary["snippet"] = first["extra"]["snippet"] if first else ""
     if study.protocol == "grid" and len(S.values(study.grid)) == 1:
         strengths, scores = _grid_scores(study, records, metric)
@@ -277,8 +325,10 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
 
 def _relative_underfit(rows, higher: bool, margin: float = 0.02) -> None:
     """A variant that no longer fits its training data as well as the best-fitting variant does is
-    underfit (too much regularization), whatever its train–test gap: the seeds' λ = 0.1."""
-    fitted = [r for r in rows if r["n"] and r.get("diagnosis")]
+    underfit (too much regularization), whatever its train–test gap: the seeds' λ = 0.1. Variants
+    without a score (every member diverged) take no part."""
+    fitted = [r for r in rows if r["n"] and r.get("diagnosis") and np.isfinite(r["train"]["mean"])
+              and r["diagnosis"].get("verdict") != ONE_CLASS]
     if len(fitted) < 2 or not higher:
         return
     best = max(r["train"]["mean"] for r in fitted)
@@ -288,33 +338,120 @@ def _relative_underfit(rows, higher: bool, margin: float = 0.02) -> None:
             r["diagnosis"]["train_below_best_variant"] = float(best - r["train"]["mean"])
 
 
-def _diagnosis(recs, metric, dataset) -> dict:
+ONE_CLASS = "one class in training"   # the diagnosis when the training split holds a single class
+
+
+def _diagnosis(recs, metric, dataset, faults=None) -> dict:
     if not recs:
         return {}
-    train = float(np.nanmean([r["metrics"][f"train_{metric}"] for r in recs]))
-    test = float(np.nanmean([r["metrics"][f"test_{metric}"] for r in recs]))
-    length = min(len(r["history"].get("val_loss", [])) for r in recs)
-    mean_curve = {"val_loss": np.nanmean([r["history"]["val_loss"][:length] for r in recs], axis=0)} if length else {}
+    faults = faults or {}
+    diverged = sum(bool(r["diverged"]) for r in recs)
+    counts = {"diverged": diverged, "runs": len(recs)} if diverged else {}
+    recs = [r for r in recs if not r["diverged"]]   # a diverged member has no score, norms of ~inf
+    if not recs:
+        return {"verdict": "diverged", **counts}
+    with np.errstate(all="ignore"):
+        train = _mean([r["metrics"][f"train_{metric}"] for r in recs])
+        test = _mean([r["metrics"][f"test_{metric}"] for r in recs])
+        length = min(len(r["history"].get("val_loss", [])) for r in recs)
+        curve = np.array([r["history"]["val_loss"][:length] for r in recs], dtype=float) if length else None
+        mean_curve = {"val_loss": _column_means(curve)} if length else {}
     out = diagnose.fit_verdict(mean_curve, train, test, metric)
     if "best_val_epoch" in out and length:
-        out["best_val_epoch"] = int(recs[0]["history"]["epoch"][out["best_val_epoch"]])
-    norms: dict = {}
-    for r in recs:
-        for layer, values in r["extra"]["weight_norms"].items():
-            for k, v in values.items():
-                norms.setdefault(layer, {}).setdefault(k, []).append(v)
-    out["weight_norms"] = {layer: {k: float(np.mean(v)) for k, v in d.items()} for layer, d in norms.items()}
-    sparsity: dict = {}
-    for r in recs:
-        for layer, values in r["extra"]["sparsity"].items():
-            for k, v in values.items():
-                sparsity.setdefault(layer, {}).setdefault(k, []).append(v)
-    out["sparsity"] = {layer: {k: float(np.mean(v)) for k, v in d.items()} for layer, d in sparsity.items()}
+        # fit_verdict counts only the finite points of the curve: map its index back to an epoch
+        finite = np.flatnonzero(np.isfinite(mean_curve["val_loss"]))
+        out["best_val_epoch"] = int(recs[0]["history"]["epoch"][finite[out["best_val_epoch"]]])
+    if faults.get("one_class") is not None:
+        out["verdict"] = ONE_CLASS
+    elif faults.get("constant_features"):
+        out["verdict"] = "underfit"
+        out["constant_features"] = True
+    out.update(counts)
+    out["weight_norms"] = _mean_per_layer(r["extra"]["weight_norms"] for r in recs)
+    out["sparsity"] = _mean_per_layer(r["extra"]["sparsity"] for r in recs)
     if dataset.task != "regression":
-        proba = np.array([r["extra"]["test_proba"] for r in recs if not r["diverged"]], dtype=float)
-        if len(proba):
+        proba = np.array([r["extra"]["test_proba"] for r in recs], dtype=float)
+        if len(proba) and np.isfinite(proba).all():
             out["ensemble_accuracy"] = float(stats.ensemble_accuracy(proba, dataset.y_test))
             out["mean_member_accuracy"] = test
+    return out
+
+
+def _score(record, key) -> float:
+    """A record's metric; NaN for a diverged member (no score) or one that is missing."""
+    if record["diverged"]:
+        return float("nan")
+    value = record["metrics"].get(key)
+    return float("nan") if value is None else float(value)
+
+
+def _per_seed(recs: dict, seeds, key) -> np.ndarray:
+    return np.array([_score(recs[s], key) if s in recs else np.nan for s in seeds], dtype=float)
+
+
+def _all_diverged(row) -> bool:
+    return bool(row.get("runs")) and row.get("diverged", 0) == row["runs"]
+
+
+def _mean(values) -> float:
+    """The mean of the finite values, NaN (and no warning) when there are none."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _column_means(matrix: np.ndarray) -> np.ndarray:
+    """Per column, the mean of its finite values; NaN (and no warning) for a column with none."""
+    ok = np.isfinite(matrix)
+    count = ok.sum(axis=0)
+    total = np.where(ok, matrix, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _mean_per_layer(dicts) -> dict:
+    values: dict = {}
+    for d in dicts:
+        for layer, entries in d.items():
+            for k, v in entries.items():
+                values.setdefault(layer, {}).setdefault(k, []).append(v)
+    return {layer: {k: _mean(v) for k, v in d.items()} for layer, d in values.items()}
+
+
+def _data_faults(dataset) -> dict:
+    """What about the training data keeps every model from learning: every feature constant, or a
+    single class (classification)."""
+    faults = {}
+    X = np.asarray(dataset.X_train)
+    flat = X.reshape(len(X), -1)
+    if len(flat) > 1 and flat.shape[1] and bool(np.all(flat == flat[:1])):
+        faults["constant_features"] = True
+    if dataset.task != "regression" and len(dataset.y_train):
+        present = np.unique(np.asarray(dataset.y_train))
+        if present.size == 1:
+            faults["one_class"] = int(present[0])
+    return faults
+
+
+def _warnings(faults, rows, dataset) -> list[str]:
+    """One line per fault the whole study shares: the reader sees why every verdict looks the way it does."""
+    info = dataset.info or {}
+    split = info.get("split")
+    where = f"the training split ({split})" if split else "the training split"
+    out = []
+    if "one_class" in faults:
+        classes = info.get("classes")
+        label = classes[faults["one_class"]] if classes and faults["one_class"] < len(classes) else faults["one_class"]
+        out.append(f"{where} holds a single class ({label!r}): every model learns to predict that class, so no "
+                   f"variant can be judged; shuffle the rows or use test_fraction instead of train")
+    if faults.get("constant_features"):
+        prior = "the mean target" if dataset.task == "regression" else "the class prior"
+        out.append(f"every feature is constant in {where}: the models can learn only {prior} (underfit); "
+                   f"check the feature columns")
+    total = sum(r.get("runs", 0) for r in rows)
+    diverged = sum(r.get("diverged", 0) for r in rows)
+    if total and diverged == total:
+        out.append(f"every member diverged ({diverged}/{total}): the loss became NaN or infinite; lower the "
+                   f"learning rate or the penalty strengths")
     return out
 
 
