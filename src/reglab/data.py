@@ -474,9 +474,8 @@ def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
                                       class_labels=classes)
         split = (f"shuffled (split_seed {seed}){', stratified' if stratify else ''}: "
                  f"{len(train)} train, {len(test)} test (test_fraction {fraction})")
-    if classify and len(np.unique(y[train])) < 2:
-        raise DataError(f"{part}: the training part ({split}) holds a single class; shuffle the rows or use "
-                        f"test_fraction instead of train")
+    # A training part of a single class is not refused: the study trains and its summary says so
+    # (reglab.study.runner: the diagnosis "one class in training" and a warning with the fix).
 
     val = None
     validation = spec.get("validation", "test")
@@ -494,7 +493,8 @@ def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
     if standardize:
         mean = flat[train].mean(axis=0)
         std = flat[train].std(axis=0)
-        std[std == 0] = 1.0                                           # a constant feature stays finite
+        # a constant feature stays finite: a spread of float rounding only (0.1 summed n times) is none
+        std[std <= 64 * np.finfo(np.float64).eps * np.abs(flat[train]).max(axis=0, initial=0.0)] = 1.0
         flat = (flat - mean) / std
         scaling = "standardized with the training part's mean and std"
     elif name == "digits":

@@ -52,7 +52,10 @@ def chosen(ctx: Context) -> list[str]:
             ranked = sorted((r for r in ctx.summary["rows"] if r["n"] and r["variant"] != ctx.baseline),
                             key=lambda r: r["test"]["mean"], reverse=ctx.higher)
             names = [ctx.baseline] + [r["variant"] for r in ranked[:MAX_PANELS - 1]]
-    return list(dict.fromkeys(n for n in names if ctx.records.get(n)))[:MAX_PANELS]
+    seed = ctx.run.study.seeds[0] if ctx.run.study.seeds else None
+    drawn = [n for n in names if ctx.records.get(n)
+             and not any(r["seed"] == seed and r["diverged"] for r in ctx.records[n])]
+    return list(dict.fromkeys(drawn))[:MAX_PANELS]   # a member that diverged has no boundary to draw
 
 
 @contextmanager
@@ -129,7 +132,8 @@ def decision_boundaries(ctx: Context, folder: Path) -> Plot | None:
     seed = ctx.run.study.seeds[0]
     models = retrain(ctx.run, names, seed)
     X = np.concatenate([ds.X_train, ds.X_test])
-    pad = 0.15 * (X.max(axis=0) - X.min(axis=0))
+    span = X.max(axis=0) - X.min(axis=0)
+    pad = 0.15 * np.where(span > 0, span, 1 / 0.15)   # a constant feature: one unit either side
     (x0, y0), (x1, y1) = X.min(axis=0) - pad, X.max(axis=0) + pad
     xx, yy = np.meshgrid(np.linspace(x0, x1, RESOLUTION), np.linspace(y0, y1, RESOLUTION))
     binary = ds.task == "binary"

@@ -82,8 +82,9 @@ class Context:
         return next(r for r in self.summary["rows"] if r["variant"] == name)
 
     def test_values(self, name: str) -> np.ndarray:
-        """The test metric of ``name`` per study seed (NaN where missing)."""
-        by_seed = {r["seed"]: r["metrics"].get(f"test_{self.metric}", math.nan) for r in self.records[name]}
+        """The test metric of ``name`` per study seed (NaN where missing or diverged)."""
+        by_seed = {r["seed"]: math.nan if r["diverged"] else r["metrics"].get(f"test_{self.metric}", math.nan)
+                   for r in self.records[name]}
         return np.array([by_seed.get(s, math.nan) for s in self.run.study.seeds], dtype=float)
 
     @property

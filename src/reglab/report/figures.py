@@ -200,8 +200,8 @@ def learning_curves(ctx: Context, folder: Path) -> Plot | None:
 
 def validation_curve(ctx: Context, folder: Path) -> Plot | None:
     grid = ctx.summary.get("grid")
-    if not ctx.strengths or not grid or len(ctx.strengths) < 2:
-        return None
+    if not ctx.strengths or not grid or len(ctx.strengths) < 2 or not math.isfinite(grid.get("best", math.nan)):
+        return None   # (no strength has a score when every member diverged)
     names = sorted(ctx.strengths, key=ctx.strengths.get)
     lam = np.array([ctx.strengths[n] for n in names])
     fig = new_figure(WIDTH * 0.85, 5.0)
@@ -326,7 +326,7 @@ def _layer_values(ctx: Context, field_name: str, key: str) -> tuple[list, dict, 
     keys, ``values[variant][layer]`` (lists over seeds), the labels, and whether names were shifted.
     """
     per_member = [(n, [(layer, d) for layer, d in ((r.get("extra") or {}).get(field_name) or {}).items() if key in d])
-                  for n in ctx.names for r in ctx.records[n]]
+                  for n in ctx.names for r in ctx.records[n] if not r["diverged"]]   # diverged: ~inf, no score
     per_member = [(n, layers) for n, layers in per_member if layers]
     if not per_member:
         return [], {}, {}, False

@@ -31,7 +31,8 @@ def rows(records) -> list[dict]:
     out = []
     for r in records:
         row = {"variant": r["variant"], "params": json.dumps(r["params"], sort_keys=True), "seed": r["seed"]}
-        row.update(r["metrics"])
+        # a diverged member has no score (empty / null), whatever an older run stored for it
+        row.update({k: math.nan for k in r["metrics"]} if r["diverged"] else r["metrics"])
         row.update({"epochs_run": r["epochs_run"], "diverged": r["diverged"]})
         out.append(clean(row))
     return out

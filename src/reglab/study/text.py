@@ -18,6 +18,45 @@ def _ci(d: dict) -> str:
     return f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
 
 
+def _num(x, spec: str) -> str:
+    return "—" if x is None or math.isnan(x) else format(x, spec)
+
+
+def _signed(x) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:+.3f}"
+
+
+def rise(x: float) -> str:
+    """A relative change: '+6%', or a factor once it is beyond 100×.
+
+    >>> rise(0.06), rise(6.9e28)
+    ('+6%', '×6.9e+28')
+    """
+    return f"{x:+.0%}" if abs(x) < 100 else f"×{x + 1:.3g}"
+
+
+def divergence(row: dict) -> str:
+    """'diverged (3/30 seeds)' for a variant with diverged members, else ''."""
+    k = row.get("diverged", 0)
+    return f"diverged ({k}/{row.get('runs') or k} seeds)" if k else ""
+
+
+def verdict_text(row: dict) -> str:
+    """A row's verdict as shown: the comparison's verdict, with how many seeds diverged.
+
+    >>> verdict_text({"verdict": "diverged", "diverged": 3, "runs": 3})
+    'diverged (3/3 seeds)'
+    >>> verdict_text({"verdict": "better", "diverged": 1, "runs": 3})
+    'better; diverged (1/3 seeds)'
+    >>> verdict_text({"diverged": 0, "runs": 3})
+    ''
+    """
+    verdict, diverged = row.get("verdict", ""), divergence(row)
+    if verdict == "diverged":
+        return diverged or verdict
+    return "; ".join(v for v in (verdict, diverged) if v)
+
+
 def table(summary: dict, published: dict | None = None) -> str:
     """The statistics table: mean ± std and CI of train/test metric, paired difference, verdict."""
     metric = summary["metric"]
@@ -30,14 +69,12 @@ def table(summary: dict, published: dict | None = None) -> str:
         paired = row.get("paired")
         if paired:
             delta = f"{paired['mean_diff']:+.3f} [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}]" \
-                if not math.isnan(paired["ci_low"]) else f"{paired['mean_diff']:+.3f}"
-            pb, ph, verdict = f"{paired['p_better']:.2f}", f"{row['p_holm']:.3g}", row["verdict"]
+                if not math.isnan(paired["ci_low"]) else _signed(paired["mean_diff"])
+            pb, ph, verdict = _num(paired["p_better"], ".2f"), _num(row["p_holm"], ".3g"), row["verdict"]
         else:
             delta, pb, ph, verdict = "(baseline)", "", "", ""
         line = (f"{row['variant'][:18]:<18} {row['n']:>3} {_pm(row['train']):>16} {_pm(row['test']):>16} "
-                f"{_ci(row['test']):>16} {delta:>22} {pb:>9} {ph:>8}  {verdict}")
-        if row.get("diverged"):
-            line += f" ({row['diverged']} diverged)"
+                f"{_ci(row['test']):>16} {delta:>22} {pb:>9} {ph:>8}  {verdict_text(row)}")
         if published and row["variant"] in published:
             tr, te = published[row["variant"]]
             line += f"  | train {tr:.3f} / test {te:.3f}"
@@ -46,15 +83,21 @@ def table(summary: dict, published: dict | None = None) -> str:
 
 
 def diagnosis(summary: dict) -> str:
-    lines = []
+    lines = [f"warning: {w}" for w in summary.get("warnings", ())]
     for row in summary["rows"]:
         d = row.get("diagnosis") or {}
         if not d:
             continue
-        parts = [f"{row['variant']}: {d['verdict']} (train–test gap {d['gap']:+.3f}"]
+        if d["verdict"] == "diverged":
+            lines.append(f"{row['variant']}: {divergence(row) or 'diverged'}: the loss became NaN or infinite; "
+                         f"no score")
+            continue
+        parts = [f"{row['variant']}: {d['verdict']}"]
+        if divergence(row):
+            parts.append(f", {divergence(row)}, scored on the other {row['n']}")
+        parts.append(f" (train–test gap {_signed(d.get('gap'))}")
         if "best_val_epoch" in d:
-            parts.append(f", best validation loss at epoch {d['best_val_epoch']}, "
-                         f"then {d['val_loss_rise_after_best']:+.0%}")
+            parts.append(f", best validation loss at epoch {d['best_val_epoch']}, then {rise(d['val_loss_rise_after_best'])}")
         parts.append(")")
         if "ensemble_accuracy" in d:
             parts.append(f"; ensemble of the seeds' members {d['ensemble_accuracy']:.3f} vs mean member "
@@ -67,9 +110,11 @@ def diagnosis(summary: dict) -> str:
             parts.append("; zero activations " + ", ".join(f"{k}: {v['zero_fraction']:.0%}" for k, v in sparsity.items()))
         lines.append("".join(parts))
     grid = summary.get("grid")
-    if grid:
+    if grid and not math.isnan(grid.get("best", math.nan)):
         lines.append(f"best strength {grid['best']:g} (mean {grid['best_mean']:.3f} ± SE {grid['best_se']:.3f}); "
                      f"largest within one SE: {grid['one_se']:g}")
     if summary.get("winner"):
         lines.append(f"winner: {summary['winner']}")
+    elif summary.get("no_winner"):
+        lines.append(f"no winner: {summary['no_winner']}")
     return "\n".join(lines)
