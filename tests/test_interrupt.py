@@ -274,3 +274,24 @@ def test_interrupts_are_held_back_while_a_task_is_saved():
             done.append("saved")          # the interrupt waits for the block to end
     assert done == ["saved"]
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_on_a_local_dask_cluster_stops_every_process_quietly(tmp_path):
+    pytest.importorskip("distributed")
+    study, db = write_study(tmp_path), tmp_path / "d.db"
+    child = spawn(tmp_path, "run", study, "--db", db, "--task-size", 1, "--executor", "dask", "--workers", 2)
+    wait_for(child, lambda: rows(db) >= 1, "a task was saved")
+    os.killpg(child.pid, signal.SIGINT)   # the workers are in the same group, as in a terminal
+    code, err = finish(child)
+    assert code == 130, err
+    assert err.strip().splitlines() == [err.strip().splitlines()[-1]] and "interrupted: " in err, err   # one line
+    saved = check_store(db)
+    assert 1 <= len(saved) < MEMBERS
+    deadline = time.monotonic() + 30
+    while True:   # no worker or nanny is left behind
+        try:
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "Dask processes outlived the interrupted run"
+        time.sleep(0.2)

@@ -158,8 +158,12 @@ class DaskExecutor:
         distributed = _distributed()
         if self.scheduler is None:
             try:
-                self._cluster = distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1,
-                                                         processes=True, dashboard_address=":0")
+                # The worker processes inherit an ignored SIGINT: Ctrl-C in a terminal signals the whole
+                # foreground group, and only this process should answer it (by closing the cluster).
+                with _sigint_ignored():
+                    self._cluster = distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                                             processes=True, dashboard_address=":0",
+                                                             silence_logs=logging.ERROR)
                 self.client = distributed.Client(self._cluster)
             except Exception as exc:
                 self.close()
@@ -306,6 +310,22 @@ def _payload(study: S.Study) -> dict:
         raise S.StudyError("the study's variants cannot be rebuilt from its file on the workers; "
                            "run it with --executor local")
     return payload
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while the block runs (processes started meanwhile keep ignoring it); main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 @contextlib.contextmanager
