@@ -147,12 +147,12 @@ def _stop_on_interrupt(db, name):
             from reglab.store import Store
 
             with Store(db) as store:
-                row = store.study(name)
-                saved = f"{row['n_results']} results" if row else saved
+                rows = [s for s in store.studies() if name is None or s["name"] == name]
+                saved = f"{sum(s['n_results'] for s in rows)} results" if rows else saved
         except Exception:   # the goodbye must not fail
             pass
-        click.echo(f"\ninterrupted: {saved} of study {name!r} are saved in {db}; run the same command again "
-                   f"to resume", err=True)
+        of = f" of study {name!r}" if name else ""
+        click.echo(f"\ninterrupted: {saved}{of} are saved in {db}; run the same command again to resume", err=True)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -297,7 +297,7 @@ def demo(seeds, epochs, db, out):
     from reglab import study as st
 
     start = time.perf_counter()
-    with _open_store(db) as store:
+    with _stop_on_interrupt(db, None), _open_store(db) as store:
         for name in DEMO_STUDIES:
             path = resources.files("reglab") / "examples" / f"{name}.toml"
             with resources.as_file(path) as file:
