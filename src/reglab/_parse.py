@@ -23,6 +23,9 @@ class ParseError(ValueError):
     """Text that is not a literal call expression."""
 
 
+MAX_LENGTH = 10_000   # characters; a layer or penalty line is far shorter
+
+
 def parse_call(text: str, what: str = "expression") -> Call:
     """Parse ``text`` into a :class:`Call`; a bare name becomes a call without arguments.
 
@@ -33,11 +36,16 @@ def parse_call(text: str, what: str = "expression") -> Call:
     """
     if not isinstance(text, str):
         raise TypeError(f"The {what} must be a string. Got {text!r} of type {type(text).__name__} instead.")
+    if len(text) > MAX_LENGTH:
+        raise ParseError(f"The {what} {_clip(text)} is {len(text)} characters long; "
+                         f"write it in at most {MAX_LENGTH}.")
     try:
         tree = ast.parse(text.strip(), mode="eval")
+        value = _literal(tree.body, text, what)
     except SyntaxError as exc:
         raise ParseError(f"Cannot parse {what} {text!r}: {exc.msg}.") from None
-    value = _literal(tree.body, text, what)
+    except (RecursionError, MemoryError):
+        raise ParseError(f"Cannot parse {what} {_clip(text)}: it is nested too deeply.") from None
     if isinstance(value, Call):
         return value
     raise ParseError(f"The {what} {text!r} must be a name or a call such as 'l2(0.001)'.")
@@ -54,6 +62,8 @@ def _name_of(node, text, what) -> str:
 
 def _literal(node, text, what):
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+        if isinstance(node.value, int) and not isinstance(node.value, bool) and abs(node.value) > 2**63 - 1:
+            raise ParseError(f"Cannot parse {what} {_clip(text)}: the number {_short(node.value)} is too large.")
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         operand = _literal(node.operand, text, what)
@@ -76,3 +86,12 @@ def _literal(node, text, what):
         )
     snippet = ast.get_source_segment(text.strip(), node) or type(node).__name__
     raise ParseError(f"Cannot parse {what} {text!r}: {snippet!r} is not a number, string, name or call.")
+
+
+def _short(number: int) -> str:
+    digits = str(abs(number))   # < 4300 digits: ast refuses longer literals
+    return ("-" if number < 0 else "") + (digits if len(digits) <= 20 else f"{digits[:6]}...({len(digits)} digits)")
+
+
+def _clip(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:40]) + f"... ({len(text)} characters)"

@@ -236,7 +236,7 @@ def from_call(call: Call, text: str | None = None) -> Constraint:
         axis = kwargs.pop("axis")
         if axis != 0:
             raise ValueError(
-                f"Constraint {text!r}: Keras's axis={axis!r} has no PyTorch meaning here; reglab reduces over "
+                f"Constraint {text or call.name!r}: Keras's axis={axis!r} has no PyTorch meaning here; reglab reduces over "
                 "each output unit's incoming weights by default (Keras's axis=0). Use dim=... in Python to choose.")
     try:
         return cls(*args, **kwargs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import io
 import math
 import os
@@ -43,10 +44,15 @@ TEST_FRACTION = 0.3
 # not the generators (the seeds don't standardise them) and not digits (divided by 16 instead)
 STANDARDIZED_BY_DEFAULT = ("csv", "npz", "breast_cancer", "wine", "iris", "diabetes")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_GENERATED = 10_000_000         # n_samples of a generator
 
 
 class DataError(ValueError):
     """A data problem the user can fix; the message is one line naming the file, column or row and the fix."""
+
+    def __init__(self, message: str = ""):
+        text = str(message)   # one line by construction: a newline in a path or a name is shown as \n
+        super().__init__(text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 @dataclass
@@ -77,8 +83,12 @@ def _is_int(v) -> bool:
 
 
 def _is_real(v) -> bool:
-    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-            and math.isfinite(v))
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:                      # an int too large for a float
+        return False
 
 
 # key: (datasets it applies to, allowed choices or (test, description))
@@ -92,7 +102,7 @@ _RULES = {
     "validation": (NAMES, (lambda v: (isinstance(v, str) and v == "test") or (_is_real(v) and 0 < v < 1),
                            '"test" or a float in (0, 1)')),
     "standardize": (NAMES, (lambda v: isinstance(v, bool), "true or false")),
-    "n_samples": (tuple(GENERATORS), (lambda v: _is_int(v) and v >= 2, "an int >= 2")),
+    "n_samples": (tuple(GENERATORS), (lambda v: _is_int(v) and 2 <= v <= MAX_GENERATED, "an int from 2 to 10000000")),
     "noise": (tuple(GENERATORS), (lambda v: _is_real(v) and v >= 0, "a float >= 0")),
     "random_state": (tuple(GENERATORS), (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)")),
     "factor": (("circles",), (lambda v: _is_real(v) and 0 <= v < 1, "a float in [0, 1)")),
@@ -131,7 +141,8 @@ def _check_spec(spec) -> dict:
                 raise DataError(f"[data] {key} = {value!r} is not {noun}{_did_you_mean(value, rule)}; "
                                 f"choose one of {', '.join(rule)}")
         elif not rule[0](value):
-            raise DataError(f"[data] key {key!r} must be {rule[1]}. Got {value!r} instead.")
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:40] + f"... ({len(repr(value))} characters)"
+            raise DataError(f"[data] key {key!r} must be {rule[1]}. Got {shown} instead.")
         if name not in applies:
             raise DataError(f"[data] key {key!r} does not apply to name = {name!r}; it applies to "
                             f"{', '.join(applies)}; remove it")
@@ -147,9 +158,20 @@ def _resolve(spec, base_dir) -> tuple[Path, str]:
     if "path" not in spec:
         raise DataError(f"[data] name = {spec['name']!r} needs path = \"FILE\" (relative to the study file)")
     shown = str(spec["path"])
-    path = Path(shown).expanduser()
+    try:
+        path = Path(shown).expanduser()
+    except RuntimeError:                       # "~someone/..." for a user that does not exist
+        raise DataError(f"{shown}: the home folder in this path does not exist; fix `path` in [data]") from None
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            short = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+            raise DataError(f"{short}: cannot be opened ({e.strerror or e}); fix `path` in [data]") from None
+    except ValueError:                         # e.g. a NUL character
+        raise DataError(f"{shown!r}: is not a valid file path; fix `path` in [data]") from None
     if not path.exists():
         raise DataError(f"{shown}: file not found (looked for {path.resolve()}); fix `path` in [data]")
     if not path.is_file():

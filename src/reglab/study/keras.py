@@ -27,12 +27,16 @@ from torch import nn
 from .. import constraints as C
 from .. import penalties as R
 from .._parse import Call, ParseError, parse_call
-from ..attach import regularize
+from ..attach import registry, regularize
 from ..layers import ChannelsFirst, GaussianDropout, GaussianNoise, RNNOutput, SequenceDropout
 
 
 class ModelError(ValueError):
-    """A layer line or model description that cannot be built."""
+    """A layer line or model description that cannot be built (a one-line message)."""
+
+    def __init__(self, message: str = ""):
+        text = str(message)
+        super().__init__(text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 ACTIVATIONS = {
@@ -102,6 +106,15 @@ def parse_line(line: str) -> tuple[str, dict]:
             _rule(args[key], R.get if key in _REG_ARGS else C.get, f"{line!r}: {key}")
     if "activation" in args and kind != "SimpleRNN":
         _activation(args["activation"], f"{line!r}")
+    if "input_dim" in args:
+        _positive(args["input_dim"], f"{line!r}", "input_dim")
+    if "input_shape" in args:
+        shape = args["input_shape"]
+        if not isinstance(shape, tuple) or not shape or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+            raise ModelError(f"{line!r}: input_shape must be a tuple of positive ints such as (8, 8). Got {shape!r}.")
+    if kind == "ActivityRegularization":
+        _rule(Call("l1_l2", (), {k: args[k] for k in ("l1", "l2") if k in args}), R.get, f"{line!r}")
     return kind, args
 
 
@@ -127,16 +140,20 @@ def _activation(name, where):
 
 
 def _pair(value, n, where, what):
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return (value,) * n
-    if isinstance(value, tuple) and len(value) == n and all(isinstance(v, int) and v > 0 for v in value):
+    if isinstance(value, tuple) and len(value) == n and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
         return value
-    raise ModelError(f"{where}: {what} must be an int or a tuple of {n} ints. Got {value!r}.")
+    raise ModelError(f"{where}: {what} must be a positive int or a tuple of {n} positive ints. Got {value!r}.")
 
 
 def build(lines: list[str], input_shape: tuple[int, ...], *, task: str | None = None,
-          activity_convention: str = "mean") -> nn.Sequential:
-    """Build the model the layer ``lines`` describe for inputs of ``input_shape`` (without batch)."""
+          activity_convention: str = "mean", classes: int | None = None) -> nn.Sequential:
+    """Build the model the layer ``lines`` describe for inputs of ``input_shape`` (without batch).
+
+    With ``task`` the last layer is checked against it (and against ``classes``, the number of
+    classes of a multiclass task, when given)."""
     if not isinstance(lines, (list, tuple)) or not lines:
         raise ModelError("The model needs a non-empty list of layer lines, e.g. [\"Dense(1, activation='sigmoid')\"].")
     modules: list[nn.Module] = []
@@ -156,7 +173,23 @@ def build(lines: list[str], input_shape: tuple[int, ...], *, task: str | None = 
         if kind not in _OWN_ACTIVITY and args.get("activity_regularizer") is not None:
             # Any Keras layer takes an activity regularizer on its output.
             _attach(modules[-1], {}, {}, _rule(args["activity_regularizer"], R.get, where), where, activity_convention)
+    if task is not None:
+        _check_output(shape, task, f"layer {len(lines) - 1} {lines[-1]!r}", classes)
     return nn.Sequential(*modules)
+
+
+def _check_output(shape, task, where, classes=None):
+    """The last layer must give what the task's loss needs; found now rather than in the first training step."""
+    if len(shape) != 1:
+        raise ModelError(f"{where}: gives each sample an output of shape {shape}, but the model must end with one "
+                         f"vector per sample; add Flatten() (or use return_sequences=False) before the last Dense.")
+    if task in ("binary", "regression") and shape != (1,):
+        end = "Dense(1, activation='sigmoid')" if task == "binary" else "Dense(1)"
+        raise ModelError(f"{where}: gives {shape[0]} outputs per sample, but a {task} task needs 1; end with {end}.")
+    if task == "multiclass" and (shape[0] < 2 or (classes is not None and shape[0] != classes)):
+        wanted = f"{classes} (one per class)" if classes is not None else "one per class"
+        raise ModelError(f"{where}: gives {shape[0]} outputs per sample, but this multiclass task needs {wanted}; "
+                         f"end with Dense({classes or 'CLASSES'}, activation='softmax').")
 
 
 def _add(kind, args, shape, modules, where, last, task, convention):
@@ -167,6 +200,7 @@ def _add(kind, args, shape, modules, where, last, task, convention):
     core = None
     if kind == "Dense":
         units = _positive(args.get("units"), where, "units")
+        _fits(shape[-1] * units, where, "units")
         core = nn.Linear(shape[-1], units, bias=bias)
         shape = shape[:-1] + (units,)
     elif kind in ("Conv1D", "Conv2D"):
@@ -187,6 +221,7 @@ def _add(kind, args, shape, modules, where, last, task, convention):
             shape = (shape[1], shape[0])
         elif len(shape) != 3:
             raise ModelError(f"{where}: Conv2D needs samples of shape (channels, height, width); these have shape {shape}.")
+        _fits(shape[0] * filters * _prod(ksize), where, "filters or kernel_size")
         conv = nn.Conv1d if n == 1 else nn.Conv2d
         core = conv(shape[0], filters, ksize, stride=strides, padding=padding, dilation=dilation, bias=bias)
         shape = _probe(core, shape, where)
@@ -194,7 +229,8 @@ def _add(kind, args, shape, modules, where, last, task, convention):
         if len(shape) != 2:
             raise ModelError(f"{where}: {kind} needs samples of shape (steps, features); these have shape {shape}.")
         units = _positive(args.get("units"), where, "units")
-        rate = args.get("dropout", 0.0)
+        _fits(4 * units * (shape[1] + units), where, "units")
+        rate = _fraction(args.get("dropout", 0.0), where, "dropout")
         if rate:
             modules.append(SequenceDropout(rate))
         if kind == "SimpleRNN":
@@ -219,6 +255,8 @@ def _add(kind, args, shape, modules, where, last, task, convention):
         if args.get("padding", "valid") != "valid":
             raise ModelError(f"{where}: only padding='valid' pooling is supported.")
         cls = {("Max", 1): nn.MaxPool1d, ("Max", 2): nn.MaxPool2d, ("Ave", 1): nn.AvgPool1d, ("Ave", 2): nn.AvgPool2d}[(kind[:3], n)]
+        if n == 2 and len(shape) != 3:
+            raise ModelError(f"{where}: {kind} needs samples of shape (channels, height, width); these have shape {shape}.")
         if n == 1 and (not modules or not _channels_first(modules)):
             if len(shape) != 2:
                 raise ModelError(f"{where}: {kind} needs samples of shape (steps, features); these have shape {shape}.")
@@ -250,7 +288,8 @@ def _add(kind, args, shape, modules, where, last, task, convention):
     elif kind == "ActivityRegularization":
         module = nn.Identity()
         modules.append(module)
-        _attach(module, {}, {}, R.L1L2(l1=args.get("l1", 0.0), l2=args.get("l2", 0.0)), where, convention)
+        penalty = _rule(Call("l1_l2", (), {"l1": args.get("l1", 0.0), "l2": args.get("l2", 0.0)}), R.get, where)
+        _attach(module, {}, {}, penalty, where, convention)
         return shape
     modules.append(core)
     act_module = _activation_module(activation, last, task) if activation else None
@@ -286,15 +325,42 @@ def _attach(module, regs, cons, activity, where, convention):
                    recurrent_constraint=cons.get("recurrent_constraint"), activity_convention=convention)
     except (ValueError, TypeError) as exc:
         raise ModelError(f"{where}: {exc}") from None
+    reg = registry(module)
+    if reg is None:
+        return
+    try:   # each penalty and constraint once on its weight: one that cannot work on it is refused now
+        with torch.no_grad():
+            for name, penalty in reg.penalties.items():
+                penalty(module.get_parameter(name))
+            for name, constraint in reg.constraints.items():
+                constraint(module.get_parameter(name))
+    except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise ModelError(f"{where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def _probe(core, shape, where, add=True):
     try:
         with torch.no_grad():
             out = core(torch.zeros((1,) + tuple(shape)))
-    except RuntimeError as exc:
+    except (RuntimeError, IndexError, ValueError) as exc:
         raise ModelError(f"{where}: does not fit inputs of shape {shape}: {str(exc).splitlines()[0]}") from None
     return tuple(out.shape[1:])
+
+
+MAX_LAYER_WEIGHTS = 100_000_000   # 400 MB of float32 per member: far beyond any model a study trains as a population
+
+
+def _prod(values):
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _fits(weights, where, what):
+    if weights > MAX_LAYER_WEIGHTS:
+        raise ModelError(f"{where}: this layer would hold {weights:,} weights (more than {MAX_LAYER_WEIGHTS:,} per "
+                         f"model); lower {what}.")
 
 
 def _positive(value, where, what):

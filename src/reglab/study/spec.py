@@ -6,6 +6,7 @@ See the README's "Study files" section for the format; ``examples/`` holds one p
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import importlib
 import json
@@ -22,7 +23,19 @@ from . import keras
 
 
 class StudyError(ValueError):
-    """A study file that cannot be run; the message names the key and the fix."""
+    """A study file that cannot be run; the message names the key and the fix.
+
+    The message is one line by construction: characters that are not printable (a newline or an
+    escape sequence inside a key or a layer line) are shown escaped.
+    """
+
+    def __init__(self, message: str = ""):
+        super().__init__(one_line(str(message)))
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with every non-printable character escaped, e.g. ``"a\nb"`` for a newline."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 TOP_KEYS = {"name", "question", "protocol", "seeds", "baseline", "data", "model", "training", "variants", "grid"}
@@ -41,6 +54,22 @@ def _unknown(keys, allowed, where):
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
             raise StudyError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _finite(value) -> bool:
+    """A real number (not a bool) that is finite; an int too large for a float is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _show(value) -> str:
+    """repr(value), shortened: a pasted 400-digit number stays readable in a one-line error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:40] + f"... ({len(text)} characters)"
 
 
 def _table(value, where) -> dict:
@@ -111,15 +140,18 @@ def load(path: str | Path, *, seeds: int | None = None, epochs: int | None = Non
         raise StudyError(f"Study file {str(path)!r} does not exist; check the path.")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise StudyError(f"Study file {str(path)!r} cannot be read ({exc.strerror or exc}); check the path.") from None
     except UnicodeDecodeError:
         raise StudyError(f"Study file {str(path)!r} is not UTF-8 text; save it as a TOML text file.") from None
     except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"Study file {str(path)!r} is not valid TOML: {exc}.") from None
+        raise StudyError(f"Study file {str(path)!r} is not valid TOML: {exc}; fix the TOML syntax there.") from None
     return from_dict(raw, base_dir=path.parent, seeds=seeds, epochs=epochs)
 
 
 def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None, epochs: int | None = None) -> Study:
     raw = copy.deepcopy(raw)
+    _no_dates(raw, "study")
     if seeds is not None:
         raw["seeds"] = seeds
     if epochs is not None:
@@ -168,6 +200,19 @@ def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None
         raise StudyError(f"study: baseline {baseline!r} is not a variant; variants are: {', '.join(names)}.")
     study.baseline = baseline
     return study
+
+
+def _no_dates(value, where):
+    """TOML dates and times have no meaning in a study (and could not be stored as JSON): refuse them."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        raise StudyError(f"{where}: {value.isoformat()} is a TOML date/time, which a study file does not use; "
+                         f"put it in quotes if it is text.")
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _no_dates(inner, f"{where}.{key}" if where != "study" else str(key))
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            _no_dates(inner, f"{where}[{i}]")
 
 
 def _variant_tables(value) -> dict:
@@ -234,9 +279,8 @@ def _training(table, where):
         if key in out and (isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < low):
             raise StudyError(f"{where}.{key} must be an int >= {low}. Got {out[key]!r}.")
     for key in ("lr", "weight_decay", "momentum"):
-        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], (int, float))
-                           or not math.isfinite(out[key]) or out[key] < 0):
-            raise StudyError(f"{where}.{key} must be a finite number >= 0. Got {out[key]!r}.")
+        if key in out and (not _finite(out[key]) or out[key] < 0):
+            raise StudyError(f"{where}.{key} must be a finite number >= 0. Got {_show(out[key])}.")
     if "optimizer" in out and out["optimizer"] not in ("adam", "adamw", "sgd"):
         raise StudyError(f"{where}.optimizer must be 'adam', 'adamw' or 'sgd'. Got {out['optimizer']!r}.")
     if "preset" in out and out["preset"] not in ("keras", "torch"):
@@ -244,11 +288,14 @@ def _training(table, where):
     if "early_stopping" in out:
         es = _table(out["early_stopping"], f"{where}.early_stopping")
         _unknown(es, EARLY_KEYS, f"{where}.early_stopping")
+        for key in ("min_delta", "baseline"):
+            if es.get(key) is not None and not _finite(es[key]):
+                raise StudyError(f"{where}.early_stopping.{key} must be a finite number. Got {_show(es[key])}.")
         from ..callbacks import EarlyStopping
 
         try:
             EarlyStopping(**es)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise StudyError(f"{where}.early_stopping: {exc}") from None
     return out
 
@@ -304,8 +351,7 @@ def variant(study: Study, name: str, table: dict, convention: str, params: dict 
         parsed[i] = (kind, args)
         _check_args(kind, args, f"{where}.layers.{index}")
     inserts = _table(table.get("insert"), f"{where}.insert")
-    for index in sorted(inserts, key=lambda k: -1 if k == "input" else int(k) if str(k).lstrip("-").isdigit() else 0,
-                        reverse=True):
+    for index in sorted(inserts, key=lambda k: -1 if k == "input" else _sort_index(k), reverse=True):
         line = inserts[index]
         if not isinstance(line, str):
             raise StudyError(f"{where}.insert.{index} must be a layer line such as \"Dropout(0.5)\". Got {line!r}.")
@@ -316,6 +362,13 @@ def variant(study: Study, name: str, table: dict, convention: str, params: dict 
         position = 0 if index == "input" else _index(index, len(parsed), f"{where}.insert") + 1
         parsed.insert(position, item)
     return Variant(name, [_line(kind, args) for kind, args in parsed], {}, training, convention, params or {})
+
+
+def _sort_index(key) -> int:
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        return 0          # not an index: _index below names it
 
 
 def _check_args(kind, args, where):
@@ -381,8 +434,8 @@ def _value_list(lst, where):
     if not isinstance(lst, list) or not lst:
         raise StudyError(f"{where} must be a non-empty list of numbers, e.g. [0.1, 0.01, 0.001].")
     for v in lst:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise StudyError(f"{where}: strengths must be finite numbers >= 0. Got {v!r}.")
+        if not _finite(v) or v < 0:
+            raise StudyError(f"{where}: strengths must be finite numbers >= 0. Got {_show(v)}.")
     if len({f"{v:g}" for v in lst}) != len(lst):
         raise StudyError(f"{where} lists a strength twice: {lst!r}.")
     return [float(v) for v in lst]
@@ -408,7 +461,12 @@ def grid_variants(study: Study, grid_values: dict, only: list[dict] | None = Non
         for key, value in point.items():
             filled = filled.replace("{" + key + "}", f"{value:g}")
         name = ", ".join(f"{k}={v:g}" for k, v in point.items()) if len(point) > 1 else f"{point[next(iter(point))]:g}"
-        out.append(variant(study, name, json.loads(filled), study.model.get("activity_convention", "mean"), dict(point)))
+        try:
+            table = json.loads(filled)
+        except ValueError:
+            raise StudyError(f"grid.variant: putting {name} in for the placeholders does not give a valid table; "
+                             f"use the placeholder only inside strings such as \"l2({{{keys[0]}}})\".") from None
+        out.append(variant(study, name, table, study.model.get("activity_convention", "mean"), dict(point)))
     return out
 
 
@@ -427,6 +485,8 @@ def resolve_factory(ref: str, base_dir: Path):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise StudyError(f"model.factory: cannot import {module_name!r} ({exc}); put it next to the study file or install it.") from None
+    except Exception as exc:   # noqa: BLE001 - e.g. a SyntaxError in the user's module
+        raise StudyError(f"model.factory: importing {module_name!r} raised {_failure(exc)}; fix that module.") from None
     finally:
         sys.path.remove(str(base_dir))
     fn = getattr(module, attr, None)
@@ -435,8 +495,25 @@ def resolve_factory(ref: str, base_dir: Path):
     return fn
 
 
-def builder(study: Study, input_shape: tuple, task: str):
-    """The ``build(variant=...)`` function the population engine calls, one model per variant."""
+def _failure(exc: BaseException) -> str:
+    """'ZeroDivisionError: division by zero (mod.py, line 2)': the error and the user's line that raised it."""
+    import traceback
+
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        text, place = exc.msg, (exc.filename, exc.lineno)
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+        own = [f for f in frames if "site-packages" not in f.filename and "<frozen" not in f.filename]
+        frame = (own or frames or [None])[-1]
+        place = (frame.filename, frame.lineno) if frame is not None else None
+    where = f" ({Path(place[0]).name}, line {place[1]})" if place else ""
+    return f"{type(exc).__name__}: {text}{where}"
+
+
+def builder(study: Study, input_shape: tuple, task: str, classes: int | None = None):
+    """The ``build(variant=...)`` function the population engine calls, one model per variant
+    (``classes``: the number of classes of a multiclass task, checked against the last layer)."""
     by_name = {v.name: v for v in study.variants}
     factory = resolve_factory(study.model["factory"], study.base_dir) if "factory" in study.model else None
 
@@ -444,10 +521,14 @@ def builder(study: Study, input_shape: tuple, task: str):
         v = by_name[variant]
         if factory is None:
             try:
-                return keras.build(v.layers, input_shape, task=task, activity_convention=v.activity_convention)
+                return keras.build(v.layers, input_shape, task=task, activity_convention=v.activity_convention,
+                                   classes=classes)
             except keras.ModelError as exc:
                 raise StudyError(f"variants.{v.name}: {exc}") from None
-        model = factory()
+        try:
+            model = factory()
+        except Exception as exc:   # noqa: BLE001 - the user's own code: one line that says where it failed
+            raise StudyError(f"model.factory {study.model['factory']!r} raised {_failure(exc)}; fix the factory.") from None
         if not isinstance(model, nn.Module):
             raise StudyError(f"model.factory returned {type(model).__name__}, not an nn.Module.")
         modules = dict(model.named_modules())
