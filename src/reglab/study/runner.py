@@ -439,7 +439,7 @@ def _warnings(faults, rows, dataset) -> list[str]:
     where = f"the training split ({split})" if split else "the training split"
     out = []
     if "one_class" in faults:
-        classes = info.get("classes")
+        classes = info.get("class_names") or info.get("classes")
         label = classes[faults["one_class"]] if classes and faults["one_class"] < len(classes) else faults["one_class"]
         out.append(f"{where} holds a single class ({label!r}): every model learns to predict that class, so no "
                    f"variant can be judged; shuffle the rows or use test_fraction instead of train")
