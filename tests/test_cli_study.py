@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from reglab.cli import PUBLISHED, main
@@ -43,12 +42,7 @@ COLUMNS = {"variant", "params", "seed", "train_accuracy", "test_accuracy", "trai
            "diverged"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def invoke(*args):

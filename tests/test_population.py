@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 import pytest
 import torch
@@ -18,15 +17,7 @@ from reglab.population import engine, fused
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: with two intra-op threads (torch or numba) some steps cost milliseconds on small CPUs.
-    threads, nb_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    numba.set_num_threads(nb_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- data ------------------------------------------------------------------------------------

@@ -25,10 +25,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory):
+def reports(tmp_path_factory, one_thread):
     """Four tiny studies trained once, and their reports."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("reports")
     db = root / "studies.db"
     studies = [compare_study(), grid_study({"l1": [1e-4, 1e-2], "l2": [1e-4, 1e-3, 1e-2]}, "tiny-grid2",
@@ -39,8 +37,7 @@ def reports(tmp_path_factory):
     for raw in studies:
         folder = root / raw["name"]
         out[raw["name"]] = {"paths": write_report(raw["name"], db, folder), "folder": folder, "run": runs[raw["name"]]}
-    yield {"db": db, "reports": out}
-    torch.set_num_threads(threads)
+    return {"db": db, "reports": out}
 
 
 def _figure_keys(folder):

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from reglab.report import write_report
 from report_helpers import EVIL, compare_study, run_all
@@ -43,14 +42,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def report(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("browser")
     raw = compare_study(name="browser-study", seeds=3, epochs=15)
     run = run_all(root / "s.db", raw)[raw["name"]]
     write_report(raw["name"], root / "s.db", root / "report")
-    torch.set_num_threads(threads)
     return root / "report" / "index.html", run
 
 

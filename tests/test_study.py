@@ -22,12 +22,7 @@ from reglab.study import spec as S
 EXAMPLES = Path(reglab.__file__).parent / "examples"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 BASE = """\

@@ -10,7 +10,6 @@ import copy
 import math
 
 import numpy as np
-import torch
 
 from ._validate import check_choice, check_number
 

@@ -8,7 +8,6 @@ import sys
 import time
 
 import click
-import numpy as np
 
 
 class UserError(click.ClickException):
