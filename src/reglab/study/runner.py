@@ -414,7 +414,14 @@ def _mean_per_layer(dicts) -> dict:
         for layer, entries in d.items():
             for k, v in entries.items():
                 values.setdefault(layer, {}).setdefault(k, []).append(v)
-    return {layer: {k: _mean(v) for k, v in d.items()} for layer, d in values.items()}
+    return {layer: {k: _mean_keeping_inf(v) for k, v in d.items()} for layer, d in values.items()}
+
+
+def _mean_keeping_inf(values) -> float:
+    """The mean without the NaN values: a norm that overflowed float32 shows as inf, not as missing."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else float("nan")
 
 
 def _data_faults(dataset) -> dict:
