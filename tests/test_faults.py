@@ -319,7 +319,10 @@ def test_a_study_where_every_member_diverges(case):
 def test_status_counts_diverged_members_as_finished(case):
     lines = case["status"].stdout.splitlines()
     assert lines[0].startswith(f"{case['name']}: ") and " results over the 3 seed(s)" in lines[0]
-    assert all(line.rstrip().endswith("3/3") for line in lines[1:])
+    for line in lines[1:]:
+        name = line.split()[0]
+        diverged = sum(r["diverged"] for r in case["api"].records if r["variant"] == name)
+        assert line.rstrip().endswith(f" 3/3  ({diverged} diverged)" if diverged else " 3/3"), line
 
 
 def test_verdict_text():

@@ -195,9 +195,10 @@ def status(study_name, db):
     if live and live["planned"].get("seeds"):
         seeds |= set(live["planned"]["seeds"])
     expected = len(study.variants) * len(seeds)
-    per_variant = {}
+    per_variant, diverged = {}, {}
     for r in records:
         per_variant[r["variant"]] = per_variant.get(r["variant"], 0) + 1
+        diverged[r["variant"]] = diverged.get(r["variant"], 0) + bool(r["diverged"])
     if live:
         who = f" (pid {live['pid']} on {live['host']}, started {live['started']})" if live["pid"] else ""
         planned = live["planned"].get("members", expected)
@@ -206,7 +207,8 @@ def status(study_name, db):
         click.echo(f"{study_name}: {len(records)} of {expected} results over the {len(seeds)} seed(s) run so far"
                    + (" (grid refinement adds more)" if study.protocol == "grid" else ""))
     for v in study.variants:
-        click.echo(f"  {v.name:<24} {per_variant.get(v.name, 0):>4}/{len(seeds)}")
+        click.echo(f"  {v.name:<24} {per_variant.get(v.name, 0):>4}/{len(seeds)}"
+                   + (f"  ({diverged[v.name]} diverged)" if diverged.get(v.name) else ""))
 
 
 @main.command()
