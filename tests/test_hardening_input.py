@@ -211,7 +211,7 @@ STUDY_CASES = {
     # unknown layer, regularizer, constraint, activation, optimizer names
     "unknown layer": (_with(STUDY, "Dense(8,", "Dense2(8,"), ["model.layers[0]", "Unknown layer 'Dense2'", "did you mean 'Dense'"]),
     "unknown regularizer": (_variant('layers = { 0 = { kernel_regularizer = "l3(0.1)" } }'),
-                            ["variants.a.layers.0", "Unknown penalty 'l3'", "known penalties: l1, l1_l2, l2, orthogonal"]),
+                            ["variants.a.layers.0", "kernel_regularizer: Unknown penalty 'l3'; known penalties: l1, l1_l2, l2, orthogonal"]),
     "unknown constraint": (_variant('layers = { 0 = { kernel_constraint = "unit_nrm()" } }'),
                            ["variants.a.layers.0", "Unknown constraint 'unit_nrm'", "known constraints"]),
     "unknown activation": (_with(STUDY, "activation='relu'", "activation='rleu'"), ["unknown activation 'rleu'", "known: "]),
@@ -220,19 +220,21 @@ STUDY_CASES = {
     "unknown dataset": (_with(STUDY, 'name = "moons"', 'name = "moon"'), ["[data] name = 'moon'", "did you mean 'moons'"]),
     # a constraint (or penalty) on a layer without that weight
     "kernel constraint on Activation": (_with(STUDY, '"Dense(1,', '"Activation(\'relu\', kernel_constraint=unit_norm())", "Dense(1,'),
-                                        ["model.layers[1]", "Activation has no argument 'kernel_constraint'"]),
+                                        ["model.layers[1]", "Activation has no argument 'kernel_constraint': it has no kernel weight",
+                                         "Dense, Conv1D, Conv2D, LSTM, GRU, SimpleRNN take kernel_constraint"]),
     "recurrent constraint on Dense": (_variant('layers = { 0 = { recurrent_constraint = "max_norm(3)" } }'),
-                                      ["variants.a.layers.0", "Dense has no argument 'recurrent_constraint'"]),
+                                      ["variants.a.layers.0", "Dense has no argument 'recurrent_constraint': it has no recurrent weight",
+                                       "LSTM, GRU, SimpleRNN take recurrent_constraint"]),
     "bias constraint without a bias": (_variant('layers = { 0 = { use_bias = false, bias_constraint = "max_norm(2)" } }'),
                                        ["variants.a", "no bias weight", "its parameters are: weight"]),
     "regularizer on Dropout": (_variant('insert = { 0 = "Dropout(0.5, kernel_regularizer=l2(0.1))" }'),
-                               ["variants.a.insert.0", "Dropout has no argument 'kernel_regularizer'"]),
+                               ["variants.a.insert.0", "Dropout has no argument 'kernel_regularizer': it has no kernel weight"]),
     "orthogonal on a conv kernel": (STUDY.replace('name = "moons"', 'name = "digits"\nshape = "image"').replace(
         "\"Dense(8, input_dim=2, activation='relu')\"", "\"Conv2D(2, 3, kernel_regularizer=orthogonal(0.1))\", \"Flatten()\"").replace(
         "Dense(1, activation='sigmoid')", "Dense(10, activation='softmax')"),
         ["layer 0", "Orthogonal needs a 2-D weight", "attach it to a Linear weight"]),
     # shapes that do not fit
-    "input_dim does not fit": (_with(STUDY, "input_dim=2", "input_dim=3"), ["layer 0", "input_dim=3 does not fit", "shape (2,)"]),
+    "input_dim does not fit": (_with(STUDY, "input_dim=2", "input_dim=3"), ["layer 0", "input_dim=3 does not fit", "shape (2,)", "write input_dim=2 or leave it out"]),
     "input_shape not a shape": (_with(STUDY, "input_dim=2", "input_shape=5"), ["model.layers[0]", "input_shape must be a tuple"]),
     "Conv2D on flat data": (_with(STUDY, "Dense(8, input_dim=2, activation='relu')", "Conv2D(4, 3)\", \"Flatten()"),
                             ["Conv2D needs samples of shape (channels, height, width)", "shape (2,)"]),
@@ -240,7 +242,7 @@ STUDY_CASES = {
                           ["LSTM needs samples of shape (steps, features)"]),
     "pool larger than the image": (STUDY.replace('name = "moons"', 'name = "digits"\nshape = "image"').replace(
         "\"Dense(8, input_dim=2, activation='relu')\"", "\"MaxPooling2D(16)\", \"Flatten()\"").replace(
-        "Dense(1, activation='sigmoid')", "Dense(10, activation='softmax')"), ["layer 0", "does not fit inputs of shape (1, 8, 8)"]),
+        "Dense(1, activation='sigmoid')", "Dense(10, activation='softmax')"), ["layer 0", "does not fit inputs of shape (1, 8, 8)", "use a smaller kernel_size/pool_size"]),
     "three outputs for a binary task": (_with(STUDY, "Dense(1, activation='sigmoid')", "Dense(3, activation='softmax')"),
                                         ["layer 1", "gives 3 outputs per sample, but a binary task needs 1",
                                          "end with Dense(1, activation='sigmoid')"]),
@@ -372,7 +374,7 @@ DATA_CASES = {
     "one row (regression)": (b"a,b,y\n1,2,0.5\n", {"task": "regression"}, ["d.csv", "needs at least", "there are 1"]),
     "one class": (("a,b,y\n" + "".join(f"{i},{i % 3},1\n" for i in range(30))).encode(), {},
                   ["d.csv, column 'y'", "every label is 1, a single class", "check the label column"]),
-    "no label column": (("a,b,c\n" + GOOD_ROWS).encode(), {}, ["d.csv: no label column 'y'", "columns are 'a', 'b', 'c'"]),
+    "no label column": (("a,b,c\n" + GOOD_ROWS).encode(), {}, ["d.csv: no label column 'y'", "columns are 'a', 'b', 'c'", "set label = one of them in [data]"]),
     "first row is data": (("1.5,2,0\n" + GOOD_ROWS).encode(), {}, ["no label column 'y'", "add a header row"]),
     "missing file": (None, {}, ["d.csv: file not found", "fix `path` in [data]"]),
     "a folder": ("dir", {}, ["d.csv: not a file", "point `path` in [data] at a file"]),

@@ -266,7 +266,8 @@ class Lambda(Constraint):
 def _lookup(name, text):
     key = name.lower()
     if key not in _NAMES:
-        raise ValueError(f"Unknown constraint {name!r} in {text!r}; known constraints: max_norm, min_max_norm, non_neg, unit_norm.")
+        where = f" in {text!r}" if text != name else ""
+        raise ValueError(f"Unknown constraint {name!r}{where}; known constraints: max_norm, min_max_norm, non_neg, unit_norm.")
     return _NAMES[key]
 
 

@@ -304,7 +304,7 @@ def _missing_label(shown, header, label, delimiter) -> str:
     if all(_number(name) is not None for name in header):
         hint = "; the first row looks like data: add a header row"
     return (f"{shown}: no label column {label!r}{_did_you_mean(label, header)}; "
-            f"columns are {_columns(header)}{hint}")
+            f"columns are {_columns(header)}{hint or '; set label = one of them in [data]'}")
 
 
 def _read_npz(path: Path, shown: str):

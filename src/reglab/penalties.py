@@ -259,5 +259,6 @@ def _lookup(name: str, text) -> type[Penalty]:
     key = name.lower()
     if key not in _NAMES:
         known = ", ".join(sorted({"l1", "l2", "l1_l2", "orthogonal"}))
-        raise ValueError(f"Unknown penalty {name!r} in {text!r}; known penalties: {known}.")
+        where = f" in {text!r}" if text != name else ""
+        raise ValueError(f"Unknown penalty {name!r}{where}; known penalties: {known}.")
     return _NAMES[key]

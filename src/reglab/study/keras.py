@@ -97,8 +97,13 @@ def parse_line(line: str) -> tuple[str, dict]:
     allowed = _ALLOWED[kind] | _COMMON
     for key in args:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            takers = [k for k in _ALLOWED if key in _ALLOWED[k]]
+            if key in (*_REG_ARGS, *_CON_ARGS) and takers:
+                hint = f": it has no {key.split('_')[0]} weight; {', '.join(takers)} take {key}"
+            else:
+                close = difflib.get_close_matches(key, sorted(allowed), n=1)
+                hint = (f"; did you mean {close[0]!r}?" if close else
+                        f"; {kind} takes {', '.join(sorted(_ALLOWED[kind])) or 'no arguments'}")
             raise ModelError(f"{line!r}: {kind} has no argument {key!r}{hint}")
     # Names inside the line are checked here, so a study file with a typo is rejected when it is read.
     for key in (*_REG_ARGS, *_CON_ARGS):
@@ -168,7 +173,9 @@ def build(lines: list[str], input_shape: tuple[int, ...], *, task: str | None = 
             if key in args and index == 0:
                 given = (args[key],) if key == "input_dim" else tuple(args[key])
                 if tuple(given) != shape[-len(given):] and tuple(given) != shape:
-                    raise ModelError(f"{where}: {key}={args[key]!r} does not fit the data, whose samples have shape {shape}.")
+                    fit = f"input_dim={shape[-1]}" if key == "input_dim" else f"input_shape={shape}"
+                    raise ModelError(f"{where}: {key}={args[key]!r} does not fit the data, whose samples have shape "
+                                     f"{shape}; write {fit} or leave it out.")
         shape = _add(kind, args, shape, modules, where, last, task, activity_convention)
         if kind not in _OWN_ACTIVITY and args.get("activity_regularizer") is not None:
             # Any Keras layer takes an activity regularizer on its output.
@@ -343,7 +350,8 @@ def _probe(core, shape, where, add=True):
         with torch.no_grad():
             out = core(torch.zeros((1,) + tuple(shape)))
     except (RuntimeError, IndexError, ValueError) as exc:
-        raise ModelError(f"{where}: does not fit inputs of shape {shape}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{where}: does not fit inputs of shape {shape}: {str(exc).splitlines()[0].rstrip('.')}; "
+                         f"use a smaller kernel_size/pool_size or strides, or padding='same'.") from None
     return tuple(out.shape[1:])
 
 
