@@ -57,6 +57,15 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def fuzz(examples: int):
+    """Hypothesis settings; REGLAB_FUZZ_SCALE=20 runs 20 times the examples (a longer hunt, not for CI)."""
+    scale = int(os.environ.get("REGLAB_FUZZ_SCALE", "1"))
+    return settings(max_examples=examples * scale, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+FUZZ = fuzz(100)
+
+
 STUDY = """\
 name = "hard"
 seeds = 1
@@ -409,6 +418,68 @@ def test_a_bad_data_file_exits_2_with_one_line_and_writes_nothing(case, tmp_path
     refused_and_nothing_written(tmp_path, ["run", study, "--db", tmp_path / "x.db"], *words)
 
 
+def _npz(compressed=True) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, X=np.linspace(0, 1, 60).reshape(20, 3), y=np.arange(20) % 2)
+    return buffer.getvalue()
+
+
+def _zip_headers(raw: bytearray, local: int, central: int, set_bits=0, value=None) -> bytes:
+    """Change a 2-byte field of every local (PK\\3\\4) and central (PK\\1\\2) zip header."""
+    for signature, offset in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        start = raw.find(signature)
+        while start != -1:
+            field = int.from_bytes(raw[start + offset:start + offset + 2], "little")
+            field = (field | set_bits) if value is None else value
+            raw[start + offset:start + offset + 2] = field.to_bytes(2, "little")
+            start = raw.find(signature, start + 4)
+    return bytes(raw)
+
+
+def _corrupt_deflate(raw: bytes) -> bytes:
+    start = raw.find(b"X.npy") + 5 + 16        # inside X's deflate stream (NumPy 2: "invalid block type")
+    return raw[:start] + b"\xff" * 8 + raw[start + 8:]
+
+
+NPZ_CASES = {
+    "not a zip": (b"PK but not a zip at all", ["d.npz: not a NumPy .npz file", "save it with np.savez(path, X=X, y=y)"]),
+    "a damaged deflate stream": (_corrupt_deflate(_npz()), ["d.npz: arrays X and y cannot be read", "np.savez"]),
+    "an encrypted member": (_zip_headers(bytearray(_npz(False)), 6, 8, set_bits=1), ["d.npz", "encrypted", "np.savez"]),
+    "an unknown compression method": (_zip_headers(bytearray(_npz()), 8, 10, value=99),
+                                      ["d.npz", "compression method is not supported", "np.savez"]),
+    "a truncated file": (_npz()[:200], ["d.npz: not a NumPy .npz file", "np.savez"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NPZ_CASES))
+def test_a_damaged_npz_file_exits_2_with_one_line_and_writes_nothing(case, tmp_path):
+    content, words = NPZ_CASES[case]
+    (tmp_path / "d.npz").write_bytes(content)
+    study = tmp_path / "study.toml"
+    study.write_text(CSV_STUDY.replace('name = "csv"\npath = "d.csv"\nlabel = "y"', 'name = "npz"\npath = "d.npz"'))
+    refused_and_nothing_written(tmp_path, ["run", study, "--db", tmp_path / "x.db"], *words)
+
+
+@FUZZ
+@given(compressed=st.booleans(), changes=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                                                 min_size=1, max_size=4), cut=st.one_of(st.none(), st.floats(0, 1)))
+def test_fuzzed_npz_files_load_or_raise_data_error(compressed, changes, cut):
+    raw = bytearray(_npz(compressed))
+    for where, byte in changes:
+        raw[int(where * len(raw))] = byte
+    if cut is not None:
+        raw = raw[:int(cut * len(raw))]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "d.npz").write_bytes(bytes(raw))
+        try:
+            ds = D.load({"name": "npz", "path": "d.npz"}, base_dir=folder)
+        except DataError as exc:
+            assert str(exc) and "\n" not in str(exc), repr(str(exc))
+            return
+    assert np.isfinite(ds.X_train).all()
+
+
 def test_a_huge_finite_value_within_float32_loads(tmp_path):
     """1e30 is finite in float32: the row loads, and standardisation keeps every feature finite."""
     (tmp_path / "d.csv").write_text("a,b,y\n1,1e30,0\n" + GOOD_ROWS)
@@ -688,15 +759,6 @@ def _prepares_or_refuses(study):
         prepare(study)
     except (StudyError, DataError) as exc:
         assert str(exc) and "\n" not in str(exc), repr(str(exc))
-
-
-def fuzz(examples: int):
-    """Hypothesis settings; REGLAB_FUZZ_SCALE=20 runs 20 times the examples (a longer hunt, not for CI)."""
-    scale = int(os.environ.get("REGLAB_FUZZ_SCALE", "1"))
-    return settings(max_examples=examples * scale, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-FUZZ = fuzz(100)
 
 
 @FUZZ

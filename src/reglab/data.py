@@ -25,6 +25,7 @@ import io
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,11 +308,17 @@ def _missing_label(shown, header, label, delimiter) -> str:
             f"columns are {_columns(header)}{hint or '; set label = one of them in [data]'}")
 
 
+# What a damaged .npz raises from NumPy and zipfile: a corrupt deflate stream (zlib.error), an
+# unsupported or encrypted member (NotImplementedError, RuntimeError), a header claiming a huge array.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+               MemoryError, KeyError)
+
+
 def _read_npz(path: Path, shown: str):
     fix = "save it with np.savez(path, X=X, y=y)"
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except _NPZ_ERRORS as e:
         raise DataError(f"{shown}: not a NumPy .npz file ({_one_line(e)}); {fix}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{shown}: holds a single array, not the arrays X and y; {fix}")
@@ -322,7 +329,7 @@ def _read_npz(path: Path, shown: str):
                 raise DataError(f"{shown}: has no array {key!r} (it holds {held}); {fix}")
         try:
             X, y = archive["X"], archive["y"]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except _NPZ_ERRORS as e:
             raise DataError(f"{shown}: arrays X and y cannot be read ({_one_line(e)}); {fix}") from None
     if X.dtype.kind not in "biuf":
         raise DataError(f"{shown}: X has dtype {X.dtype}; it must hold numbers")
