@@ -46,6 +46,7 @@ GRID_KEYS = {"variant", "values", "refine", "refine_points", "include_none", "pa
 EARLY_KEYS = {"monitor", "min_delta", "patience", "mode", "baseline", "restore_best_weights", "start_from_epoch"}
 RULE_KEYS = {"kernel", "bias", "recurrent", "activity", "kernel_constraint", "bias_constraint", "recurrent_constraint"}
 DEFAULT_DECADES = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+MAX_STUDY_BYTES = 10 * 2**20
 
 
 def _unknown(keys, allowed, where):
@@ -136,10 +137,21 @@ class Study:
 def load(path: str | Path, *, seeds: int | None = None, epochs: int | None = None) -> Study:
     """Read and validate a study file; ``seeds``/``epochs`` override the file's values."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:    # e.g. a name too long
+        raise StudyError(f"Study file {_show(str(path))} cannot be opened ({exc.strerror or exc}); check the path.") from None
+    if not exists:
         raise StudyError(f"Study file {str(path)!r} does not exist; check the path.")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as file:
+            content = file.read(MAX_STUDY_BYTES + 1)    # bounded: `reglab run /dev/zero` must not eat the memory
+        if len(content) > MAX_STUDY_BYTES:
+            raise StudyError(f"Study file {str(path)!r} is larger than {MAX_STUDY_BYTES // 2**20} MiB; a study file is "
+                             f"a short TOML text: check the path.")
+        raw = tomllib.loads(content.decode("utf-8-sig"))     # a byte-order mark (Windows editors) is fine
+    except IsADirectoryError:
+        raise StudyError(f"Study file {str(path)!r} is a folder; give the TOML file in it.") from None
     except OSError as exc:
         raise StudyError(f"Study file {str(path)!r} cannot be read ({exc.strerror or exc}); check the path.") from None
     except UnicodeDecodeError:
