@@ -9,7 +9,11 @@ task is short: the point is the cost per task and the memory, not the training. 
 ``reglab run STUDY --db DB --task-size 1`` in a fresh subprocess and a fresh database, so there
 are exactly as many tasks (populations of one member, each saved in its own transaction) as
 (variant, seed) pairs; ``--executor dask --workers 2`` starts a local cluster of 2 worker
-processes (one thread each) from the driver.
+processes (one thread each) from the driver. Torch and numba get one thread (``--threads 1``, the
+default, through OMP_NUM_THREADS and NUMBA_NUM_THREADS): with their default two threads on a busy
+2-core machine the local run spends most of its time in their threads waiting for each other
+(200 tasks: 164 s at load average 7.5, against ~20 s with one thread), which measures the
+machine's load rather than the cost of a task.
 
 While a run goes, every ~0.2 s: the RSS of the driver process, the summed RSS of the whole tree
 (driver + Dask nannies and workers + multiprocessing helpers; shared pages count once per
@@ -170,14 +174,22 @@ def _describe(child) -> str:
     return " ".join(words)[:80]
 
 
-def measure(argv: list[str], db: Path, tasks: int, log: Path, interval: float = INTERVAL) -> dict:
+def thread_env(threads: int | None) -> dict | None:
+    """The environment for a run whose torch and numba use ``threads`` threads (None: their defaults)."""
+    if not threads:
+        return None
+    n = str(threads)
+    return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "NUMBA_NUM_THREADS": n}
+
+
+def measure(argv: list[str], db: Path, tasks: int, log: Path, interval: float = INTERVAL, env=None) -> dict:
     """Run ``argv``, sampling its memory and the store's row count until it exits."""
     import psutil
 
     load_before = os.getloadavg()
     with open(log, "wb") as out:
         start = time.perf_counter()
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         proc = psutil.Process(popen.pid)
         samples, marks, seen = [], {}, {}
         peak = {"driver": 0, "tree": 0, "processes": 0}
@@ -243,7 +255,8 @@ def _thin(samples, n):
 
 
 def run_case(workdir: Path, tasks: int, executor: str = "local", *, task_size: int | None = 1,
-             workers: int = 2, seeds: int = SEEDS, epochs: int = EPOCHS, label: str | None = None) -> dict:
+             workers: int = 2, seeds: int = SEEDS, epochs: int = EPOCHS, label: str | None = None,
+             threads: int | None = 1) -> dict:
     """One ``reglab run`` of a fresh ``tasks``-pair study in a fresh database, measured and verified."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -259,9 +272,10 @@ def run_case(workdir: Path, tasks: int, executor: str = "local", *, task_size: i
     if executor == "dask":
         argv += ["--executor", "dask", "--workers", str(workers)]
     log = workdir / f"{tag}.log"
-    result = measure(argv, db, tasks, log)
+    result = measure(argv, db, tasks, log, env=thread_env(threads))
     result.update(label=tag, executor=executor, tasks_planned=_planned(log), members=tasks, variants=tasks // seeds,
-                  seeds=seeds, epochs=epochs, task_size=task_size, workers=workers if executor == "dask" else None)
+                  threads=threads or "default", seeds=seeds, epochs=epochs, task_size=task_size,
+                  workers=workers if executor == "dask" else None)
     result["store"] = verify(db, tasks, seeds) if db.exists() else {"ok": False, "rows": 0}
     text = log.read_text(encoding="utf-8", errors="replace")
     result["log_head"] = text.splitlines()[:2]
@@ -340,7 +354,8 @@ def markdown(result: dict) -> str:
              "",
              f"{result['command']} — {m['date']}, {m['cpus']} CPUs, {m['memory_bytes'] / 2 ** 30:.0f} GiB, "
              f"Python {m['python']}, torch {m['torch']}, distributed {m['distributed']}. "
-             f"Study: moons 2-500-1 MLP, L2 grid, {result['seeds']} seeds, {result['epochs']} epochs per member. "
+             f"Study: moons 2-500-1 MLP, L2 grid, {result['seeds']} seeds, {result['epochs']} epochs per member; "
+             f"torch/numba threads: {result.get('threads', 'default')} (driver and workers). "
              f"The machine was shared with other jobs: load average (1 min) per run below.",
              "",
              "| run | tasks | wall | startup / training / finish | tasks/s (whole / steady) | peak RSS driver | "
@@ -382,6 +397,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="200 tasks (and 20): a minute or two")
     parser.add_argument("--no-compare", action="store_true", help="skip the runs without --task-size")
     parser.add_argument("--only", choices=["local", "dask"], default=None, help="one executor only")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch/numba threads of the driver and workers (OMP_NUM_THREADS, NUMBA_NUM_THREADS); "
+                             "0: their defaults")
     parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded 20-task warm-up run")
     parser.add_argument("--keep", default=None, help="keep the studies, databases and logs in this folder")
     args = parser.parse_args(argv)
@@ -399,17 +417,19 @@ def main(argv=None):
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/load.py" + (" --quick" if args.quick else f" --tasks {tasks}") + (
-        f" --epochs {args.epochs}" if args.epochs != EPOCHS else "")
+        f" --epochs {args.epochs}" if args.epochs != EPOCHS else "") + (
+        f" --threads {args.threads}" if args.threads != 1 else "")
     result = {"command": command, "tasks": tasks, "seeds": SEEDS, "epochs": args.epochs,
+              "threads": args.threads or "default",
               "interval_s": INTERVAL, "machine": machine(), "runs": []}
     try:
         if not args.no_warmup:   # fill the file cache (torch, numba's kernels) so that the first run is not the only cold one
-            run_case(workdir, 20, "local", epochs=args.epochs, label="warmup")
+            run_case(workdir, 20, "local", epochs=args.epochs, label="warmup", threads=args.threads)
         for spec in plan_runs(tasks, compare=not args.no_compare):
             if args.only and spec["executor"] != args.only:
                 continue
             r = run_case(workdir, spec["tasks"], spec["executor"], task_size=spec["task_size"],
-                         workers=args.workers, epochs=args.epochs)
+                         workers=args.workers, epochs=args.epochs, threads=args.threads)
             result["runs"].append(r)
             print(f"{r['label']:<18} wall {r['wall_s']:7.1f} s  {r['tasks_per_s']:6.1f} tasks/s  peak driver "
                   f"{_mib(r['peak_rss_driver'])} MiB  tree {_mib(r['peak_rss_tree'])} MiB  store "

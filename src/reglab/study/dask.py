@@ -2,9 +2,11 @@
 
 :class:`DaskExecutor` is an executor for :func:`reglab.study.run`: the study is planned into one
 task per population chunk (``chunks`` = the cluster's worker threads, so each group of seeds is cut
-into pieces that keep every worker busy), every task is submitted as one Dask future, and the
-records come back to the driver as each task finishes -- the driver is the only writer to the
-store, so the store stays the record of what has run.
+into pieces that keep every worker busy), each task is one Dask future, and the records come back
+to the driver as each task finishes -- the driver is the only writer to the store, so the store
+stays the record of what has run. At most a few tasks per worker thread are in flight at a time
+(``IN_FLIGHT_PER_THREAD``; each result lets the next task go), so a study of many thousand tasks
+does not hold all of them in the driver and the scheduler at once.
 
 - The dataset is read by the driver (user files included) and shipped once per worker
   (``client.scatter(..., broadcast=True)``); tasks carry only its key, so workers need no shared
@@ -24,6 +26,9 @@ store, so the store stays the record of what has run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
+import json
 import logging
 import os
 import time
@@ -35,6 +40,11 @@ from . import runner
 from . import spec as S
 
 __all__ = ["ClusterError", "DaskExecutor", "SchedulerLost"]
+
+# Tasks in flight per worker thread (see DaskExecutor.window): a study of any size holds this many
+# tasks in the driver, the scheduler and the workers' queues, not all of them at once.
+IN_FLIGHT_PER_THREAD = 4
+MIN_IN_FLIGHT = 8
 
 INSTALL_HINT = "Dask is not installed; pip install 'reglab[dask]' (or: pip install 'dask[distributed]')"
 
@@ -105,11 +115,30 @@ def _one_thread():
         torch.set_num_threads(1)
 
 
+# Studies rebuilt in this worker process, by payload key, most recent last: rebuilding costs
+# O(variants) (50 ms for a 200-point grid), which every task of a study would otherwise pay again.
+_STUDIES: dict[str, S.Study] = {}
+_STUDIES_KEPT = 4
+
+
+def _study(payload: dict) -> S.Study:
+    key = payload.get("key")
+    if key is None:
+        return _rebuild(payload)
+    study = _STUDIES.pop(key, None)
+    if study is None:
+        study = _rebuild(payload)
+    _STUDIES[key] = study
+    while len(_STUDIES) > _STUDIES_KEPT:
+        _STUDIES.pop(next(iter(_STUDIES)))
+    return study
+
+
 def run_task(payload: dict, shipped: Shipped, task: runner.Task) -> list[dict]:
     """On a worker: train one task's population and return its records."""
     start = time.perf_counter()
     _one_thread()
-    records = runner.execute(_rebuild(payload), shipped.dataset, task, progress=False)
+    records = runner.execute(_study(payload), shipped.dataset, task, progress=False)
     _ARRIVALS["tasks"] += 1
     _ARRIVALS["seconds"] += time.perf_counter() - start
     return records
@@ -220,10 +249,17 @@ class DaskExecutor:
             raise self._lost(exc) from None
         return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
 
+    def window(self) -> int:
+        """How many tasks :meth:`map` keeps submitted at once: ``IN_FLIGHT_PER_THREAD`` per worker
+        thread, at least ``MIN_IN_FLIGHT`` (enough to keep every worker busy while results travel)."""
+        return max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * self.chunks)
+
     # -- work ----------------------------------------------------------------------------------
 
     def map(self, study, dataset, tasks, progress=None):
-        """Submit every task at once; yield ``(task, records)`` as each finishes."""
+        """Yield ``(task, records)`` as each task finishes, with at most :meth:`window` tasks in flight:
+        each result that comes back lets the next task go, so the driver (and the scheduler) hold a
+        bounded number of tasks whatever the study's size."""
         tasks = list(tasks)
         if not tasks:
             return
@@ -232,18 +268,36 @@ class DaskExecutor:
         client = self.client
         payload = _payload(study)
         futures: dict = {}
+        waiting = iter(tasks)
+        done = distributed.as_completed()
         bar = tqdm(total=len(tasks), desc="tasks", unit="task", disable=None if progress is None else not progress)
+
+        def submit(n):
+            try:
+                for task in itertools.islice(waiting, max(0, n)):
+                    future = client.submit(run_task, payload, data, task, pure=False, retries=2)
+                    futures[future] = task
+                    done.add(future)
+            except (OSError, TimeoutError) as exc:
+                raise self._lost(exc) from None
+
         try:
             try:
                 self._upload_factory(study)
                 data = self._ship(dataset)
-                for task in tasks:
-                    futures[client.submit(run_task, payload, data, task, pure=False, retries=2)] = task
+                window = self.window()
             except (OSError, TimeoutError) as exc:
                 raise self._lost(exc) from None
-            for future in distributed.as_completed(list(futures)):
+            submit(window)
+            finished = 0
+            for future in done:
                 task = futures.pop(future)
                 records = self._result(future, task)
+                finished += 1
+                if finished % window == 0:   # workers may have joined (or left) since: size the window again
+                    with contextlib.suppress(OSError, TimeoutError, ClusterError):
+                        window = self.window()
+                submit(window - len(futures))   # before the yield: the workers train while the driver saves
                 bar.update(1)
                 yield task, records
         finally:
@@ -309,6 +363,9 @@ def _payload(study: S.Study) -> dict:
     if any(rebuilt.get(name) != key for name, key in mine.items()):
         raise S.StudyError("the study's variants cannot be rebuilt from its file on the workers; "
                            "run it with --executor local")
+    # Workers rebuild the study once per key (see _study): the key names everything it is built from.
+    text = json.dumps([payload["raw"], payload["base_dir"], payload["refined"]], sort_keys=True, default=repr)
+    payload["key"] = hashlib.sha256(text.encode()).hexdigest()
     return payload
 
 
