@@ -32,16 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import reglab
 from reglab import data as D
 from reglab.cli import main
 from reglab.data import DataError
-from reglab.store import Store
 from reglab.study import StudyError, from_dict, keras, load, prepare
 from reglab.study import spec as S
 
@@ -49,12 +47,7 @@ EXAMPLES = Path(reglab.__file__).parent / "examples"
 REGLAB = Path(sys.executable).with_name("reglab")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: torch and numba on one thread
 
 
 def fuzz(examples: int):
