@@ -314,7 +314,6 @@ def test_keras_build_checks_the_last_layer_against_the_number_of_classes():
         keras.build(["Dense(4)", "Dense(2, activation='softmax')"], (4,), task="multiclass", classes=3)
 
 
-@pytest.mark.xfail(strict=True, reason="needs runner fix: prepare() must pass the class count to S.builder (and try the loss)")
 def test_too_few_outputs_for_the_classes_is_refused_before_training(tmp_path):
     study = tmp_path / "study.toml"
     study.write_text(STUDY.replace('name = "moons"', 'name = "iris"').replace("input_dim=2, ", "")
@@ -334,7 +333,6 @@ FACTORIES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="needs runner fix: prepare() must check a factory model's output against the task")
 def test_a_factory_model_whose_output_does_not_fit_the_task_is_refused_before_training(tmp_path):
     module = f"hard_factory_outputs_{tmp_path.name.replace('-', '_')}"
     (tmp_path / f"{module}.py").write_text("from torch import nn\n\n\ndef build():\n"
@@ -584,7 +582,6 @@ def test_a_corrupt_database_is_refused_and_left_unchanged(command, tmp_path, ok_
                                 "cannot use", "bad.db", "database disk image is malformed")
 
 
-@pytest.mark.xfail(strict=True, reason="needs store fix: the corrupt-database line says no fix")
 def test_a_corrupt_database_line_says_the_fix(tmp_path, ok_db):
     db = tmp_path / "bad.db"
     _corrupt(ok_db)(db)
@@ -665,7 +662,6 @@ CLICK_CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="needs cli fix: click's usage errors print 3-4 lines (Usage/Try/blank/Error)")
 @pytest.mark.parametrize("case", list(CLICK_CASES))
 def test_argument_errors_caught_by_click_are_one_line_too(case, tmp_path, ok_db):
     _copy_db(ok_db, tmp_path)

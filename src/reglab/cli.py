@@ -38,7 +38,18 @@ def _friendly(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """Usage errors (a missing argument, a bad option value) print one line too."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            sub = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
+            raise UserError(f"{exc.format_message()} (see `reglab{sub} --help`)") from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="reglab")
 def main():
     """reglab: cure overfitting in PyTorch models with Keras-grade regularization.

@@ -212,7 +212,8 @@ class Store:
             self.close()
             if "not a database" in str(e):
                 raise StoreError(f"{self.path} is not a reglab database (not SQLite)") from None
-            raise StoreError(f"cannot use {self.path} as a reglab database: {e}") from None
+            raise StoreError(f"cannot use {self.path} as a reglab database: {e}; restore it from a backup or "
+                             f"use another --db") from None
         except BaseException:
             self.close()
             raise

@@ -19,6 +19,7 @@ import torch
 from .. import data as data_mod
 from .. import diagnose, stats
 from ..callbacks import EarlyStopping
+from ..tasks import get as get_task
 from ..population import train_population
 from . import spec as S
 
@@ -48,7 +49,9 @@ def prepare(study: S.Study):
     """Load the data and build every variant's model once, so that a study that cannot run is
     rejected before anything is written."""
     dataset = data_mod.load(study.data, base_dir=study.base_dir)
-    build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
+    classes = len(dataset.info["classes"]) if dataset.task == "multiclass" else None
+    build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task, classes=classes)
+    task = get_task(dataset.task)
     metric = "accuracy" if dataset.task != "regression" else "mae"
     logged = [p + k for p in ("", "val_") for k in ("loss", "data_loss", "penalty", metric)]
     for v in study.variants:
@@ -59,8 +62,11 @@ def prepare(study: S.Study):
         model = build(v.name)
         try:
             with torch.no_grad():
-                model.eval()(torch.as_tensor(dataset.X_train[:2]))
-        except RuntimeError as exc:
+                out = model.eval()(torch.as_tensor(dataset.X_train[:2]))
+                task.check_output(out, task.targets(dataset.y_train[:2]))
+                if classes is not None and out.shape[-1] != classes:
+                    raise ValueError(f"it gives {out.shape[-1]} outputs per sample, but the data has {classes} classes")
+        except (RuntimeError, ValueError) as exc:
             raise S.StudyError(f"variants.{v.name}: the model does not fit the data: {str(exc).splitlines()[0]}") from None
     return dataset
 
