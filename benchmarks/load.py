@@ -36,9 +36,10 @@ without ``--task-size`` (one population of every member locally; one per worker 
 what the per-task overhead costs.
 
 An unrecorded 20-task local run goes first (--no-warmup skips it), so that the first recorded run
-does not pay alone for a cold file cache. Writes ``OUTPUT_DIR/load.json`` (machine, versions, load average before and after each run, every
-number) and ``OUTPUT_DIR/load.md`` (the table). The machine is rarely quiet: read the timings with
-the load average beside them.
+does not pay alone for a cold file cache. Writes ``OUTPUT_DIR/load.json`` (machine, versions, load
+average before and after each run, every number) and ``OUTPUT_DIR/load.md`` (the table; --render
+writes it again from load.json). The machine is rarely quiet: read the timings with the load
+average beside them.
 """
 
 from __future__ import annotations
@@ -366,10 +367,12 @@ def markdown(result: dict) -> str:
             ", --task-size 1" if r["task_size"] == 1 else ", no --task-size")
         at = r["at_fraction"]
         rss = " / ".join(_mib(at[k]["rss_driver"]) if at.get(k) else "–" for k in ("10%", "50%", "100%"))
-        phases = " / ".join(f"{r[k]:.1f}" if r[k] is not None else "–" for k in ("startup_s", "training_s", "finish_s"))
+        phases = " / ".join(f"{r[k]:.1f}" if r[k] is not None else "–"
+                            for k in ("startup_s", "training_s", "finish_s"))
         st = r["store"]
         store = (f"{st['rows']} rows, ok" if st.get("ok") else f"FAILED: {st}")
-        steady = f"{r['steady_tasks_per_s']:.1f}" if r["steady_tasks_per_s"] else "–"
+        many = r["steady_tasks_per_s"] and (r["tasks_planned"] or 0) >= 10   # one or two saves: no rate
+        steady = f"{r['steady_tasks_per_s']:.1f}" if many else "–"
         lines.append(f"| {name} | {r['tasks_planned']} | {r['wall_s']:.1f} s | {phases} s | "
                      f"{r['tasks_per_s']:.1f} / {steady} | {_mib(r['peak_rss_driver'])} MiB | "
                      f"{_mib(r['peak_rss_tree'])} MiB ({r['processes']}) | {rss} MiB | {store} | "
@@ -383,8 +386,9 @@ def markdown(result: dict) -> str:
     lines += ["", "Tree RSS sums every process (shared pages counted once per process). Startup = to the first "
               "saved row (imports; on Dask also starting the cluster and its workers importing torch); finish = "
               "after the last row (statistics, the printed table, closing the cluster). Steady = (tasks - 1) / "
-              "training. Every run is a fresh process and database; the store is checked after each run "
-              "(rows = tasks, no duplicate (config_key, seed), exactly the study's pairs, integrity_check ok).", ""]
+              "training (– for runs of one or two populations). Every run is a fresh process and database; "
+              "the store is checked after each run (rows = tasks, no duplicate (config_key, seed), exactly "
+              "the study's pairs, integrity_check ok).", ""]
     return "\n".join(lines)
 
 
@@ -402,7 +406,12 @@ def main(argv=None):
                              "0: their defaults")
     parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded 20-task warm-up run")
     parser.add_argument("--keep", default=None, help="keep the studies, databases and logs in this folder")
+    parser.add_argument("--render", action="store_true", help="only write load.md again from OUTPUT_DIR/load.json")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((Path(args.output_dir) / "load.json").read_text(encoding="utf-8"))
+        (Path(args.output_dir) / "load.md").write_text(markdown(result), encoding="utf-8")
+        return
     tasks = 200 if args.quick else args.tasks
     try:   # the full run and the one with a tenth of the tasks must both split into SEEDS seeds
         grid_values(tasks), grid_values(tasks // 10)
@@ -423,7 +432,7 @@ def main(argv=None):
               "threads": args.threads or "default",
               "interval_s": INTERVAL, "machine": machine(), "runs": []}
     try:
-        if not args.no_warmup:   # fill the file cache (torch, numba's kernels) so that the first run is not the only cold one
+        if not args.no_warmup:   # fill the file cache (torch, numba's kernels): not only the first run cold
             run_case(workdir, 20, "local", epochs=args.epochs, label="warmup", threads=args.threads)
         for spec in plan_runs(tasks, compare=not args.no_compare):
             if args.only and spec["executor"] != args.only:
