@@ -649,3 +649,19 @@ layers = {{ 0 = {{ kernel_regularizer = "l2(0.01)" }} }}
     with Store(tmp_path / "d.db") as store:
         rebuilt = from_store(store, "diabetes")
     same(rebuilt.summary, result.summary)
+
+
+def test_a_run_without_histories_in_memory_summarises_the_same(tmp_path):
+    """keep_histories=False (the CLI's choice) keeps only the curves the summary reads in memory;
+    the summary is the same and the store still has every curve, also on resume."""
+    text = BASE + '\n[variants.none]\n\n[variants.l2]\nlayers = { 0 = { kernel_regularizer = "l2(0.01)" } }\n'
+    study = load(write(tmp_path, text))
+    full = run(study, Store(tmp_path / "full.db"))
+    for attempt in range(2):   # trained, then resumed from the store
+        slim = run(load(write(tmp_path, text)), Store(tmp_path / "slim.db"), keep_histories=False)
+        assert slim.trained == (4 if attempt == 0 else 0)
+        assert {k for r in slim.records for k in r["history"]} == {"val_loss", "epoch"}
+        same(full.summary, slim.summary)
+    with Store(tmp_path / "slim.db") as store:
+        stored = store.results(store.study("tiny")["id"])
+    assert {k for r in stored for k in r["history"]} == {k for r in full.records for k in r["history"]}

@@ -132,7 +132,8 @@ def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size):
         pool = contextlib.nullcontext()
     with _stop_on_interrupt(db, study.name), pool as ex, _open_store(db) as store:
         start = time.perf_counter()
-        run_ = st.run(study, store, dataset=dataset, echo=click.echo, executor=ex, task_size=task_size)
+        run_ = st.run(study, store, dataset=dataset, echo=click.echo, executor=ex, task_size=task_size,
+                      keep_histories=False)
         click.echo(f"{run_.trained} members trained, {len(run_.records) - run_.trained} from {db}, "
                    f"{time.perf_counter() - start:.1f} s")
     _print_run(run_, PUBLISHED.get(study.name))
@@ -314,7 +315,7 @@ def demo(seeds, epochs, db, out):
             path = resources.files("reglab") / "examples" / f"{name}.toml"
             with resources.as_file(path) as file:
                 study = st.load(file, seeds=seeds, epochs=epochs)
-            run_ = st.run(study, store)
+            run_ = st.run(study, store, keep_histories=False)
             _print_run(run_, PUBLISHED.get(study.name))
             if out:
                 from reglab.report import write_report

@@ -72,11 +72,13 @@ def prepare(study: S.Study):
 
 
 def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=None, echo=None,
-        task_size: int | None = None) -> StudyRun:
+        task_size: int | None = None, keep_histories: bool = True) -> StudyRun:
     """Run (or resume) ``study``; returns every record and the summary. ``executor`` runs the
     populations (default: :class:`LocalExecutor`, in this process). ``task_size`` caps the members
     of one population: smaller tasks are saved more often (an interruption loses less) but train
-    less in parallel; default: no cap."""
+    less in parallel; default: no cap. ``keep_histories=False`` (with a store) keeps in memory only
+    the learning curves the summary reads -- the store has every curve -- so that memory does not
+    grow with whole histories over thousands of members (the CLI does this)."""
     if task_size is not None and (isinstance(task_size, bool) or not isinstance(task_size, int) or task_size < 1):
         raise ValueError(f"task_size must be a positive int or None. Got {task_size!r} instead.")
     dataset = prepare(study) if dataset is None else dataset
@@ -84,9 +86,10 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
     study_id = store.open_study(study.name, study.as_dict()) if store is not None else None
     planned = {"seeds": list(study.seeds), "members": len(study.variants) * len(study.seeds)}
     with store.lease(study_id, planned) if store is not None else contextlib.nullcontext():
+        slim = _slim if store is not None and not keep_histories else None
         records = store.results(study_id) if store is not None else []
-        run_ = StudyRun(study, dataset, records)
-        _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor, task_size)
+        run_ = StudyRun(study, dataset, [slim(r) for r in records] if slim else records)
+        _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
         if study.protocol == "grid" and study.grid.get("refine", True) and len(S.values(study.grid)) == 1:
             coarse = {v.key for v in study.variants}   # decide from the coarse grid alone, as on the first run
             refined = _refined_variants(study, [r for r in run_.records if r["config_key"] in coarse], dataset.task)
@@ -94,7 +97,7 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
                 study.variants = sorted(study.variants + refined, key=lambda v: v.params.get("value", -1.0))
                 if store is not None:
                     store.plan_run(study_id, {**planned, "members": len(study.variants) * len(study.seeds)})
-                _train(study, refined, dataset, store, study_id, run_, progress, echo, executor, task_size)
+                _train(study, refined, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
     keys, seeds = {v.key for v in study.variants}, set(study.seeds)
     run_.records = [r for r in run_.records if r["config_key"] in keys and r["seed"] in seeds]
     run_.summary = summarize(study, run_.records, dataset)
@@ -167,7 +170,7 @@ class LocalExecutor:
             yield task, execute(study, dataset, task, progress)
 
 
-def _train(study, variants, dataset, store, study_id, run_, progress, echo, executor, task_size=None):
+def _train(study, variants, dataset, store, study_id, run_, progress, echo, executor, task_size=None, slim=None):
     done = {(r["config_key"], r["seed"]) for r in run_.records}
     tasks = plan(study, variants, done, executor.chunks, task_size)
     if echo and tasks:
@@ -178,8 +181,18 @@ def _train(study, variants, dataset, store, study_id, run_, progress, echo, exec
         if store is not None:
             with _interrupts_deferred():   # a finished task is saved whole even if Ctrl-C lands now
                 store.save(study_id, new)  # the driver is the only writer; one transaction per task
+            if slim is not None:
+                new = [slim(r) for r in new]
         run_.records.extend(new)
         run_.trained += len(new)
+
+
+SUMMARY_HISTORY = ("val_loss", "epoch")   # all that summarize() reads of a learning curve
+
+
+def _slim(record: dict) -> dict:
+    """``record`` with only the curves the summary reads (the store keeps the whole record)."""
+    return {**record, "history": {k: v for k, v in record["history"].items() if k in SUMMARY_HISTORY}}
 
 
 @contextlib.contextmanager
