@@ -287,6 +287,7 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
     metric = "accuracy" if dataset.task != "regression" else "mae"
     higher = metric == "accuracy"
     names = [v.name for v in study.variants]
+    records = sorted(records, key=lambda r: r["seed"])   # the same numbers whatever order the tasks finished in
     by_variant = {n: {r["seed"]: r for r in records if r["variant"] == n} for n in names}
     seeds = study.seeds
     faults = _data_faults(dataset)
