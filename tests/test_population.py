@@ -581,3 +581,22 @@ def test_population_result_evaluate_on_the_fused_path(chunks):
     assert ran_fused(chunks) == [True]
     for key, values in result.evaluate(val).items():
         np.testing.assert_allclose(values, result.history[f"val_{key}"][:, -1], atol=ATOL, rtol=0, err_msg=key)
+
+
+def test_the_fused_adam_step_never_leaves_subnormal_numbers():
+    """Subnormal float32 arithmetic is ~100x slower on x86; the fused kernel flushes them (as
+    TensorFlow's flush-to-zero does). Tiny gradients and decaying moments must end normal or zero."""
+    from reglab.population import fused
+
+    tiny = np.finfo(np.float32).tiny
+    g = np.array([1e-25, -1e-30, 1e-20, 0.0, 1e-3, -1e-19, 3e-38, 0.0], np.float32)
+    w = np.ones_like(g)
+    m = np.array([2e-38, -5e-38, 0.0, 1.5e-38, 0.0, 0.0, 0.0, 1e-30], np.float32)
+    v = np.array([0.0, 1.3e-38, 0.0, 1e-30, 0.0, 0.0, 0.0, 2e-38], np.float32)
+    hyper = np.array([0.1, 0.001, 1.0, 1e-7, 1.0, 0.0], np.float32)   # 1-β1, 1-β2, bias, ε, 1/√(1-β2^t), decay
+    for _ in range(100):
+        fused._adam(w, g, m, v, np.float32(0.0), np.float32(0.0), hyper, np.float32(1e-3))
+        for a in (m, v):
+            assert not np.any((a != 0) & (np.abs(a) < tiny)), a
+    assert m[4] > 0 and v[4] > 0          # a normal gradient is kept as it is
+    assert m[0] > 0 and v[0] == 0         # 1e-25 moves m; its square (1e-50) is flushed
