@@ -183,7 +183,9 @@ def test_the_dataset_reaches_each_worker_once_not_once_per_task(dask_run):
     arrived = dask_run["arrivals"]
     assert len(arrived) == 2
     assert sum(a["tasks"] for a in arrived.values()) == dask_run["tasks"] == 4
-    assert [a["datasets"] for a in arrived.values()] == [1, 1]
+    # once per worker that trained (a fast worker may take every task), never once per task
+    assert [a["datasets"] for a in arrived.values()] == [min(1, a["tasks"]) for a in arrived.values()]
+    assert sum(a["datasets"] for a in arrived.values()) < dask_run["tasks"]
 
 
 GRID = """

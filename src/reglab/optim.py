@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover
     _nb = None
 
 if _nb is not None:
-    @_nb.njit(cache=True, nogil=True, parallel=True)
+    @_nb.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
     def _adam_kernel(p, g, m, v, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
         for i in _nb.prange(p.size):
             gi = g[i]

@@ -59,7 +59,7 @@ if nb is not None:
 
     # Every inner loop runs over the hidden units with no branch inside, so LLVM vectorises it.
     # fastmath without the no-NaN/no-inf assumptions: divergence must stay visible.
-    @nb.njit(parallel=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}, cache=True)
+    @nb.njit(parallel=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}, error_model="numpy", cache=True)
     def _mlp(X, y, W1, b1, W2, b2, act, task, grad, gW1, gb1, gW2, gb2, loss, metric,
              update, active, l1, l2, moments, lr, hyper, penalty,
              act_pos, act_l1, act_l2, act_div, activity):  # pragma: no cover - compiled
