@@ -89,13 +89,19 @@ class _LockFile:
                 cls._open[path] = cls(path)
             return cls._open[path]
 
+    def _lock(self, study_id: int) -> bool:
+        """Take the study's byte of the file if no process holds it (call with ``_guard`` held)."""
+        if study_id in self.held:
+            return False
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, study_id)
+        except OSError:
+            return False
+        return True
+
     def acquire(self, study_id: int) -> bool:
         with self._guard:
-            if study_id in self.held:
-                return False
-            try:
-                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, study_id)
-            except OSError:
+            if not self._lock(study_id):
                 return False
             self.held.add(study_id)
             return True
@@ -109,11 +115,7 @@ class _LockFile:
     def busy(self, study_id: int) -> bool:
         """Whether some process (this one included) holds the study's lock."""
         with self._guard:
-            if study_id in self.held:
-                return True
-            try:
-                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, study_id)
-            except OSError:
+            if not self._lock(study_id):
                 return True
             fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, study_id)
             return False
