@@ -212,7 +212,9 @@ def status(study_name, db):
         per_variant[r["variant"]] = per_variant.get(r["variant"], 0) + 1
         diverged[r["variant"]] = diverged.get(r["variant"], 0) + bool(r["diverged"])
     if live:
-        who = f" (pid {live['pid']} on {live['host']}, started {live['started']})" if live["pid"] else ""
+        from reglab.store import holder
+
+        who = holder(live)
         planned = live["planned"].get("members", expected)
         click.echo(f"{study_name}: running{who}: {len(records)} of {planned} members finished")
     else:

@@ -57,7 +57,7 @@ try:   # POSIX record locks: released by the OS when the holder exits, even on k
 except ImportError:   # pragma: no cover - Windows: no run lock, concurrent runs are not detected
     fcntl = None
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "StoreError", "StudyBusy"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "StoreError", "StudyBusy", "holder"]
 
 
 class StoreError(ValueError):
@@ -66,6 +66,14 @@ class StoreError(ValueError):
 
 class StudyBusy(StoreError):
     """The study is being run by another process (see :meth:`Store.lease`)."""
+
+
+def holder(run: Mapping | None) -> str:
+    """How a run from :meth:`Store.running` is named in messages: ' (pid 123 on HOST, started T)',
+    or '' when nothing is known about it."""
+    if not run or not run.get("pid"):
+        return ""
+    return f" (pid {run['pid']} on {run['host']}, started {run['started']})"
 
 
 class _LockFile:
@@ -353,9 +361,7 @@ class Store:
             raise StoreError(f"cannot create the lock file {self.path}.lock: {e.strerror}; "
                              f"use a --db in a folder you can write") from None
         if not lock.acquire(study_id):
-            holder = self.running(study_id) or {}
-            who = (f" (pid {holder['pid']} on {holder['host']}, started {holder['started']})"
-                   if holder.get("pid") else "")
+            who = holder(self.running(study_id))
             raise StudyBusy(f"study {self._name(study_id)!r} is already being run by another reglab{who}; "
                             f"wait for it to finish (`reglab status` shows progress) or stop it, then run again")
         try:

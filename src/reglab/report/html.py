@@ -473,7 +473,9 @@ def _running(live, finished: int) -> str:
         return ""
     planned = (live.get("planned") or {}).get("members")
     of = f" of {planned}" if planned else ""
-    who = f" (pid {live['pid']} on {live['host']}, started {live['started']})" if live.get("pid") else ""
+    from ..store import holder
+
+    who = holder(live)
     return (f'<p class="running"><b>Still running.</b> This study was being trained when this page was written{e(who)}: '
             f'{finished}{of} members had finished, and everything below is computed from those alone. '
             f'Write the report again when the run ends.</p>')
