@@ -141,7 +141,7 @@ def standalone(build, config, seed, train, validation=None, *, early_stopping=No
     return model, history
 
 
-def assert_member_equals(result, i, model, history, rtol=0.0):
+def assert_member_equals(result, i, model, history, rtol=0.0, slack=None):
     """Member ``i`` of ``result`` ends where the standalone ``model``/``history`` ended.
 
     ``rtol`` is for diverged members, whose weights and losses can be ~1e20; a member that diverged
@@ -149,6 +149,9 @@ def assert_member_equals(result, i, model, history, rtol=0.0):
     mine, theirs = result.models[i].state_dict(), model.state_dict()
     assert mine.keys() == theirs.keys()
     for key in theirs:
+        if slack is not None:
+            assert_close_within(mine[key], theirs[key], ATOL, slack[i][key], f"member {i} {key}")
+            continue
         torch.testing.assert_close(mine[key], theirs[key], atol=ATOL, rtol=rtol, equal_nan=bool(result.diverged[i]),
                                    msg=lambda m: f"member {i} {key}: {m}")
     ran = len(history.epoch)
@@ -177,7 +180,42 @@ def assert_matches_standalone(build, configs, seeds, train, validation=None, *, 
     return result
 
 
-def assert_same_results(a, b, atol=0.0):
+def nudged(data, direction):
+    """``(X, y)`` with every input moved by one float32 ulp towards ``direction`` (±inf)."""
+    X, y = data
+    return torch.nextafter(X, torch.full_like(X, direction)), y
+
+
+def rounding_sensitivity(run, train, validation):
+    """Per member and weight, how far ``run(train, validation)`` moves when every input moves by
+    one ulp: the size of a rounding-level perturbation after training.
+
+    Two correct float32 implementations that add in different orders differ by such perturbations.
+    Usually they stay at ~1e-7; where a gradient cancels to near zero, Adam's step divides it by
+    eps_hat = eps / sqrt(1 - beta_2 ** t) (3.2e-6 at the first step) and amplifies the difference by
+    up to lr / eps_hat (~1e4 at lr 0.03): e.g. a hidden weight whose data gradient, 5.9e-3 summed from
+    terms of total size 0.12, cancels its L2 gradient to 1.9e-7 moves by 4.7e-5 after one step from a
+    5.6e-9 difference in the sum, 1.5 % of one float32 rounding of those terms. Tolerances for such
+    comparisons are ATOL plus a few times this measured sensitivity, never a blanket looser bound."""
+    base = run(train, validation)
+    spread = [{k: torch.zeros_like(v) for k, v in m.state_dict().items()} for m in base.models]
+    for direction in (float("inf"), -float("inf")):
+        moved = run(nudged(train, direction), validation)
+        for i, (m0, m1) in enumerate(zip(base.models, moved.models)):
+            for (k, v0), v1 in zip(m0.state_dict().items(), m1.state_dict().values()):
+                spread[i][k] = torch.maximum(spread[i][k], (v1 - v0).abs())
+    return spread
+
+
+def assert_close_within(actual, expected, atol, slack, msg):
+    """|actual - expected| <= atol + 4 * slack element-wise (slack: a rounding sensitivity)."""
+    bound = atol + 4 * slack
+    excess = (actual - expected).abs() - bound
+    assert not bool((excess > 0).any()), (f"{msg}: greatest difference {(actual - expected).abs().max():.3g}, "
+                                          f"greatest excess over atol + 4 x sensitivity {excess.max():.3g}")
+
+
+def assert_same_results(a, b, atol=0.0, slack=None):
     assert len(a) == len(b)
     for key in ("epochs_run", "stopped_epoch", "best_epoch", "diverged"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
@@ -186,7 +224,10 @@ def assert_same_results(a, b, atol=0.0):
         np.testing.assert_allclose(a.history[key], b.history[key], atol=atol, rtol=0, err_msg=key)
     for i, (ma, mb) in enumerate(zip(a.models, b.models)):
         for (name, pa), pb in zip(ma.state_dict().items(), mb.state_dict().values()):
-            torch.testing.assert_close(pa, pb, atol=atol, rtol=0, msg=lambda m: f"member {i} {name}: {m}")
+            if slack is not None:
+                assert_close_within(pa, pb, atol, slack[i][name], f"member {i} {name}")
+            else:
+                torch.testing.assert_close(pa, pb, atol=atol, rtol=0, msg=lambda m: f"member {i} {name}: {m}")
 
 
 @pytest.fixture
@@ -332,14 +373,17 @@ def test_fused_path_equals_generic_path_and_standalone(task, act, chunks, monkey
         assert chunks[-1][1] == fused.ACTIVATIONS[ACTIVATIONS[act]], "the fused path did not run"
         with monkeypatch.context() as patch:
             patch.setattr(fused, "plan", lambda layers: None)
+            # The two paths add in different orders: weights agree to ATOL except where Adam
+            # amplifies a rounding difference (see rounding_sensitivity), measured on the generic path.
+            slack = rounding_sensitivity(lambda t, v: population(build, configs, [0, 1], t, v, **options), train, val)
             generic = population(build, configs, [0, 1], train, val, **options)
         assert chunks[-1][1] is None
-        assert_same_results(fast, generic, atol=ATOL)
+        assert_same_results(fast, generic, atol=ATOL, slack=slack)
     # The last (one-batch, per-config lr) population against each standalone fit.
     for c, config in enumerate(configs):
         for s in (0, 1):
             model, history = standalone(build, config, s, train, val, **dict(options, lr=lr[c]))
-            assert_member_equals(fast, 2 * c + s, model, history)
+            assert_member_equals(fast, 2 * c + s, model, history, slack=slack)
 
 
 def activity_build(act="relu", activity=None, after=False, convention="mean", l2=0.0):

@@ -29,14 +29,69 @@ ACTIVATIONS = {nn.ReLU: 0, nn.Tanh: 1, nn.Sigmoid: 2, nn.Identity: 3}
 TINY = np.float32(np.finfo(np.float32).tiny)          # 1.1754944e-38
 SQRT_TINY = np.float32(np.sqrt(np.finfo(np.float32).tiny))
 TASKS = {"binary": 0, "multiclass": 1, "regression": 2}
+LANES = 16   # partial sums per reduction: fixed, so that the order of every sum is fixed
 
 
 if nb is not None:
+    # Every sum runs in one fixed order, whatever the CPU's vector width: LANES running partial sums
+    # (lane l takes the elements j = l mod LANES of the first n - n % LANES), folded pairwise in a
+    # fixed tree, then the remaining elements in order. The lanes are independent scalars, so LLVM's
+    # SLP vectoriser packs them into registers (2 ymm on AVX2, 1 zmm on AVX-512, 4 xmm on SSE or NEON)
+    # without reassociating anything: the same IEEE operations in the same order, hence the same bits.
+    @nb.njit(inline="always")
+    def _dot(a, b):  # pragma: no cover - compiled
+        # sum(a * b) in float32.
+        n = a.size
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = np.float32(0.0)
+        body = n - n % LANES
+        for start in range(0, body, LANES):
+            s0 += a[start + 0] * b[start + 0]
+            s1 += a[start + 1] * b[start + 1]
+            s2 += a[start + 2] * b[start + 2]
+            s3 += a[start + 3] * b[start + 3]
+            s4 += a[start + 4] * b[start + 4]
+            s5 += a[start + 5] * b[start + 5]
+            s6 += a[start + 6] * b[start + 6]
+            s7 += a[start + 7] * b[start + 7]
+            s8 += a[start + 8] * b[start + 8]
+            s9 += a[start + 9] * b[start + 9]
+            s10 += a[start + 10] * b[start + 10]
+            s11 += a[start + 11] * b[start + 11]
+            s12 += a[start + 12] * b[start + 12]
+            s13 += a[start + 13] * b[start + 13]
+            s14 += a[start + 14] * b[start + 14]
+            s15 += a[start + 15] * b[start + 15]
+        total = (((s0 + s8) + (s4 + s12)) + ((s2 + s10) + (s6 + s14))) + (((s1 + s9) + (s5 + s13)) + ((s3 + s11) + (s7 + s15)))
+        for j in range(body, n):
+            total += a[j] * b[j]
+        return total
+
     @nb.njit(inline="always")
     def _penalty(w, c1, c2):  # pragma: no cover - compiled
-        total = 0.0
-        for i in range(w.size):
-            total += c1 * abs(w[i]) + c2 * w[i] * w[i]
+        # sum(c1 * |w| + c2 * w * w): each term in float32 (as torch), summed in float64.
+        n = w.size
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = 0.0
+        body = n - n % LANES
+        for start in range(0, body, LANES):
+            s0 += c1 * abs(w[start + 0]) + c2 * w[start + 0] * w[start + 0]
+            s1 += c1 * abs(w[start + 1]) + c2 * w[start + 1] * w[start + 1]
+            s2 += c1 * abs(w[start + 2]) + c2 * w[start + 2] * w[start + 2]
+            s3 += c1 * abs(w[start + 3]) + c2 * w[start + 3] * w[start + 3]
+            s4 += c1 * abs(w[start + 4]) + c2 * w[start + 4] * w[start + 4]
+            s5 += c1 * abs(w[start + 5]) + c2 * w[start + 5] * w[start + 5]
+            s6 += c1 * abs(w[start + 6]) + c2 * w[start + 6] * w[start + 6]
+            s7 += c1 * abs(w[start + 7]) + c2 * w[start + 7] * w[start + 7]
+            s8 += c1 * abs(w[start + 8]) + c2 * w[start + 8] * w[start + 8]
+            s9 += c1 * abs(w[start + 9]) + c2 * w[start + 9] * w[start + 9]
+            s10 += c1 * abs(w[start + 10]) + c2 * w[start + 10] * w[start + 10]
+            s11 += c1 * abs(w[start + 11]) + c2 * w[start + 11] * w[start + 11]
+            s12 += c1 * abs(w[start + 12]) + c2 * w[start + 12] * w[start + 12]
+            s13 += c1 * abs(w[start + 13]) + c2 * w[start + 13] * w[start + 13]
+            s14 += c1 * abs(w[start + 14]) + c2 * w[start + 14] * w[start + 14]
+            s15 += c1 * abs(w[start + 15]) + c2 * w[start + 15] * w[start + 15]
+        total = (((s0 + s8) + (s4 + s12)) + ((s2 + s10) + (s6 + s14))) + (((s1 + s9) + (s5 + s13)) + ((s3 + s11) + (s7 + s15)))
+        for j in range(body, n):
+            total += c1 * abs(w[j]) + c2 * w[j] * w[j]
         return total
 
     @nb.njit(inline="always")
@@ -57,9 +112,10 @@ if nb is not None:
             v[i] = vi
             w[i] = wi + step * mi / (np.sqrt(vi) * inv + eps)
 
-    # Every inner loop runs over the hidden units with no branch inside, so LLVM vectorises it.
-    # fastmath without the no-NaN/no-inf assumptions: divergence must stay visible.
-    @nb.njit(parallel=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}, error_model="numpy", cache=True)
+    # Every inner loop runs over the hidden units with no branch inside, so LLVM vectorises it. No
+    # fastmath: every operation is one IEEE float32/float64 operation in the order written (no
+    # reassociation, no fused multiply-add), so a member's numbers are the same on any CPU.
+    @nb.njit(parallel=True, error_model="numpy", cache=True)
     def _mlp(X, y, W1, b1, W2, b2, act, task, grad, gW1, gb1, gW2, gb2, loss, metric,
              update, active, l1, l2, moments, lr, hyper, penalty,
              act_pos, act_l1, act_l2, act_div, activity):  # pragma: no cover - compiled
@@ -100,37 +156,22 @@ if nb is not None:
                     xv = X[p, b, d]
                     for j in range(H):
                         pre[j] += xv * W1T[d, j]
-                if act == 0 and K == 1 and act_pos == 0:   # the seeds' shape: one fused loop
-                    acc = np.float32(0.0)
+                if act == 0:
                     for j in range(H):
-                        v = max(pre[j], np.float32(0.0))
-                        h[j] = v
-                        acc += v * W2[p, 0, j]
-                    o[0] = acc + b2[p, 0]
+                        h[j] = max(pre[j], np.float32(0.0))
+                elif act == 1:
+                    for j in range(H):
+                        h[j] = np.tanh(pre[j])
+                elif act == 2:
+                    for j in range(H):
+                        h[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-pre[j]))
                 else:
-                    if act == 0:
-                        for j in range(H):
-                            h[j] = max(pre[j], np.float32(0.0))
-                    elif act == 1:
-                        for j in range(H):
-                            h[j] = np.tanh(pre[j])
-                    elif act == 2:
-                        for j in range(H):
-                            h[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-pre[j]))
-                    else:
-                        for j in range(H):
-                            h[j] = pre[j]
-                    for k in range(K):
-                        acc = np.float32(0.0)
-                        for j in range(H):
-                            acc += h[j] * W2[p, k, j]
-                        o[k] = acc + b2[p, k]
-                if act_pos:   # activity penalty on the hidden layer's output (1: before, 2: after the activation)
-                    va = 0.0
                     for j in range(H):
-                        a = pre[j] if act_pos == 1 else h[j]
-                        va += a1 * abs(a) + a2 * a * a
-                    act_total += va
+                        h[j] = pre[j]
+                for k in range(K):
+                    o[k] = _dot(h, W2[p, k]) + b2[p, k]
+                if act_pos:   # activity penalty on the hidden layer's output (1: before, 2: after the activation)
+                    act_total += _penalty(pre if act_pos == 1 else h, a1, a2)
                 if task == 0:
                     z = o[0]
                     t = y[p, b, 0]
@@ -223,12 +264,28 @@ if nb is not None:
             pen += activity[p]
             penalty[p] = pen
             total_loss = loss[p] + pen
-            if np.isnan(total_loss) or np.isinf(total_loss):   # (isfinite folds away under reassoc)
+            if not np.isfinite(total_loss):
                 continue   # diverged: frozen before this step, as on the generic path
             _adam(w1f, g1f, moments[0, p, :H * D], moments[4, p, :H * D], l1[0, p], l2[0, p], hyper, lr[p])
             _adam(b1[p], gb1[p], moments[1, p, :H], moments[5, p, :H], l1[1, p], l2[1, p], hyper, lr[p])
             _adam(w2f, g2f, moments[2, p, :K * H], moments[6, p, :K * H], l1[2, p], l2[2, p], hyper, lr[p])
             _adam(b2[p], gb2[p], moments[3, p, :K], moments[7, p, :K], l1[3, p], l2[3, p], hyper, lr[p])
+
+
+def _kernel(*args):
+    """Call :func:`_mlp`, compiling it (a new signature) with LLVM's SLP vectoriser switched on.
+
+    numba leaves the SLP vectoriser off by default (numba#8705, a miscompilation elsewhere); without
+    it the fixed-order sums above run one lane at a time (about 25 % slower). The tests check this
+    kernel's results against the generic path, and the same bits under every vector width."""
+    from numba.core import config
+
+    previous = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        return _mlp(*args)
+    finally:
+        config.SLP_VECTORIZE = previous
 
 
 _NO_ACTIVE = np.zeros(1, np.bool_)
@@ -309,7 +366,7 @@ class FusedMLP:
         loss = np.empty(P, np.float32)
         metric = np.empty(P, np.float32)
         activity = np.empty(P, np.float32)
-        _mlp(Xn, yn, W1, b1, W2, b2, self.act, TASKS[task.name], grad, *grads, loss, metric,
+        _kernel(Xn, yn, W1, b1, W2, b2, self.act, TASKS[task.name], grad, *grads, loss, metric,
              False, _NO_ACTIVE, _NO_COEF, _NO_COEF, _NO_MOMENTS, _NO_LR, _NO_HYPER, loss,
              *self._activity_args(Xn.shape[1]), activity)
         out = (torch.from_numpy(loss), torch.from_numpy(metric), torch.from_numpy(activity))
@@ -371,7 +428,7 @@ class FusedMLP:
         metric = np.empty(P, np.float32)
         penalty = np.empty(P, np.float32)
         activity = np.empty(P, np.float32)
-        _mlp(X.numpy(), y.numpy(), W1, b1, W2, b2, self.act, TASKS[task.name], True, *self._buffers, loss, metric,
+        _kernel(X.numpy(), y.numpy(), W1, b1, W2, b2, self.act, TASKS[task.name], True, *self._buffers, loss, metric,
              True, active.numpy(), coefs[0], coefs[1], self._moments, lr, hyper, penalty,
              *self._activity_args(X.shape[1]), activity)
         return torch.from_numpy(loss), torch.from_numpy(metric), torch.from_numpy(penalty)
