@@ -2,7 +2,15 @@
 
 __version__ = "0.1.0"
 
-from . import constraints, optim, penalties, presets, tasks
+import os as _os
+import sys as _sys
+
+# OpenMP (PyTorch's and numba's threads) reads this once, when PyTorch loads: sleep at barriers
+# instead of spinning, so waiting threads leave a shared CPU to whoever holds it (reglab.threads).
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import constraints, optim, penalties, presets, tasks, threads
 from .attach import activity_penalty, apply_constraints, penalty, regularize, weight_penalty
 from .callbacks import Callback, EarlyStopping, PenaltySchedule
 from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm, max_norm, min_max_norm, non_neg, unit_norm
@@ -18,5 +26,5 @@ __all__ = [
     "regularize", "penalty", "weight_penalty", "activity_penalty", "apply_constraints",
     "GaussianNoise", "GaussianDropout", "InputNoise", "RNNOutput", "SequenceDropout", "ChannelsFirst",
     "fit", "evaluate", "History", "train_population", "PopulationResult", "initialize", "Callback", "EarlyStopping", "PenaltySchedule",
-    "penalties", "constraints", "optim", "presets", "tasks",
+    "penalties", "constraints", "optim", "presets", "tasks", "threads",
 ]

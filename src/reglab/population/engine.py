@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import presets as _presets
+from .. import threads as _threads
 from .. import tasks as _tasks
 from .._validate import check_number
 from ..attach import registry
@@ -222,7 +223,8 @@ def parse_bytes(value) -> int:
 def train_population(build, configs=None, seeds=(0,), *, train, validation=None, epochs: int,
                      batch_size: int | None = None, optimizer=None, lr=None, weight_decay=None,
                      momentum: float = 0.0, task=None, preset="keras", early_stopping: EarlyStopping | None = None,
-                     memory_budget="1GiB", chunk_size: int | None = None, progress: bool | None = None) -> PopulationResult:
+                     memory_budget="1GiB", chunk_size: int | None = None, progress: bool | None = None,
+                     threads: int | None = None) -> PopulationResult:
     """Train ``len(configs) × len(seeds)`` members of ``build(**config)`` at once.
 
     ``build`` returns an ``nn.Sequential`` (the same definition ``reglab.fit`` trains) with reglab
@@ -232,8 +234,15 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
     options. ``lr`` may be one float or one value per config. Members that do not share an architecture
     run in separate populations; a population larger than ``memory_budget`` (or ``chunk_size``) runs
     in chunks. A member whose loss turns NaN/inf is frozen and marked diverged.
+
+    ``threads``: None (default) follows ``REGLAB_THREADS``, else lets a :class:`reglab.threads.Governor`
+    pick between all usable CPUs and one thread by timing the epochs (never much slower than one
+    thread when other processes share the CPU); an int pins that many threads. Results do not
+    depend on it.
     """
     configs = _as_list(configs)
+    if threads is not None:
+        threads = check_number(threads, "threads", "train_population", low=1, integer=True)
     seeds = [check_number(s, "seed", "train_population", low=0, integer=True) for s in seeds]
     if not seeds:
         raise ValueError("The 'seeds' parameter of train_population is empty; give at least one seed.")
@@ -276,6 +285,16 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
                            batch_size=batch_size)
     bar = tqdm(total=P * epochs, desc="population", unit="member-epoch", disable=None if progress is None else not progress,
                delay=2, leave=False)
+    with _threads.using(_threads.get()):   # whatever the governor picks is undone afterwards
+        governor = _threads.Governor.for_training(threads)
+        _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batch_size, optimizer, preset,
+                      weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor)
+    bar.close()
+    return out
+
+
+def _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batch_size, optimizer, preset,
+                  weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor):
     for idx in groups.values():
         per_member = _member_bytes(templates[members[idx[0]]["config_index"]], X, batch_size)
         size = chunk_size or max(1, budget // per_member)
@@ -291,19 +310,17 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
                 [preset.lr if v is None else float(v) for v in lr_chunk])
             result = _train_chunk(Population(models), [members[i]["seed"] for i in chunk], X, Y, val, task,
                                   epochs, batch_size, optimizer, preset, lr_value, weight_decay, momentum,
-                                  early_stopping, bar)
+                                  early_stopping, bar, governor)
             for j, i in enumerate(chunk):
                 for key, values in result["history"].items():
-                    out.history.setdefault(key, np.full((P, epochs), np.nan))[i] = values[j]
+                    out.history.setdefault(key, np.full((len(members), epochs), np.nan))[i] = values[j]
                 for key in ("epochs_run", "stopped_epoch", "best_epoch", "diverged"):
                     getattr(out, key)[i] = result[key][j]
                 out.models[i] = models[j]
-    bar.close()
-    return out
 
 
 def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, optimizer, preset, lr,
-                 weight_decay, momentum, early_stopping, bar):
+                 weight_decay, momentum, early_stopping, bar, governor):
     P, n = pop.P, X.shape[0]
     streams = [_presets.Streams.from_seed(s) for s in seeds]
     shuffle_gens = [torch.Generator().manual_seed(s.shuffle) for s in streams]
@@ -385,6 +402,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
                 history[f"val_{key}"][running, epoch] = values[running]
         epochs_run[running] += 1
         bar.update(int(running.sum()))
+        governor.tick(int(running.sum()))
         if rule is not None:
             monitor = early_stopping.monitor
             if monitor not in history:

@@ -29,6 +29,7 @@ ACTIVATIONS = {nn.ReLU: 0, nn.Tanh: 1, nn.Sigmoid: 2, nn.Identity: 3}
 TINY = np.float32(np.finfo(np.float32).tiny)          # 1.1754944e-38
 SQRT_TINY = np.float32(np.sqrt(np.finfo(np.float32).tiny))
 TASKS = {"binary": 0, "multiclass": 1, "regression": 2}
+CHUNK = 4    # members per scheduling chunk: a thread that runs faster takes more of them
 LANES = 16   # partial sums per reduction: fixed, so that the order of every sum is fixed
 
 
@@ -283,7 +284,8 @@ def _kernel(*args):
     previous = config.SLP_VECTORIZE
     config.SLP_VECTORIZE = 1
     try:
-        return _mlp(*args)
+        with nb.parallel_chunksize(CHUNK):
+            return _mlp(*args)
     finally:
         config.SLP_VECTORIZE = previous
 
