@@ -18,6 +18,11 @@ sequence_lstm  load_digits as 8 steps × 8 features, LSTM(32)-last step-Linear(1
 scaling        model-epochs/s of the seed-MLP population as members grow 1 → 1000 and as training rows
                grow 30 → 10,000, with the PyTorch loop (one model) for reference.
 memory         peak RSS of a 1000-member seed-MLP population, measured in a fresh subprocess.
+contention     the seed-MLP population (180 members) on a quiet machine and with one and two competing
+               busy processes (pure-Python loops, started and stopped here), with reglab's default
+               thread policy, pinned to one thread, and pinned to every CPU (the old default); medians
+               of interleaved runs. Targets: with one competitor ≥ 0.5× the quiet rate, and never below
+               one thread in the same conditions.
 
 Every rate is model-epochs per second: (models trained) × (epochs each) / wall seconds, timed
 with time.perf_counter around the whole training call (model construction included). Peers do the
@@ -69,6 +74,7 @@ SIZES = {
         "scaling": dict(members=[1, 10, 100, 1000], member_epochs=200,
                         rows={30: 200, 300: 50, 3000: 10, 10000: 4}, row_members=30, repeat=3),
         "memory": dict(members=1000, epochs=100),
+        "contention": dict(seeds=30, epochs=2000, repeat=3, competitors=[0, 1, 2]),
     },
     "quick": {
         "seed_mlp": dict(seeds=30, epochs=200, peer_models=2, peer_epochs=200, warm_epochs=2, repeat=3),
@@ -77,6 +83,7 @@ SIZES = {
         "scaling": dict(members=[1, 10, 100, 1000], member_epochs=20,
                         rows={30: 20, 300: 5, 3000: 1, 10000: 1}, row_members=30, repeat=3),
         "memory": dict(members=1000, epochs=5),
+        "contention": dict(seeds=30, epochs=400, repeat=3, competitors=[0, 1, 2]),
     },
 }
 TARGETS = {("seed_mlp", "sklearn"): 25.0, ("seed_mlp", "torch_loop"): 50.0,
@@ -400,6 +407,60 @@ def case_memory(s, threads):
                            "(includes imports and numba kernels)", "rows": [row], "targets": [target]}
 
 
+BUSY = "while True:\n    pass\n"   # a competitor: one busy core, no I/O, no network
+
+
+def _contention_run(configs, seeds, X, y, epochs, threads):
+    import reglab.threads
+
+    reglab.threads._last_choice = None   # every run starts as a fresh process would
+    wall, _ = reglab_population(build_mlp, configs, seeds, X, y, epochs, "binary", threads=threads)
+    return wall
+
+
+def case_contention(s):
+    X, y = seed_data()
+    seeds = list(range(s["seeds"]))
+    configs = [{"lam": lam} for lam in LAMBDAS]
+    members = len(configs) * len(seeds)
+    every = reglab.threads.max_threads()
+    impls = {"default": None, "one_thread": 1, f"pinned_{every}": every}
+    reglab_population(build_mlp, configs, seeds, X, y, 2, "binary")   # compile / load the kernels
+    rows = []
+    for n in s["competitors"]:
+        log(f"contention: {n} competing busy process(es); {members} members × {s['epochs']} epochs, "
+            f"{', '.join(impls)} interleaved × {s['repeat']}")
+        procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
+        try:
+            time.sleep(0.5 if n else 0.0)
+            walls = {impl: [] for impl in impls}
+            for _ in range(s["repeat"]):
+                for impl, threads in impls.items():
+                    walls[impl].append(_contention_run(configs, seeds, X, y, s["epochs"], threads))
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        for impl, w in walls.items():
+            median = float(np.median(w))
+            rows.append(dict(measurement(impl, members, s["epochs"], median), competitors=n, runs_s=w,
+                             statistic="median", load_average_1min=load))
+    rate = {(r["competitors"], r["impl"]): r["model_epochs_per_s"] for r in rows}
+    quiet = rate[(0, "default")]
+    targets = []
+    if (1, "default") in rate:
+        value = rate[(1, "default")] / quiet
+        targets.append({"case": "contention", "versus": "quiet rate, one competitor", "target": 0.5,
+                        "speedup": value, "met": value >= 0.5})
+    for n in s["competitors"]:
+        value = rate[(n, "default")] / rate[(n, "one_thread")]
+        targets.append({"case": "contention", "versus": f"one thread, {n} competitor(s)", "target": 1.0,
+                        "speedup": value, "met": value >= 1.0})
+    return {"description": f"seed MLP {members} members on {every} usable CPUs, quiet and with busy competitors",
+            "rows": rows, "targets": targets}
+
+
 # ------------------------------------------------------------------------------------------ machine
 
 def machine_info(mode: str) -> dict:
@@ -520,6 +581,20 @@ def markdown(results: dict) -> str:
         lines += [f"| {NAMES[r['impl']]} | {r['rows']:,} | {r['members']} | {r['epochs']} | {_fmt_s(r['wall_s'])} | "
                   f"{_fmt_rate(r['model_epochs_per_s'])} | {_fmt_rate(r['model_samples_per_s'])} |" for r in row_rows]
         lines.append("")
+    if "contention" in cases:
+        rows = cases["contention"]["rows"]
+        impls = list(dict.fromkeys(r["impl"] for r in rows))
+        label = {"default": "default policy", "one_thread": "one thread"}
+        lines += ["Contention (seed MLP, median model-epochs/s of interleaved runs; competitors are busy processes):", "",
+                  "| Competing processes | " + " | ".join(label.get(i, i.replace("_", " ")) for i in impls)
+                  + " | default ÷ one thread | default ÷ quiet default |",
+                  "|---|" + "---|" * (len(impls) + 2)]
+        rate = {(r["competitors"], r["impl"]): r["model_epochs_per_s"] for r in rows}
+        quiet = rate[(0, "default")]
+        for n in sorted({r["competitors"] for r in rows}):
+            lines.append(f"| {n} | " + " | ".join(_fmt_rate(rate[(n, i)]) for i in impls)
+                         + f" | {rate[(n, 'default')] / rate[(n, 'one_thread')]:.2f}× | {rate[(n, 'default')] / quiet:.2f}× |")
+        lines.append("")
     if "memory" in cases:
         r = cases["memory"]["rows"][0]
         t = cases["memory"]["targets"][0]
@@ -531,7 +606,7 @@ def markdown(results: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ main
 
-CASES = ["seed_mlp", "digits_cnn", "sequence_lstm", "scaling", "memory"]
+CASES = ["seed_mlp", "digits_cnn", "sequence_lstm", "scaling", "memory", "contention"]
 
 
 def main(argv=None) -> int:
@@ -593,7 +668,8 @@ def main(argv=None) -> int:
     print(table)
     print()
     for t in results["targets"]:
-        shown = _fmt_x(t["speedup"]) if "speedup" in t else f"{t['value']:.2f}"
+        shown = (f"{t['speedup']:.2f}×" if t["case"] == "contention" else _fmt_x(t["speedup"])) if "speedup" in t \
+            else f"{t['value']:.2f}"
         bound = f"≥ {t['target']:g}×" if "speedup" in t else f"< {t['target']:g}"
         print(f"{'PASS' if t['met'] else 'FAIL'}  {t['case']} vs {t['versus']}: {shown} (target {bound})")
     load = results["machine"]["load_average_start"]

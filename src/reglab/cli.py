@@ -58,6 +58,23 @@ def main():
     """
 
 
+THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(1, 4096), default=None, metavar="N",
+    help="Train on N threads (default: REGLAB_THREADS, else every usable CPU, dropping to one thread while "
+         "other processes keep the CPU busy).")
+
+
+def _use_threads(threads):
+    """--threads overrides REGLAB_THREADS for this process; a bad REGLAB_THREADS is one line."""
+    import os
+
+    from reglab import threads as T
+
+    if threads is not None:
+        os.environ[T.ENV] = str(threads)
+    T.requested()   # raises ValueError (one line via _friendly) when REGLAB_THREADS is not a count
+
+
 DB_OPTION = click.option("--db", "db", default="reglab.db", show_default=True, type=click.Path(dir_okay=False),
                          help="SQLite file that keeps every result (created if missing).")
 
@@ -110,8 +127,9 @@ def _print_run(run_, published=None):
 @click.option("--task-size", type=click.IntRange(1, 10_000_000), default=None, metavar="N",
               help="At most N members per population: results are saved after each population, so smaller "
                    "tasks lose less to an interruption (default: one population per training setting).")
+@THREADS_OPTION
 @_friendly
-def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size):
+def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size, threads):
     """Run (or resume) a study file and print its statistics.
 
     Finished (configuration, seed) pairs in the database are never trained again.
@@ -120,6 +138,7 @@ def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size):
     """
     from reglab import study as st
 
+    _use_threads(threads)
     if executor == "local" and (scheduler is not None or workers is not None):
         raise UserError("--scheduler and --workers need --executor dask")
     study = st.load(study_file, seeds=seeds, epochs=epochs)
@@ -299,8 +318,9 @@ def report(study_name, db, out):
               help="Training epochs, as in the seeds' tutorials.")
 @DB_OPTION
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Also write each study's report here.")
+@THREADS_OPTION
 @_friendly
-def demo(seeds, epochs, db, out):
+def demo(seeds, epochs, db, out, threads):
     """Run all the seeds' case studies: L2 and unit norm on moons, the L2 grid, activity L1 on circles.
 
     Each is trained for real over every seed as vectorised populations; the statistics (mean ± std,
@@ -311,6 +331,7 @@ def demo(seeds, epochs, db, out):
 
     from reglab import study as st
 
+    _use_threads(threads)
     start = time.perf_counter()
     with _stop_on_interrupt(db, None), _open_store(db) as store:
         for name in DEMO_STUDIES:

@@ -35,17 +35,17 @@ from pathlib import Path
 ENV = "REGLAB_THREADS"
 
 
-def _cgroup_cpus() -> float | None:
+def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The CPU quota of this process's cgroup in CPUs (cgroup v2 ``cpu.max`` or v1 CFS), or None."""
     try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        text = (root / "cpu.max").read_text().split()
         if text and text[0] != "max":
             return int(text[0]) / int(text[1])
     except (OSError, ValueError, IndexError, ZeroDivisionError):
         pass
     try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
         if quota > 0 and period > 0:
             return quota / period
     except (OSError, ValueError):
@@ -53,13 +53,13 @@ def _cgroup_cpus() -> float | None:
     return None
 
 
-def available_cpus() -> int:
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (at least 1)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):   # pragma: no cover - macOS, Windows
         cpus = os.cpu_count() or 1
-    quota = _cgroup_cpus()
+    quota = _cgroup_cpus(cgroup)
     if quota is not None:
         cpus = min(cpus, max(1, math.floor(quota)))
     return max(1, cpus)
@@ -212,7 +212,7 @@ class Governor:
         self.rates: dict[int, float] = {}         # threads -> the latest rate measured (work / s)
         self.log: list[tuple[int, float, float | None]] = []   # every window: (threads, rate, others' CPUs)
         self._probe_from = None                   # the count a probe window left, while it runs
-        self._held = hold                         # windows since the last choice
+        self._held = 0                            # windows since the last choice
         self._start = self._others = None
         self._work = 0.0
         self.apply(self.threads)
@@ -267,8 +267,10 @@ class Governor:
         if load is not None and load < self.busy:  # nobody else wants the CPUs: use them all
             self._switch(self.high)
             return
-        if self._held >= self.hold or self.high not in self.rates or 1 not in self.rates:
-            self._probe_from = self.threads        # time one window on the other count
+        # Shared: time the other count now and then. Trying one thread is cheap under contention, so
+        # it is tried at once; going back to every thread is tried after `hold` windows.
+        if self._held >= self.hold or (self.threads == self.high and 1 not in self.rates):
+            self._probe_from = self.threads
             self._switch(1 if self.threads != 1 else self.high)
 
 

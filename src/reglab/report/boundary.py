@@ -10,12 +10,12 @@ says whether they agree.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import threads
 from .context import Context
 from .figures import Plot, new_figure, save, tex
 
@@ -58,31 +58,10 @@ def chosen(ctx: Context) -> list[str]:
     return list(dict.fromkeys(drawn))[:MAX_PANELS]   # a member that diverged has no boundary to draw
 
 
-@contextmanager
-def _one_thread():
-    """A population of a few members gains nothing from threads, and numba's parallel loops slow
-    down many-fold when another process holds a core (measured: 24 s on one thread, 205 s on two
-    for circles' five members × 4000 epochs on a busy 2-core machine)."""
-    torch_threads = torch.get_num_threads()
-    try:
-        import numba
-
-        numba_threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-    except (ImportError, ValueError, RuntimeError):   # pragma: no cover - numba is a dependency
-        numba, numba_threads = None, None
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        if numba is not None:
-            numba.set_num_threads(numba_threads)
-
-
 def retrain(run, names, seed: int) -> dict:
     """name -> the model of variant ``name`` trained with ``seed`` as the study trained it."""
-    with _one_thread():
+    # A population of a few members gains nothing from threads (and loses much on a busy machine).
+    with threads.using(1):
         return _retrain(run, names, seed)
 
 
@@ -106,7 +85,8 @@ def _retrain(run, names, seed: int) -> dict:
             validation=ds.validation(), epochs=training.get("epochs", 100), batch_size=training.get("batch_size"),
             optimizer=training.get("optimizer"), lr=[v.training.get("lr") for v in vs],
             weight_decay=training.get("weight_decay"), momentum=training.get("momentum", 0.0), task=ds.task,
-            preset=training.get("preset", "keras"), early_stopping=runner._early_stopping(training), progress=False)
+            preset=training.get("preset", "keras"), early_stopping=runner._early_stopping(training), progress=False,
+            threads=1)
         for i, member in enumerate(result.members):
             models[vs[member["config_index"]].name] = (result.models[i], result.task)
     return models

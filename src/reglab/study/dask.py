@@ -13,10 +13,11 @@ does not hold all of them in the driver and the scheduler at once.
   file system. A factory model (``model.factory``) that is a single ``.py`` file next to the study
   file is uploaded to the workers too; a factory in a package must be installed on the workers.
 - The study travels as its raw dict and folder; each worker rebuilds it with ``spec.from_dict``
-  and trains with ``runner.execute`` (one thread per task), so a task gives the same records, bit
-  for bit on CPU, as the local executor training the same population. (For the fused kernel a
-  member's numbers do not depend on its population either; the generic engine's batched matmuls
-  round differently in the last bit with the population size.)
+  and trains with ``runner.execute`` on one thread per task, so a task gives the same records, bit
+  for bit on CPU, as the local executor training the same population. For the fused kernel a
+  member's numbers depend neither on its population, nor on the thread count, nor on the CPU's
+  vector width (tests/test_fused_determinism.py); the generic engine's batched matmuls round
+  differently in the last bit with the population size (and PyTorch's kernels with the CPU).
 - A worker that dies in the middle of a task: Dask runs the task again on another worker
   (``retries=2`` covers tasks that fail there for other reasons). The scheduler gone: the run
   stops with :class:`SchedulerLost`; the tasks that finished are already in the store and
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..threads import set_threads
 from . import runner
 from . import spec as S
 
@@ -100,21 +102,6 @@ def _rebuild(payload: dict) -> S.Study:
     return study
 
 
-def _one_thread():
-    """One thread per task: numba's first, as starting its OpenMP pool resets torch's count."""
-    try:
-        import numba
-
-        if numba.get_num_threads() != 1:
-            numba.set_num_threads(1)
-    except (ImportError, ValueError, RuntimeError):   # pragma: no cover - numba is optional for this
-        pass
-    import torch
-
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
-
-
 # Studies rebuilt in this worker process, by payload key, most recent last: rebuilding costs
 # O(variants) (50 ms for a 200-point grid), which every task of a study would otherwise pay again.
 _STUDIES: dict[str, S.Study] = {}
@@ -137,8 +124,8 @@ def _study(payload: dict) -> S.Study:
 def run_task(payload: dict, shipped: Shipped, task: runner.Task) -> list[dict]:
     """On a worker: train one task's population and return its records."""
     start = time.perf_counter()
-    _one_thread()
-    records = runner.execute(_study(payload), shipped.dataset, task, progress=False)
+    set_threads(1)   # one thread per task: a worker is one of several on the machine
+    records = runner.execute(_study(payload), shipped.dataset, task, progress=False, threads=1)
     _ARRIVALS["tasks"] += 1
     _ARRIVALS["seconds"] += time.perf_counter() - start
     return records

@@ -144,8 +144,10 @@ def _split(task: Task, task_size: int | None) -> list[Task]:
     return [Task(task.variants, task.seeds[i:i + step]) for i in range(0, len(task.seeds), step)]
 
 
-def execute(study: S.Study, dataset, task: Task, progress=None) -> list[dict]:
-    """Train one task's population and return its records (what the store keeps)."""
+def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | None = None) -> list[dict]:
+    """Train one task's population and return its records (what the store keeps).
+
+    ``threads``: None lets reglab.threads choose (REGLAB_THREADS, else the governor); an int pins it."""
     by_name = {v.name: v for v in study.variants}
     vs = [by_name[name] for name in task.variants]
     training = vs[0].training
@@ -156,7 +158,7 @@ def execute(study: S.Study, dataset, task: Task, progress=None) -> list[dict]:
         batch_size=training.get("batch_size"), optimizer=training.get("optimizer"),
         lr=[v.training.get("lr") for v in vs], weight_decay=training.get("weight_decay"),
         momentum=training.get("momentum", 0.0), task=dataset.task, preset=training.get("preset", "keras"),
-        early_stopping=_early_stopping(training), progress=progress)
+        early_stopping=_early_stopping(training), progress=progress, threads=threads)
     return [_record(vs[m["config_index"]], m["seed"], i, result, dataset) for i, m in enumerate(result.members)]
 
 
