@@ -644,3 +644,26 @@ def test_the_fused_adam_step_never_leaves_subnormal_numbers():
             assert not np.any((a != 0) & (np.abs(a) < tiny)), a
     assert m[4] > 0 and v[4] > 0          # a normal gradient is kept as it is
     assert m[0] > 0 and v[0] == 0         # 1e-25 moves m; its square (1e-50) is flushed
+
+
+def strided_cnn_build(kernel=None, padding=1, stride=2, dilation=1, bias=True):
+    conv = nn.Conv2d(1, 3, 3, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    reglab.regularize(conv, kernel=kernel, kernel_constraint=reglab.MaxNorm(1.0))
+    out = conv(torch.zeros(1, 1, 8, 8)).numel()
+    return nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(out, 4))
+
+
+@pytest.mark.parametrize("im2col", [True, False], ids=["im2col", "vmap"])
+@pytest.mark.parametrize("shape", [dict(), dict(padding=0, stride=1, dilation=2), dict(padding=2, stride=3, bias=False)])
+def test_conv2d_members_equal_standalone_fits_on_both_convolution_paths(im2col, shape, monkeypatch):
+    from reglab.population import layers as PL
+
+    if not im2col:   # a patch matrix above the limit runs as a vmapped convolution
+        monkeypatch.setattr(PL, "IM2COL_BYTES", 0)
+    calls = []
+    original = PL.Conv._im2col
+    monkeypatch.setattr(PL.Conv, "_im2col", lambda self, x: calls.append(1) or original(self, x))
+    train, val = digits((1, 8, 8))
+    configs = [dict(kernel=reglab.L2(1e-2), **shape), dict(**shape)]
+    assert_matches_standalone(strided_cnn_build, configs, [0, 1], train, val, epochs=3, batch_size=32, lr=0.01)
+    assert bool(calls) == im2col

@@ -65,6 +65,11 @@ class Linear(PopLayer):
         return out.reshape(shape[:-1] + (w.shape[1],))
 
 
+# Largest patch matrix per member for which a Conv2d runs as im2col + bmm (it is kept for backward,
+# C*kh*kw times the input); larger ones (deep or large images) run as a vmapped convolution.
+IM2COL_BYTES = 4 << 20
+
+
 class Conv(PopLayer):
     def __init__(self, modules):
         super().__init__(modules)
@@ -77,11 +82,49 @@ class Conv(PopLayer):
         conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
         self.fn = torch.func.vmap(lambda x, w, b: conv(x, w, b, m.stride, m.padding, m.dilation, m.groups))
         self.fn_nobias = torch.func.vmap(lambda x, w: conv(x, w, None, m.stride, m.padding, m.dilation, m.groups))
+        # Conv2d without groups or string padding runs as one im2col + bmm per population (below).
+        self.im2col = isinstance(m, nn.Conv2d) and m.groups == 1 and not isinstance(m.padding, str)
 
     def forward(self, x, ctx):
+        if self.im2col and self._cols_bytes(x) <= IM2COL_BYTES:
+            return self._im2col(x)
         if "bias" in self.params:
             return self.fn(x, self.params["weight"], self.params["bias"])
         return self.fn_nobias(x, self.params["weight"])
+
+    def _cols_bytes(self, x) -> int:
+        """Bytes per member of the patch matrix that _im2col keeps for the backward pass."""
+        m = self.module
+        (sh, sw), (ph, pw), (dh, dw) = m.stride, m.padding, m.dilation
+        C, H, W = x.shape[2:]
+        kh, kw = m.kernel_size
+        Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return C * kh * kw * x.shape[1] * Ho * Wo * x.element_size()
+
+    def _im2col(self, x):
+        """Conv2d for all members as one batched matmul.
+
+        The patches are gathered by k_h * k_w strided slices into (P, C*k_h*k_w, B*H'*W') and
+        multiplied by each member's (O, C*k_h*k_w) kernel. The output (P, B, O, H', W') is returned
+        in channels-last memory order, which lets the pooling and activation layers after it run
+        their fast channels-last kernels on the merged (P*B, O, H', W') batch; Flatten copies it
+        back to PyTorch's (O, H', W') order, so values are laid out exactly as in the member's model.
+        """
+        m, w, b = self.module, self.params["weight"], self.params.get("bias")
+        (sh, sw), (ph, pw), (dh, dw) = m.stride, m.padding, m.dilation
+        P, B, C, H, W = x.shape
+        O, _, kh, kw = w.shape[1:]
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+            H, W = H + 2 * ph, W + 2 * pw
+        Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+        xt = x.transpose(1, 2)                                                  # (P, C, B, H, W) view
+        cols = torch.stack([xt[..., u * dh:u * dh + (Ho - 1) * sh + 1:sh, v * dw:v * dw + (Wo - 1) * sw + 1:sw]
+                            for u in range(kh) for v in range(kw)], 2)         # (P, C, kh*kw, B, Ho, Wo)
+        cols = cols.reshape(P, C * kh * kw, B * Ho * Wo).transpose(1, 2)       # (P, B*Ho*Wo, C*kh*kw)
+        kernel = w.reshape(P, O, C * kh * kw).transpose(1, 2)
+        out = torch.bmm(cols, kernel) if b is None else torch.baddbmm(b.unsqueeze(1), cols, kernel)
+        return out.view(P, B, Ho, Wo, O).permute(0, 1, 4, 2, 3)
 
 
 class Recurrent(PopLayer):
@@ -112,14 +155,16 @@ class Recurrent(PopLayer):
             xw = torch.bmm(seq.reshape(P, B * T, -1), w_ih.transpose(1, 2))
             if b_ih is not None:
                 xw = xw + b_ih.unsqueeze(1)
-            xw = xw.reshape(P, B, T, -1)
+            # One view per step from unbind: its backward stacks the T step gradients once, where
+            # indexing xw[:, :, t] in the loop made T full-size zero tensors and summed them.
+            steps = xw.reshape(P, B, T, -1).unbind(2)
             w_hh_t = w_hh.transpose(1, 2)
             h = x.new_zeros(P, B, H)
             c = x.new_zeros(P, B, H)
             outs = []
             for t in range(T):
                 hw = torch.bmm(h, w_hh_t) if b_hh is None else torch.baddbmm(b_hh.unsqueeze(1), h, w_hh_t)
-                gi = xw[:, :, t]
+                gi = steps[t]
                 if self.mode == "LSTM":
                     i, f, g, o = (gi + hw).chunk(4, -1)
                     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
