@@ -226,3 +226,11 @@ def test_a_bad_thread_count_on_the_command_line_is_one_line_and_writes_nothing(t
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not (tmp_path / "r.db").exists()
+
+
+def test_on_four_cpus_one_competitor_leaves_three_threads_not_one():
+    speed = {(4, True): 60.0, (3, True): 150.0, (1, True): 55.0, (4, False): 200.0, (3, False): 150.0}
+    m = Machine(speed, competitors=1)
+    g = T.Governor(high=4, clock=m.clock, others=m.others, running=lambda: 0, apply=m.apply)
+    seen = m.run(g, 3000)
+    assert seen[-1] == 3 and 1 not in seen

@@ -184,19 +184,20 @@ class Governor:
     still training). The loop starts on ``high`` threads. Every ``window`` seconds the governor
     looks at what else ran on the machine meanwhile (``/proc/stat`` minus this process's own CPU
     time). On a quiet machine it stays on ``high`` threads. When other processes took at least
-    ``busy`` CPUs, it times one window on the other count (``high`` or 1), keeps whichever did more
+    ``busy`` CPUs, it times one window on the other count (``high``, or the CPUs the others leave:
+    :meth:`fair`), keeps whichever did more
     work per second, and checks again after ``hold`` windows (twice as long each time the check
     changes nothing, up to ``max_hold``), so contention that comes or goes mid-run is followed.
-    Where the machine's load cannot be read, it probes by timing alone. It starts on one thread when
-    other processes are running at that moment, or where the previous governor of this process
+    Where the machine's load cannot be read, it probes by timing alone. It starts on the CPUs left
+    when other processes are running at that moment, or where the previous governor of this process
     ended if that was a moment ago. The first tick (compilation, warm-up) is not measured.
 
     >>> Governor(high=1).threads
     1
     """
 
-    def __init__(self, high: int | None = None, *, adaptive: bool = True, window: float = 0.2, hold: int = 8,
-                 max_hold: int = 64, busy: float = 0.3, clock=time.perf_counter, others=_others_busy_seconds,
+    def __init__(self, high: int | None = None, *, adaptive: bool = True, window: float = 0.2, hold: int = 16,
+                 max_hold: int = 128, busy: float = 0.3, clock=time.perf_counter, others=_others_busy_seconds,
                  running=_others_running_now, apply=set_threads):
         self.high = max_threads() if high is None else max(1, int(high))
         self.adaptive = adaptive and self.high > 1
@@ -208,7 +209,7 @@ class Governor:
             if _last_choice is not None and now - _last_choice[0] < _REMEMBER_S and clock is time.perf_counter:
                 self.threads = min(_last_choice[1], self.high)
             elif busy_now is not None and busy_now >= 1:
-                self.threads = 1
+                self.threads = self.fair(busy_now)
         self.rates: dict[int, float] = {}         # threads -> the latest rate measured (work / s)
         self.log: list[tuple[int, float, float | None]] = []   # every window: (threads, rate, others' CPUs)
         self._probe_from = None                   # the count a probe window left, while it runs
@@ -244,6 +245,14 @@ class Governor:
         self._start, self._others, self._work = now, others, 0.0
         self._next(load)
 
+    def fair(self, others: float) -> int:
+        """The CPUs left when other processes use ``others`` of them (at least one thread).
+
+        >>> g = Governor(high=4, apply=lambda n: None); g.fair(1.0), g.fair(0.5), g.fair(9)
+        (3, 3, 1)
+        """
+        return max(1, min(self.high - 1, self.high - math.ceil(others - self.busy)))
+
     def _switch(self, threads: int) -> None:
         global _last_choice
         if threads != self.threads:
@@ -267,11 +276,16 @@ class Governor:
         if load is not None and load < self.busy:  # nobody else wants the CPUs: use them all
             self._switch(self.high)
             return
-        # Shared: time the other count now and then. Trying one thread is cheap under contention, so
-        # it is tried at once; going back to every thread is tried after `hold` windows.
-        if self._held >= self.hold or (self.threads == self.high and 1 not in self.rates):
+        # Shared: time the other count now and then. Fewer threads (the CPUs the others leave) are
+        # cheap to try under contention, so they are tried at once; all of them again after `hold`
+        # windows.
+        fewer = self.fair(load if load is not None else self.high)
+        if self.threads == self.high and fewer not in self.rates:
             self._probe_from = self.threads
-            self._switch(1 if self.threads != 1 else self.high)
+            self._switch(fewer)
+        elif self._held >= self.hold:
+            self._probe_from = self.threads
+            self._switch(fewer if self.threads == self.high else self.high)
 
 
 __all__ = ["ENV", "Governor", "available_cpus", "get", "max_threads", "requested", "set_threads", "using"]
