@@ -480,7 +480,16 @@ def check_summary(summary, records, seeds, variants, baseline, metric, higher):
         same(row["p_holm"], float(p), f"{row['variant']}.p_holm")
         assert row["verdict"] == stats.verdict(row["paired"], float(p), higher_is_better=higher)
     means = {row["variant"]: row["test"]["mean"] for row in summary["rows"]}
-    assert means[summary["winner"]] == (max if higher else min)(means.values())
+    # The winner: a variant better than the baseline after Holm (the best such by mean); else none,
+    # and the best mean is reported as "best", not as a winner.
+    better = {row["variant"]: means[row["variant"]] for row in compared if row["verdict"] == "better"}
+    if better:
+        assert summary["winner"] == (max if higher else min)(better, key=better.get) and "no_winner" not in summary
+    else:
+        assert "winner" not in summary and "snippet" not in summary
+        assert summary["no_winner"].startswith("no variant beats the baseline")
+    if summary.get("protocol") != "grid":
+        assert means[summary["best"]] == (max if higher else min)(means.values())
 
 
 def test_compare_end_to_end_then_resume_then_more_seeds(tmp_path):

@@ -48,7 +48,7 @@ def chosen(ctx: Context) -> list[str]:
         names += [by_value[v] for v in picks if v in by_value]
     else:
         names += [n for n in ctx.names if n != ctx.baseline]
-        if ctx.run.study.protocol == "grid" and ctx.summary.get("winner"):
+        if ctx.run.study.protocol == "grid" and ctx.summary.get("best"):
             ranked = sorted((r for r in ctx.summary["rows"] if r["n"] and r["variant"] != ctx.baseline),
                             key=lambda r: r["test"]["mean"], reverse=ctx.higher)
             names = [ctx.baseline] + [r["variant"] for r in ranked[:MAX_PANELS - 1]]

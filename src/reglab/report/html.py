@@ -279,29 +279,26 @@ def _answer(ctx: Context) -> str:
                      f"over these {s['seeds']} seeds.")
     if not compared and not diverged:
         parts.append(f"One variant over {s['seeds']} seeds (no comparison).")
-    if s.get("no_winner"):
-        parts.append(f"No winner: {e(s['no_winner'])}.")
     if s.get("winner"):
         w = ctx.row(s["winner"])
-        parts.append(f'Best mean test {e(ctx.metric_label)}: <b>{e(s["winner"])}</b> '
-                     f'({_pm(w["test"])}){"" if s["winner"] == s["baseline"] else ", verdict: " + e(w.get("verdict", ""))}.')
+        parts.append(f'Winner: <b>{e(s["winner"])}</b>, better than {e(s["baseline"])} after the Holm correction '
+                     f'(test {e(ctx.metric_label)} {_pm(w["test"])}).')
+    elif s.get("no_winner"):
+        parts.append(f"No winner: {e(s['no_winner'])}.")
+        best = ctx.row(s["best"]) if s.get("best") else None
+        if best is not None and best.get("paired"):
+            p = best["paired"]
+            parts.append(f'The best is <b>{e(best["variant"])}</b> (test {e(ctx.metric_label)} {_pm(best["test"])}, '
+                         f'{fmt(p["mean_diff"], signed=True)} vs {e(s["baseline"])}, 95% CI '
+                         f'{_ci(p["ci_low"], p["ci_high"], signed=True)}): not a proven improvement.')
     grid = s.get("grid")
     if grid and math.isfinite(grid.get("one_se", math.nan)):
-        parts.append(f"Strength: best {grid['best']:g}, largest within one SE {grid['one_se']:g}.")
+        parts.append(f"Strength (chosen on the {e(grid.get('chosen_on', 'test'))} part): best {grid['best']:g}, "
+                     f"largest within one SE {grid['one_se']:g}.")
+        if grid.get("chosen_on") == "test":
+            parts.append("The strength was chosen on the test part (validation = \"test\", as in the tutorials): "
+                         "its test score is optimistic.")
     return '<div class="answer">' + "".join(f"<p>{p}</p>" for p in parts) + "</div>"
-
-
-def _winner_note(ctx: Context) -> str:
-    w = ctx.summary.get("winner")
-    if not w:
-        return ""
-    if w == ctx.baseline:
-        return " It is the baseline itself: no variant improved on it on average."
-    verdict = ctx.row(w).get("verdict")
-    if verdict != "better":
-        return (f" Its difference to {e(ctx.baseline)} is not significant (verdict: {e(verdict)}): this is the "
-                f"best mean over these seeds, not a proven improvement.")
-    return ""
 
 
 def _kv(rows) -> str:
@@ -445,7 +442,7 @@ def page(ctx: Context, plots, provenance: dict, n_parameters=None) -> str:
 {diagnosis_table(ctx)}
 </section>
 <section id="snippet"><h2>Winning configuration</h2>
-<p>{f"The variant with the best mean test score, <b>{e(s['winner'])}</b>, as PyTorch code to paste next to your own model.{_winner_note(ctx)}" if s.get("winner") else f"No winner: {e(s.get('no_winner') or 'no variant has a score')}."}</p>
+<p>{f"The winner, <b>{e(s['winner'])}</b> (better than {e(s['baseline'])} after the Holm correction), as PyTorch code to paste next to your own model." if s.get("winner") else f"No winner: {e(s.get('no_winner') or 'no variant has a score')}."}</p>
 <pre><code>{e(snippet)}</code></pre>
 </section>
 <section id="figures"><h2>Figures</h2>

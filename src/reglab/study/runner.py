@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -232,6 +233,8 @@ def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
 
     train_eval = evaluate(model, (dataset.X_train, dataset.y_train), task=task, batch_size=result.batch_size)
     test_eval = evaluate(model, (dataset.X_test, dataset.y_test), task=task, batch_size=result.batch_size)
+    val_eval = evaluate(model, dataset.validation(), task=task, batch_size=result.batch_size) \
+        if dataset.X_val is not None else test_eval
     epochs_run = int(result.epochs_run[i])
     history, idx = {}, None
     for key, values in result.history.items():
@@ -243,7 +246,8 @@ def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
         proba = task.predict(out).numpy().round(5).tolist()
     metrics = {f"train_{metric}": train_eval[metric], f"test_{metric}": test_eval[metric],
                "train_loss": train_eval["loss"], "test_loss": test_eval["loss"],
-               "train_data_loss": train_eval["data_loss"], "test_data_loss": test_eval["data_loss"]}
+               "train_data_loss": train_eval["data_loss"], "test_data_loss": test_eval["data_loss"],
+               f"val_{metric}": val_eval[metric]}
     if result.diverged[i]:   # the frozen weights made the loss NaN/inf: they have no score to report
         metrics = {k: float("nan") for k in metrics}
     return {
@@ -269,11 +273,14 @@ def _refined_variants(study, records, task):
     return S.grid_variants(study, {"value": points}, only=[{"value": v} for v in points])
 
 
-def _grid_scores(study, records, metric):
+def _grid_scores(study, records, metric, on="val"):
+    """Strengths and their per-seed scores on the validation part (``on="val"``: what chooses and
+    refines λ) or the test part. A record from before validation scores were kept uses its test score."""
     by_value: dict[float, dict] = {}
     for r in records:
         if "value" in r["params"]:
-            by_value.setdefault(r["params"]["value"], {})[r["seed"]] = _score(r, f"test_{metric}")
+            key = f"{on}_{metric}" if f"{on}_{metric}" in r["metrics"] else f"test_{metric}"
+            by_value.setdefault(r["params"]["value"], {})[r["seed"]] = _score(r, key)
     strengths = sorted(by_value)
     scores = np.array([[by_value[v].get(s, np.nan) for s in study.seeds] for v in strengths], dtype=float)
     return strengths, scores
@@ -293,6 +300,7 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
     by_variant = {n: {r["seed"]: r for r in records if r["variant"] == n} for n in names}
     seeds = study.seeds
     faults = _data_faults(dataset)
+    reference = _reference(dataset, metric) if not faults else None
     rows = []
     base = by_variant[study.baseline]
     base_test = _per_seed(base, seeds, f"test_{metric}")
@@ -306,9 +314,8 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
                "epochs_run": float(np.mean([r["epochs_run"] for r in recs.values()])) if recs else float("nan")}
         if name != study.baseline:
             row["paired"] = stats.paired(test, base_test, higher_is_better=higher)
-        row["diagnosis"] = _diagnosis(list(recs.values()), metric, dataset, faults)
+        row["diagnosis"] = _diagnosis(list(recs.values()), metric, dataset, faults, reference)
         rows.append(row)
-    _relative_underfit(rows, higher)
     base_row = next(r for r in rows if r["variant"] == study.baseline)
     compared = [r for r in rows if "paired" in r]
     adjusted = stats.holm([r["paired"]["p_value"] for r in compared]) if compared else []
@@ -325,45 +332,111 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
     warnings = _warnings(faults, rows, dataset)
     if warnings:
         summary["warnings"] = warnings
+    grid = None
+    if study.protocol == "grid" and len(S.values(study.grid)) == 1:
+        strengths, scores = _grid_scores(study, records, metric)
+        if len(strengths) >= 2:
+            grid = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in
+                    stats.one_se_rule(np.array(strengths), scores, higher_is_better=higher).items()}
+            grid["strengths"] = strengths
+            grid["chosen_on"] = "validation" if dataset.X_val is not None else "test"
+            summary["grid"] = grid
     finite = [r for r in rows if r["n"]]
     steady = [r for r in finite if not r["diverged"]] or finite
+    best = _best(steady, grid, higher)
+    _too_much_regularization(rows, best, base_row, grid, higher)
+    if best is not None:
+        summary["best"] = best["variant"]
     if faults:
         summary["no_winner"] = "the training data cannot be learned (see the warning)"
     elif not steady:
         summary["no_winner"] = "every member diverged" if any(r["diverged"] for r in rows) else "no variant has a score"
     else:
-        best = (max if higher else min)(steady, key=lambda r: r["test"]["mean"])
-        summary["winner"] = best["variant"]
-        first = next((r for r in by_variant[best["variant"]].values() if not r["diverged"]), None)
-        summary["snippet"] = first["extra"]["snippet"] if first else ""
-    if study.protocol == "grid" and len(S.values(study.grid)) == 1:
-        strengths, scores = _grid_scores(study, records, metric)
-        if len(strengths) >= 2:
-            summary["grid"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in
-                               stats.one_se_rule(np.array(strengths), scores, higher_is_better=higher).items()}
-            summary["grid"]["strengths"] = strengths
+        # A winner is a variant better than the baseline after Holm; the best of those by mean.
+        better = [r for r in steady if r.get("verdict") == "better"]
+        if better:
+            winner = (max if higher else min)(better, key=lambda r: r["test"]["mean"])
+            summary["winner"] = winner["variant"]
+            first = next((r for r in by_variant[winner["variant"]].values() if not r["diverged"]), None)
+            summary["snippet"] = first["extra"]["snippet"] if first else ""
+        else:
+            summary["no_winner"] = f"no variant beats the baseline {study.baseline!r} after the Holm correction"
     return summary
 
 
-def _relative_underfit(rows, higher: bool, margin: float = 0.02) -> None:
-    """A variant that no longer fits its training data as well as the best-fitting variant does is
-    underfit (too much regularization), whatever its train–test gap: the seeds' λ = 0.1. Variants
-    without a score (every member diverged) take no part."""
-    fitted = [r for r in rows if r["n"] and r.get("diagnosis") and np.isfinite(r["train"]["mean"])
-              and r["diagnosis"].get("verdict") != ONE_CLASS]
-    if len(fitted) < 2 or not higher:
+def _best(rows, grid, higher):
+    """The one best variant of the study: in a grid the strength chosen on validation (ties: the
+    stronger), else the best mean test score (ties: the first)."""
+    if not rows:
+        return None
+    if grid is not None and math.isfinite(grid.get("best", math.nan)):
+        chosen = [r for r in rows if r["params"].get("value") == grid["best"]]
+        if chosen:
+            return chosen[0]
+    return (max if higher else min)(rows, key=lambda r: r["test"]["mean"])
+
+
+def _too_much_regularization(rows, best, base_row, grid, higher: bool, margin: float = 0.02) -> None:
+    """Underfit by comparison: a stronger penalty that lowers both the training and the test score
+    past the peak. In a grid: a strength above the chosen one whose train mean is ``margin`` below
+    the chosen one's and whose test mean is more than one SE below it. Elsewhere: a variant
+    significantly worse than the baseline (after Holm) whose train mean is ``margin`` below the
+    baseline's. The best variant is never underfit by comparison."""
+    if not higher or best is None:
         return
-    best = max(r["train"]["mean"] for r in fitted)
-    for r in fitted:
-        if r["train"]["mean"] < best - margin:
-            r["diagnosis"]["verdict"] = "underfit"
-            r["diagnosis"]["train_below_best_variant"] = float(best - r["train"]["mean"])
+    for r in rows:
+        d = r.get("diagnosis") or {}
+        if r is best or not r["n"] or d.get("verdict") in (None, "diverged", "underfit", ONE_CLASS):
+            continue
+        if grid is not None and "value" in r["params"] and "value" in best["params"]:
+            past_peak = r["params"]["value"] > best["params"]["value"]
+            ref = best
+            test_lower = r["test"]["mean"] < best["test"]["mean"] - (best["test"]["sem"] if
+                                                                      math.isfinite(best["test"]["sem"]) else 0.0)
+        else:
+            past_peak, ref = r.get("verdict") == "worse", base_row
+            test_lower = True
+        if past_peak and test_lower and r["train"]["mean"] < ref["train"]["mean"] - margin:
+            d["verdict"] = "underfit"
+            d["reason"] = (f"too much regularization: train {r['train']['mean']:.3f} and test {r['test']['mean']:.3f} "
+                           f"both below {ref['variant']}'s {ref['train']['mean']:.3f} / {ref['test']['mean']:.3f}")
+            d["train_below_best_variant"] = float(ref["train"]["mean"] - r["train"]["mean"])
 
 
 ONE_CLASS = "one class in training"   # the diagnosis when the training split holds a single class
 
 
-def _diagnosis(recs, metric, dataset, faults=None) -> dict:
+def _reference(dataset, metric) -> dict | None:
+    """Train/test scores of simple models on the same split: the majority class (classification) or
+    the mean (regression), and a logistic or linear regression on the flattened inputs."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    Xtr = np.asarray(dataset.X_train, dtype=float).reshape(len(dataset.X_train), -1)
+    Xte = np.asarray(dataset.X_test, dtype=float).reshape(len(dataset.X_test), -1)
+    ytr, yte = np.asarray(dataset.y_train), np.asarray(dataset.y_test)
+    out = {}
+    with np.errstate(all="ignore"), contextlib.suppress(ValueError, np.linalg.LinAlgError):
+        if metric == "accuracy":
+            labels, counts = np.unique(ytr, return_counts=True)
+            mode = labels[np.argmax(counts)]
+            out["majority"] = {"train": float(np.mean(ytr == mode)), "test": float(np.mean(yte == mode))}
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = LogisticRegression(max_iter=500).fit(Xtr, ytr)
+            out["linear"] = {"train": float(model.score(Xtr, ytr)), "test": float(model.score(Xte, yte))}
+        else:
+            ytr2, yte2 = ytr.reshape(len(ytr), -1).astype(float), yte.reshape(len(yte), -1).astype(float)
+            mean = ytr2.mean(0)
+            out["mean"] = {"train": float(np.abs(ytr2 - mean).mean()), "test": float(np.abs(yte2 - mean).mean())}
+            model = LinearRegression().fit(Xtr, ytr2)
+            out["linear"] = {"train": float(np.abs(model.predict(Xtr) - ytr2).mean()),
+                             "test": float(np.abs(model.predict(Xte) - yte2).mean())}
+            out["majority"] = out["mean"]   # the floor, under the name fit_verdict reads
+    return out or None
+
+
+def _diagnosis(recs, metric, dataset, faults=None, reference=None) -> dict:
     if not recs:
         return {}
     faults = faults or {}
@@ -373,12 +446,13 @@ def _diagnosis(recs, metric, dataset, faults=None) -> dict:
     if not recs:
         return {"verdict": "diverged", **counts}
     with np.errstate(all="ignore"):
-        train = _mean([r["metrics"][f"train_{metric}"] for r in recs])
-        test = _mean([r["metrics"][f"test_{metric}"] for r in recs])
+        train = [r["metrics"][f"train_{metric}"] for r in recs]
+        test = [r["metrics"][f"test_{metric}"] for r in recs]
         length = min(len(r["history"].get("val_loss", [])) for r in recs)
         curve = np.array([r["history"]["val_loss"][:length] for r in recs], dtype=float) if length else None
         mean_curve = {"val_loss": _column_means(curve)} if length else {}
-    out = diagnose.fit_verdict(mean_curve, train, test, metric)
+    out = diagnose.fit_verdict(train, test, mean_curve.get("val_loss"), metric, reference)
+    test = _mean(test)
     if "best_val_epoch" in out and length:
         # fit_verdict counts only the finite points of the curve: map its index back to an epoch
         finite = np.flatnonzero(np.isfinite(mean_curve["val_loss"]))

@@ -57,6 +57,22 @@ def verdict_text(row: dict) -> str:
     return "; ".join(v for v in (verdict, diverged) if v)
 
 
+def _row(summary: dict, name):
+    return next((r for r in summary["rows"] if r["variant"] == name), None) if name else None
+
+
+def detectable(row: dict) -> str:
+    """For an unclear comparison, the smallest difference these seeds could detect (power 0.8).
+
+    >>> detectable({"verdict": "no clear difference", "paired": {"mde": 0.0213}})
+    ' (detectable: ±0.021)'
+    """
+    mde = (row.get("paired") or {}).get("mde", math.nan)
+    if row.get("verdict") != "no clear difference" or mde is None or not math.isfinite(mde) or mde <= 0:
+        return ""
+    return f" (detectable: ±{mde:.3f})"
+
+
 def table(summary: dict, published: dict | None = None) -> str:
     """The statistics table: mean ± std and CI of train/test metric, paired difference, verdict."""
     metric = summary["metric"]
@@ -74,7 +90,7 @@ def table(summary: dict, published: dict | None = None) -> str:
         else:
             delta, pb, ph, verdict = "(baseline)", "", "", ""
         line = (f"{row['variant'][:18]:<18} {row['n']:>3} {_pm(row['train']):>16} {_pm(row['test']):>16} "
-                f"{_ci(row['test']):>16} {delta:>22} {pb:>9} {ph:>8}  {verdict_text(row)}")
+                f"{_ci(row['test']):>16} {delta:>22} {pb:>9} {ph:>8}  {verdict_text(row)}{detectable(row)}")
         if published and row["variant"] in published:
             tr, te = published[row["variant"]]
             line += f"  | train {tr:.3f} / test {te:.3f}"
@@ -99,6 +115,8 @@ def diagnosis(summary: dict) -> str:
         if "best_val_epoch" in d:
             parts.append(f", best validation loss at epoch {d['best_val_epoch']}, then {rise(d['val_loss_rise_after_best'])}")
         parts.append(")")
+        if d.get("reason"):
+            parts.append(f": {d['reason']}")
         if "ensemble_accuracy" in d:
             parts.append(f"; ensemble of the seeds' members {d['ensemble_accuracy']:.3f} vs mean member "
                          f"{d['mean_member_accuracy']:.3f}")
@@ -111,10 +129,21 @@ def diagnosis(summary: dict) -> str:
         lines.append("".join(parts))
     grid = summary.get("grid")
     if grid and not math.isnan(grid.get("best", math.nan)):
-        lines.append(f"best strength {grid['best']:g} (mean {grid['best_mean']:.3f} ± SE {grid['best_se']:.3f}); "
-                     f"largest within one SE: {grid['one_se']:g}")
+        lines.append(f"best strength {grid['best']:g} (mean {grid.get('chosen_on', 'test')} {summary['metric']} "
+                     f"{grid['best_mean']:.3f} ± SE {grid['best_se']:.3f}); largest within one SE: {grid['one_se']:g}")
+        if grid.get("chosen_on") == "test":
+            lines.append("note: the strength was chosen on the test part (validation = \"test\"), so its test "
+                         "score is optimistic")
     if summary.get("winner"):
-        lines.append(f"winner: {summary['winner']}")
+        lines.append(f"winner: {summary['winner']} (better than {summary['baseline']} after the Holm correction)")
     elif summary.get("no_winner"):
-        lines.append(f"no winner: {summary['no_winner']}")
+        line = f"no winner: {summary['no_winner']}"
+        best = _row(summary, summary.get("best"))
+        if best is not None and best["variant"] != summary["baseline"] and best.get("paired"):
+            p = best["paired"]
+            line += (f"; the best is {best['variant']} ({summary['metric']} {_pm(best['test'])}, "
+                     f"Δ {_signed(p['mean_diff'])} {_ci(dict(ci_low=p['ci_low'], ci_high=p['ci_high']))})")
+        elif best is not None and best["variant"] == summary["baseline"]:
+            line += f"; the best mean is the baseline's"
+        lines.append(line)
     return "\n".join(lines)
