@@ -93,7 +93,9 @@ def test_run_status_list_export_and_report(tmp_path):
         mean = sum(test) / 2
         std = abs(test[0] - test[1]) / 2 ** 0.5
         assert f"{mean:.3f} ± {std:.3f}" in line
-    assert "winning configuration, as PyTorch code" in out
+    # 2 seeds cannot show a difference after Holm: no winner, hence no code to paste
+    assert ("winning configuration, as PyTorch code" in out) == ("\nwinner: " in out)
+    assert "\nwinner: " in out or "no winner: no variant beats the baseline" in out
 
     out = ok(invoke("run", study, "--db", db))
     assert "0 members trained, 4 from" in out
@@ -299,3 +301,220 @@ def test_kill_9_after_the_first_population_then_resume(tmp_path):
     pairs = con.execute("SELECT variant, seed, count(*) FROM results GROUP BY variant, seed ORDER BY variant, seed").fetchall()
     con.close()
     assert pairs == [(v, s, 1) for v in ("fast", "slow_a", "slow_b") for s in (0, 1)]
+
+
+# -- status: every variant in the store, counted by SQL ----------------------------------------------
+
+GRID = """\
+name = "grid-status"
+protocol = "grid"
+seeds = 2
+
+[data]
+name = "moons"
+
+[model]
+layers = ["Dense(8, input_dim=2, activation='relu')", "Dense(1, activation='sigmoid')"]
+
+[training]
+epochs = 5
+
+[grid]
+variant = { layers = { 0 = { kernel_regularizer = "l2({value})" } } }
+values = [1e-1, 1e-2, 1e-3]
+refine_points = 5
+"""
+
+
+def status_lines(db, name):
+    out = ok(invoke("status", name, "--db", db)).splitlines()
+    return out[0], {line.split()[0]: line.split()[1:] for line in out[1:]}
+
+
+def test_status_of_a_refined_grid_lists_the_refined_strengths_and_counts_them(tmp_path):
+    study, db = tmp_path / "grid.toml", tmp_path / "g.db"
+    study.write_text(GRID)
+    out = ok(invoke("run", study, "--db", db))
+    records = stored(db, "grid-status")
+    variants = {r["variant"] for r in records}
+    refined = variants - {"none", "0.1", "0.01", "0.001"}
+    assert refined, out                       # the refinement added strengths after the first grid
+    header, lines = status_lines(db, "grid-status")
+    n = len(variants) * 2
+    assert header == f"grid-status: {len(records)} of {n} results over the 2 seed(s) run so far"
+    assert len(records) == n
+    assert set(lines) == variants
+    for name, rest in lines.items():
+        assert rest == (["(refined)", "2/2"] if name in refined else ["2/2"]), (name, rest)
+    strengths = [float(name) for name in lines if name != "none"]
+    assert list(lines)[0] == "none" and strengths == sorted(strengths)   # by strength, as the report
+
+
+def _grid_store(db, seeds, refined=(), missing=None, diverged=lambda value, seed: False, history=3):
+    """A grid study saved through the store's API, as a run would leave it, without training:
+    ``seeds`` for every declared strength, ``refined`` strengths added after the grid, and for
+    the strengths in ``missing`` only that many seeds."""
+    import tomllib
+
+    from reglab.study import spec
+
+    study = spec.from_dict(tomllib.loads(GRID))
+    variants = study.variants + (spec.grid_variants(study, {"value": list(refined)},
+                                                    only=[{"value": v} for v in refined]) if refined else [])
+    missing = missing or {}
+    records = [{"variant": v.name, "config_key": v.key, "params": v.params, "seed": seed,
+                "metrics": {"train_accuracy": 1.0, "test_accuracy": 0.9}, "epochs_run": 5,
+                "diverged": diverged(v.params.get("value"), seed),
+                "history": {"loss": [0.5] * history, "val_loss": [0.6] * history, "epoch": list(range(history))}}
+               for v in variants for seed in range(missing.get(v.params.get("value"), seeds))]
+    with Store(db) as store:
+        sid = store.open_study(study.name, study.as_dict())
+        store.save(sid, records)
+    return study, variants, sid, len(records)
+
+
+def test_status_on_100000_records_counts_every_variant_without_reading_a_record(tmp_path, monkeypatch):
+    db = tmp_path / "big.db"
+    # 4 declared variants x 15,000 seeds + 4 refined strengths (15,000, 15,000, 9,000, 1,000 seeds)
+    _, variants, _, n_records = _grid_store(
+        db, 15_000, refined=[0.00178, 0.00316, 0.00562, 0.0316], missing={0.00562: 9_000, 0.0316: 1_000},
+        diverged=lambda value, seed: value == 0.1 and seed % 1000 == 0)
+    assert n_records == 100_000
+    with Store(db) as store:   # a second study in the same file is not counted
+        store.save(store.open_study("other", {"x": 1}), [
+            {"variant": "none", "config_key": "none", "params": {}, "seed": s, "metrics": {}, "epochs_run": 1,
+             "diverged": False, "history": {}} for s in range(20_000, 20_003)])
+
+    def no_records(*args, **kwargs):
+        raise AssertionError("status decoded the records")
+
+    monkeypatch.setattr(Store, "results", no_records)
+    header, lines = status_lines(db, "grid-status")
+    assert header == "grid-status: 100000 of 120000 results over the 15000 seed(s) run so far"
+    assert list(lines) == ["none", "0.001", "0.00178", "0.00316", "0.00562", "0.01", "0.0316", "0.1"]
+    expected = {"0.00178": ["(refined)", "15000/15000"], "0.00316": ["(refined)", "15000/15000"],
+                "0.00562": ["(refined)", "9000/15000"], "0.0316": ["(refined)", "1000/15000"],
+                "0.1": ["15000/15000", "(15", "diverged)"]}
+    for name, rest in lines.items():
+        assert rest == expected.get(name, ["15000/15000"]), (name, rest)
+
+
+def test_status_of_a_grid_before_its_refinement_and_of_a_running_study(tmp_path):
+    db = tmp_path / "g.db"
+    study, variants, sid, n = _grid_store(db, 3, missing={0.001: 1})
+    header, lines = status_lines(db, "grid-status")
+    assert header == "grid-status: 10 of 12 results over the 3 seed(s) run so far (grid refinement may add more)"
+    assert lines["0.001"] == ["1/3"] and lines["none"] == ["3/3"] and len(lines) == 4
+
+    # an earlier run refined 3 strengths on seeds 0 and 1; the running one plans seeds 0-2
+    refined = [0.00178, 0.00316, 0.00562]
+    with Store(db) as store:
+        from reglab.study import spec
+
+        extra = spec.grid_variants(study, {"value": refined}, only=[{"value": v} for v in refined])
+        store.save(sid, [{"variant": v.name, "config_key": v.key, "params": v.params, "seed": s, "metrics": {},
+                          "epochs_run": 5, "diverged": False, "history": {}} for v in extra for s in (0, 1)])
+        with store.lease(sid, {"seeds": [0, 1, 2], "members": 12}):
+            first = ok(invoke("status", "grid-status", "--db", db)).splitlines()
+            store.plan_run(sid, {"seeds": [0, 1, 2], "members": 21})   # the run planned its refinement
+            second = ok(invoke("status", "grid-status", "--db", db)).splitlines()
+    pid = os.getpid()
+    assert first[0].startswith(f"grid-status: running (pid {pid} on ") and first[0].endswith(": 10 of 12 members finished")
+    assert second[0].endswith(": 16 of 21 members finished")
+    assert [line.split() for line in second[1:]][2:5] == [["0.00178", "(refined)", "2/3"], ["0.00316", "(refined)", "2/3"],
+                                                          ["0.00562", "(refined)", "2/3"]]
+    header, _ = status_lines(db, "grid-status")
+    assert header == "grid-status: 16 of 21 results over the 3 seed(s) run so far"   # the run ended
+
+
+# -- a refused study leaves no trace --------------------------------------------------------------
+
+FACTORIES = '''\
+import torch
+from torch import nn
+
+
+def raises():
+    raise RuntimeError("no model today")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def not_sequential():
+    return Net()
+
+
+def batch_norm():
+    return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+
+def three_outputs():
+    return nn.Sequential(nn.Linear(2, 3))
+
+
+CALLS = [0]
+
+
+def only_once():
+    CALLS[0] += 1
+    if CALLS[0] > 1:
+        raise RuntimeError("called twice")
+    return nn.Sequential(nn.Linear(2, 1))
+'''
+
+
+def _factory_study(function):
+    return STUDY.replace("""layers = ["Dense(16, input_dim=2, activation='relu')", "Dense(1, activation='sigmoid')"]""",
+                         f'factory = "refused_factories:{function}"').replace(
+        """layers = { 0 = { kernel_regularizer = "l2(0.1)" } }""", "")
+
+
+REFUSED = {
+    "the factory raises": (_factory_study("raises"), "raised RuntimeError: no model today (refused_factories.py, line 6)"),
+    "a factory model that is not an nn.Sequential": (_factory_study("not_sequential"),
+                                                     "A population needs an nn.Sequential of supported layers; got Net"),
+    "a layer a population cannot run": (_factory_study("batch_norm"), "BatchNorm1d is not supported in a population"),
+    "a factory that fails when called again": (_factory_study("only_once"), "raised RuntimeError: called twice"),
+    "a model whose output does not fit": (_factory_study("three_outputs"), "the model does not fit the data"),
+    "layer lines that fail when built": (REJECTED["Conv2D on flat data"]),
+    "bad data": (REJECTED["non-numeric cell"]),
+}
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["no database", "existing database"])
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_refused_study_leaves_no_trace_in_the_database(case, existing, tmp_path, monkeypatch):
+    """`reglab run` refuses the study with one line before the database is touched: a missing
+    database is not created (nor its lock file), an existing one gains no study, run or result."""
+    text, pattern = REFUSED[case]
+    (tmp_path / "refused_factories.py").write_text(FACTORIES)
+    monkeypatch.delitem(sys.modules, "refused_factories", raising=False)   # a fresh call count per test
+    (tmp_path / "bad.csv").write_text("a,b,y\n1,2,0\n3,four,1\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(40)))
+    study, db = tmp_path / "study.toml", tmp_path / "x.db"
+    study.write_text(text)
+    if existing:
+        with Store(db) as store:
+            store.save(store.open_study("earlier", {"x": 1}), [
+                {"variant": "none", "config_key": "none", "params": {}, "seed": 0, "metrics": {"test_accuracy": 0.5},
+                 "epochs_run": 1, "diverged": False, "history": {}}])
+        before = db_files(tmp_path)
+    user_error(invoke("run", study, "--db", db), pattern)
+    monkeypatch.delitem(sys.modules, "refused_factories", raising=False)
+    if not existing:
+        assert db_files(tmp_path) == []
+        return
+    assert db_files(tmp_path) == before
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT name FROM studies").fetchall() == [("earlier",)]
+        assert con.execute("SELECT count(*) FROM results").fetchone() == (1,)
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    finally:
+        con.close()

@@ -240,6 +240,106 @@ def test_every_example_loads_and_fits_its_data(path):
     assert {v.name for v in full.variants} == {v.name for v in study.variants}
 
 
+SEEDS_EXAMPLES = ["moons_l2", "moons_l2_grid", "moons_unit_norm", "circles_activity", "circles_activity_grid"]
+
+
+@pytest.mark.parametrize("stem", SEEDS_EXAMPLES)
+def test_the_seeds_examples_keep_validating_on_the_test_part(stem):
+    """Issue 14, part 4: the seeds' published figures validate on the test part; their files say so."""
+    from sklearn.datasets import make_circles, make_moons
+
+    from reglab.data import load as load_data
+
+    study = load(EXAMPLES / f"{stem}.toml")
+    assert study.data["validation"] == "test"
+    dataset = load_data(study.data)
+    before = load_data({k: v for k, v in study.data.items() if k != "validation"})   # the data as before the key
+    for part in ("X_train", "y_train", "X_test", "y_test"):
+        np.testing.assert_array_equal(getattr(dataset, part), getattr(before, part))
+    X, y = (make_moons(100, noise=0.2, random_state=1) if study.data["name"] == "moons"
+            else make_circles(100, noise=0.1, random_state=1, factor=0.8))
+    np.testing.assert_array_equal(dataset.X_train, X[:30].astype(np.float32))   # the seeds' first 30 rows
+    np.testing.assert_array_equal(dataset.y_test, y[30:])
+    assert dataset.X_val is None and dataset.optimistic and dataset.validation()[0] is dataset.X_test
+    assert study.as_dict()["data"] == study.raw["data"]                   # nothing written out for the generators
+    note = S.optimism_note(study, dataset)
+    if study.protocol == "grid":
+        assert note.startswith('the test score is optimistic: the test part also chose λ (validation = "test")')
+    else:
+        assert note is None                                                # no early stopping, no λ chosen
+
+
+@pytest.mark.parametrize("stem", ["digits_cnn", "digits_lstm"])
+def test_the_digits_examples_validate_on_a_part_of_the_training_rows(stem):
+    from reglab.data import load as load_data
+
+    study = load(EXAMPLES / f"{stem}.toml")
+    dataset = load_data(study.data)
+    assert len(dataset.X_train) == 1005 and len(dataset.X_val) == 252 and len(dataset.X_test) == 540
+    assert not dataset.optimistic and S.optimism_note(study, dataset) is None
+
+
+def test_as_dict_writes_out_the_data_protocol_defaults(tmp_path):
+    """A study stored before validation parts and target scaling were defaults is a different study:
+    its results are never mixed with ones trained on fewer rows or scaled targets."""
+    iris = load(write(tmp_path, BASE.replace('name = "moons"', 'name = "iris"') + "[variants.none]\n"))
+    assert iris.as_dict()["data"] == {"name": "iris", "validation": 0.2, "standardize_target": True}
+    assert iris.raw["data"] == {"name": "iris"}                           # the study as given is untouched
+    explicit = {"name": "csv", "path": "d.csv", "label": "y", "validation": "test", "standardize_target": False}
+    assert S.data_protocol(explicit) == explicit
+    assert S.data_protocol(S.data_protocol({"name": "wine"})) == S.data_protocol({"name": "wine"})
+    assert S.data_protocol({"name": "moons"}) == {"name": "moons"}
+    # a stored [data] table that predates them is read back as it was trained
+    assert S.stored_data({"name": "iris"}) == {"name": "iris", "validation": "test", "standardize_target": False}
+    assert S.stored_data({"name": "iris", "validation": 0.3}) == {"name": "iris", "validation": 0.3,
+                                                                  "standardize_target": False}
+    assert S.stored_data(S.data_protocol({"name": "iris"})) == S.data_protocol({"name": "iris"})
+    assert S.stored_data({"name": "moons"}) == {"name": "moons"}
+
+
+def test_a_study_stored_with_the_old_data_protocol_is_not_resumed(tmp_path):
+    from reglab.store import StoreError
+
+    text = BASE.replace('name = "moons"', 'name = "iris"').replace("Dense(1, activation='sigmoid')",
+                                                                    "Dense(3, activation='softmax')")
+    text = text.replace("input_dim=2, ", "")
+    study = load(write(tmp_path, text + "[variants.none]\n"))
+    old = study.as_dict()
+    old["data"] = dict(study.raw["data"])                                # as an earlier reglab stored it
+    with Store(tmp_path / "old.db") as store:
+        store.open_study(study.name, old)
+        with pytest.raises(StoreError, match="different study file"):
+            run(study, store)
+
+
+def test_optimism_note_names_what_the_test_part_decided(tmp_path):
+    from reglab.data import load as load_data
+
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,y\n" + "".join(f"{i % 7},{i % 5},{i % 2}\n" for i in range(60)))
+    data = '[data]\nname = "csv"\npath = "d.csv"\nlabel = "y"\n'
+    early = '[training]\nepochs = 8\nearly_stopping = { monitor = "val_loss", patience = 2 }\n'
+    head = 'name = "x"\nseeds = 2\n[model]\nlayers = ["Dense(4, activation=\'relu\')", "Dense(1, activation=\'sigmoid\')"]\n'
+    carved = load(write(tmp_path, head + data + early + "[variants.none]\n"))
+    assert carved.validation_decides() == ["stopped training"]
+    assert S.optimism_note(carved, load_data(carved.data, base_dir=tmp_path)) is None
+    on_test = load(write(tmp_path, head + data + 'validation = "test"\n' + early + "[variants.none]\n"))
+    note = S.optimism_note(on_test, load_data(on_test.data, base_dir=tmp_path))
+    assert note == ('the test score is optimistic: the test part also stopped training (validation = "test"); '
+                    'a validation part carved from the training rows (e.g. validation = 0.2) keeps it out')
+    grid = ('protocol = "grid"\n' + head + data + 'validation = "test"\n' + early +
+            '[grid]\nvariant = { layers = { 0 = { kernel_regularizer = "l2({value})" } } }\nvalues = [0.1, 0.01]\n')
+    grid_study = load(write(tmp_path, grid))
+    assert grid_study.validation_decides() == ["stopped training", "chose λ"]
+    assert "also stopped training and chose λ" in S.optimism_note(grid_study, load_data(grid_study.data, base_dir=tmp_path))
+    # a training part too small to carve from: the note says why the test part validated
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "d.csv").write_text("a,b,y\n0,0,0\n1,1,1\n2,0,0\n3,1,1\n")
+    small = load(write(tiny, head + data + 'train = 1\n' + early + "[variants.none]\n"))
+    assert "too small to carve" in S.optimism_note(small, load_data(small.data, base_dir=tiny))
+
+
 def test_the_circles_example_puts_the_activity_penalty_before_or_after_the_relu():
     study = load(EXAMPLES / "circles_activity.toml", seeds=2, epochs=1)
     build_variant = S.builder(study, (2,), "binary")

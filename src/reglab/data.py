@@ -1,15 +1,27 @@
 """Datasets for studies: the seeds' generators, scikit-learn's bundled sets, and CSV/NPZ files.
 
 ``load(spec)`` turns the ``[data]`` table of a study file (a plain dict) into a :class:`Dataset`:
-float32 features, int64 classes ``0..k-1`` (or float32 regression targets), a train/test split, an
-optional validation part carved from the training rows, and standardisation
-``x' = (x - mean_train) / std_train`` fitted on the training part only (a constant feature has
-std 0 and is divided by 1). Every malformed input raises :class:`DataError`, one line naming the
-file, column or row and the fix.
+float32 features, int64 classes ``0..k-1`` (or float32 regression targets), a train/test split, a
+validation part, and standardisation ``x' = (x - mean_train) / std_train`` fitted on the training
+part only (a constant feature has std 0 and is divided by 1). Every malformed input raises
+:class:`DataError`, one line naming the file, column or row and the fix.
+
+Validation (what early stopping and a grid's choice of λ look at): by default a part carved from the
+training rows (stratified 20 % for classes, random 20 % for regression, ``split_seed``), never
+trained on; the seeds' generators (moons, circles) keep the seeds' protocol and validate on the test
+part, as does ``validation = "test"`` for any dataset. Then ``Dataset.optimistic`` is true: the test
+score is optimistic when the test part stopped training or chose λ.
+
+Regression targets are standardised with the training part's mean and std (``standardize_target``,
+default true): models train on ``(y - mean) / std``, and :meth:`Dataset.to_original_units` and
+:meth:`Dataset.metrics_in_original_units` bring predictions, MAE and losses back to the target's units.
 
 >>> ds = load({"name": "moons"})
->>> ds.task, ds.X_train.shape, ds.X_test.shape, ds.info["split"]
-('binary', (30, 2), (70, 2), 'first 30 rows train, remaining 70 test')
+>>> ds.task, ds.X_train.shape, ds.X_test.shape, ds.info["split"], ds.optimistic
+('binary', (30, 2), (70, 2), 'first 30 rows train, remaining 70 test', True)
+>>> ds = load({"name": "iris"})
+>>> ds.X_train.shape, ds.X_val.shape, ds.X_test.shape, ds.optimistic
+((84, 4), (21, 4), (45, 4), False)
 >>> load({"name": "moon"})
 Traceback (most recent call last):
 ...
@@ -42,6 +54,9 @@ TASKS = ("binary", "multiclass", "regression")
 SHAPES = ("flat", "image", "sequence")
 GENERATOR_TRAIN_ROWS = 30          # the seeds train on the first 30 generated points
 TEST_FRACTION = 0.3
+VALIDATION_FRACTION = 0.2          # of the training part, carved as validation unless validation = "test"
+# the seeds' generators validate on the test part by default (the seeds' protocol and figures)
+VALIDATION_ON_TEST_BY_DEFAULT = tuple(GENERATORS)
 # not the generators (the seeds don't standardise them) and not digits (divided by 16 instead)
 STANDARDIZED_BY_DEFAULT = ("csv", "npz", "breast_cancer", "wine", "iris", "diabetes")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -75,6 +90,72 @@ class Dataset:
             return self.X_test, self.y_test
         return self.X_val, self.y_val
 
+    @property
+    def optimistic(self) -> bool:
+        """True when the validation data is the test part (``validation = "test"``, the seeds'
+        generators by default): whatever the validation data decides -- early stopping, a grid's
+        choice and refinement of λ -- was decided on the rows the test score is then measured on,
+        so that score is optimistic."""
+        return self.X_val is None
+
+    @property
+    def target_scale(self) -> tuple[float, float] | None:
+        """``(mean, std)`` of the training targets in their original units when the regression
+        targets were standardised (``y_* = (y - mean) / std``), else None."""
+        scale = (self.info or {}).get("target_scale")
+        return None if scale is None else (float(scale[0]), float(scale[1]))
+
+    def to_original_units(self, values, kind: str = "value"):
+        """``values`` computed on standardised targets, in the target's original units.
+
+        ``kind``: ``"value"`` (predictions, targets: ``v * std + mean``), ``"error"`` (an absolute
+        error, MAE or RMSE: ``v * std``) or ``"squared"`` (a squared error, the MSE loss: ``v * std**2``).
+        Unchanged when the targets were not standardised (classification, ``standardize_target = false``).
+        A float stays a float, anything else becomes a float64 array.
+        """
+        if kind not in _UNIT_KINDS:
+            raise ValueError(f"The 'kind' parameter must be one of {', '.join(_UNIT_KINDS)}. Got {kind!r} instead.")
+        scale = self.target_scale
+        scalar = isinstance(values, (int, float, np.integer, np.floating))
+        if scale is None:
+            return values
+        mean, std = scale
+        x = np.asarray(values, dtype=np.float64)
+        out = x * std + mean if kind == "value" else (x * std if kind == "error" else x * std * std)
+        return float(out) if scalar else out
+
+    def metrics_in_original_units(self, metrics: dict) -> dict:
+        """A copy of ``metrics`` (a record's metrics or a history: name -> number or list) with MAE
+        (``*mae``) in the target's units and losses (``*loss``, ``*penalty``, an MSE objective) in
+        squared units, ``std**2`` times the standardised ones: the same objective, written for the
+        original targets. Other entries (accuracy, epoch) and unstandardised datasets are unchanged."""
+        out = {}
+        for key, value in metrics.items():
+            kind = unit_kind(key)
+            if kind is None or self.target_scale is None:
+                out[key] = value
+            elif isinstance(value, (list, tuple)):
+                out[key] = [float(v) for v in self.to_original_units(np.asarray(value, dtype=np.float64), kind)]
+            elif value is None:
+                out[key] = value
+            else:
+                out[key] = float(self.to_original_units(float(value), kind))
+        return out
+
+
+_UNIT_KINDS = ("value", "error", "squared")
+
+
+def unit_kind(key: str) -> str | None:
+    """How a metric or history entry named ``key`` scales with the target: ``"error"`` (MAE),
+    ``"squared"`` (losses and penalties of the MSE objective) or None (accuracy, epoch, ...)."""
+    key = str(key)
+    if key.endswith("mae"):
+        return "error"
+    if key.endswith("loss") or key.endswith("penalty"):
+        return "squared"
+    return None
+
 
 # ---------------------------------------------------------------------------------------------- spec
 
@@ -103,6 +184,7 @@ _RULES = {
     "validation": (NAMES, (lambda v: (isinstance(v, str) and v == "test") or (_is_real(v) and 0 < v < 1),
                            '"test" or a float in (0, 1)')),
     "standardize": (NAMES, (lambda v: isinstance(v, bool), "true or false")),
+    "standardize_target": (NAMES, (lambda v: isinstance(v, bool), "true or false")),
     "n_samples": (tuple(GENERATORS), (lambda v: _is_int(v) and 2 <= v <= MAX_GENERATED, "an int from 2 to 10000000")),
     "noise": (tuple(GENERATORS), (lambda v: _is_real(v) and v >= 0, "a float >= 0")),
     "random_state": (tuple(GENERATORS), (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)")),
@@ -461,6 +543,50 @@ def _fraction_split(y, fraction, stratify, seed, *, what: str, part: str, class_
     return keep, out
 
 
+def _validation(spec, name, y, train, stratify, seed, part, classes):
+    """(training rows, validation rows or None, description) after carving the validation part.
+
+    An explicit ``validation = f`` carves ``ceil(f * n_train)`` rows (stratified when the split is)
+    or raises; ``validation = "test"`` keeps none (the test part validates). By default the seeds'
+    generators validate on the test part and every other dataset carves ``VALIDATION_FRACTION``;
+    a training part too small for that falls back to a random carve, then to the test part, and
+    the description says why.
+    """
+    default = "test" if name in VALIDATION_ON_TEST_BY_DEFAULT else VALIDATION_FRACTION
+    validation = spec.get("validation", default)
+    if validation == "test":
+        why = "validation = \"test\"" if "validation" in spec else f"the default for {name!r}, the seeds' protocol"
+        return train, None, f"the test part ({why}): the test score is optimistic where it stopped training or chose λ"
+    where = f"{part} (training part of {len(train)} rows)"
+    what = f"validation = {validation}"
+    attempts = [stratify, False] if stratify and "validation" not in spec else [stratify]
+    for i, strata in enumerate(attempts):
+        try:
+            keep, held = _fraction_split(y[train], validation, strata, seed, what=what, part=where,
+                                         class_labels=classes)
+        except DataError:
+            if "validation" in spec:
+                raise
+            continue
+        note = "" if i == 0 else ", not stratified: a class has too few training rows"
+        return train[keep], train[held], (f"{len(held)} rows carved from the training part ({validation:g}"
+                                          f"{', stratified' if strata else ''}{note}, split_seed {seed}), "
+                                          f"not trained on")
+    return train, None, (f"the test part (the training part of {len(train)} rows is too small to carve a "
+                         f"validation part of {validation:g} from): the test score is optimistic where it stopped "
+                         f"training or chose λ")
+
+
+def _standardized_targets(y: np.ndarray, train: np.ndarray):
+    """Regression targets standardised with the training rows' mean and std (a constant target: std 1)."""
+    y64 = y.astype(np.float64)
+    mean = float(y64[train].mean()) if len(train) else 0.0
+    std = float(y64[train].std()) if len(train) else 1.0
+    if not std > 64 * np.finfo(np.float64).eps * float(np.abs(y64[train]).max(initial=0.0)):
+        std = 1.0
+    return ((y64 - mean) / std).astype(np.float32), (mean, std)
+
+
 # ---------------------------------------------------------------------------------------------- load
 
 
@@ -506,17 +632,7 @@ def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
     # A training part of a single class is not refused: the study trains and its summary says so
     # (reglab.study.runner: the diagnosis "one class in training" and a warning with the fix).
 
-    val = None
-    validation = spec.get("validation", "test")
-    if validation != "test":
-        keep, held = _fraction_split(y[train], validation, stratify, seed, what=f"validation = {validation}",
-                                     part=f"{part} (training part of {len(train)} rows)", class_labels=classes)
-        train, val = train[keep], train[held]
-        validation = (f"{len(val)} rows carved from the training part ({validation:g}"
-                      f"{', stratified' if stratify else ''}, split_seed {seed})")
-    else:
-        validation = "the test part"
-
+    train, val, validation = _validation(spec, name, y, train, stratify, seed, part, classes)
     standardize = spec.get("standardize", name in STANDARDIZED_BY_DEFAULT)
     flat = X.reshape(n, -1)
     if standardize:
@@ -532,6 +648,10 @@ def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
     else:
         scaling = "none"
     X = flat.reshape(X.shape).astype(np.float32)
+    standardize_target = spec.get("standardize_target", True)
+    target_scale = None
+    if standardize_target and task == "regression":
+        y, target_scale = _standardized_targets(y, train)
     shape = spec.get("shape", "flat")
     if name == "digits" and shape != "flat":
         X = X.reshape((n, 1, 8, 8) if shape == "image" else (n, 8, 8))   # sequence: 8 steps (rows) x 8 features
@@ -540,9 +660,16 @@ def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
         return (None, None) if index is None else (X[index], y[index])
 
     info = {"name": name, "source": source, "rows": n, "task": task, "split": split, "validation": validation,
+            "validation_part": "test" if val is None else "carved", "optimistic": val is None,
             "standardized": bool(standardize), "scaling": scaling,
             "shapes": {"train": list(X[train].shape), "test": list(X[test].shape),
                        **({"val": list(X[val].shape)} if val is not None else {})}}
+    if task == "regression":
+        info["target_standardized"] = target_scale is not None
+        if target_scale is not None:
+            info["target_scale"] = [float(target_scale[0]), float(target_scale[1])]
+            info["target_scaling"] = (f"standardized with the training part's mean {target_scale[0]:.6g} and std "
+                                      f"{target_scale[1]:.6g}; MAE and losses are reported in the original units")
     if classes is not None:
         info["classes"] = classes                                     # original label of class index i
     if class_names is not None:

@@ -295,9 +295,8 @@ def _answer(ctx: Context) -> str:
     if grid and math.isfinite(grid.get("one_se", math.nan)):
         parts.append(f"Strength (chosen on the {e(grid.get('chosen_on', 'test'))} part): best {grid['best']:g}, "
                      f"largest within one SE {grid['one_se']:g}.")
-        if grid.get("chosen_on") == "test":
-            parts.append("The strength was chosen on the test part (validation = \"test\", as in the tutorials): "
-                         "its test score is optimistic.")
+    if s.get("optimistic"):
+        parts.append(f"Note: {e(s['optimistic'])}.")
     return '<div class="answer">' + "".join(f"<p>{p}</p>" for p in parts) + "</div>"
 
 

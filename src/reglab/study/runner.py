@@ -23,6 +23,7 @@ from ..callbacks import EarlyStopping
 from ..tasks import get as get_task
 from ..population import train_population
 from . import spec as S
+from .snippet import variant_snippet
 
 HISTORY_POINTS = 500   # histories are kept at up to this many evenly spaced epochs
 
@@ -243,11 +244,13 @@ def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
     history["epoch"] = [int(e) for e in (idx if idx is not None else [])]
     with torch.no_grad():
         out = model(torch.as_tensor(dataset.X_test))
-        proba = task.predict(out).numpy().round(5).tolist()
+        proba = np.asarray(dataset.to_original_units(task.predict(out).numpy())).round(5).tolist()
     metrics = {f"train_{metric}": train_eval[metric], f"test_{metric}": test_eval[metric],
                "train_loss": train_eval["loss"], "test_loss": test_eval["loss"],
                "train_data_loss": train_eval["data_loss"], "test_data_loss": test_eval["data_loss"],
                f"val_{metric}": val_eval[metric]}
+    metrics = dataset.metrics_in_original_units(metrics)   # MAE in the target's units, losses x std**2
+    history = dataset.metrics_in_original_units(history)
     if result.diverged[i]:   # the frozen weights made the loss NaN/inf: they have no score to report
         metrics = {k: float("nan") for k in metrics}
     return {
@@ -256,7 +259,8 @@ def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
         "extra": {"weight_norms": diagnose.weight_norms(model),
                   "sparsity": diagnose.activation_sparsity(model, dataset.X_test),
                   "test_proba": proba, "best_epoch": int(result.best_epoch[i]),
-                  "stopped_epoch": int(result.stopped_epoch[i]), "snippet": diagnose.snippet(model)},
+                  "stopped_epoch": int(result.stopped_epoch[i]),
+                  "snippet": variant_snippet(None, variant, model, task=task.name, seed=seed)},
     }
 
 
@@ -332,6 +336,9 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
     warnings = _warnings(faults, rows, dataset)
     if warnings:
         summary["warnings"] = warnings
+    optimistic = S.optimism_note(study, dataset)
+    if optimistic:
+        summary["optimistic"] = optimistic
     grid = None
     if study.protocol == "grid" and len(S.values(study.grid)) == 1:
         strengths, scores = _grid_scores(study, records, metric)
@@ -413,7 +420,8 @@ def _reference(dataset, metric) -> dict | None:
 
     Xtr = np.asarray(dataset.X_train, dtype=float).reshape(len(dataset.X_train), -1)
     Xte = np.asarray(dataset.X_test, dtype=float).reshape(len(dataset.X_test), -1)
-    ytr, yte = np.asarray(dataset.y_train), np.asarray(dataset.y_test)
+    ytr = np.asarray(dataset.to_original_units(dataset.y_train))
+    yte = np.asarray(dataset.to_original_units(dataset.y_test))
     out = {}
     with np.errstate(all="ignore"), contextlib.suppress(ValueError, np.linalg.LinAlgError):
         if metric == "accuracy":
@@ -572,7 +580,7 @@ def from_store(store, name: str) -> StudyRun:
         if extra:
             study.variants += S.grid_variants(study, {"value": extra}, only=[{"value": v} for v in extra])
             study.variants.sort(key=lambda v: v.params.get("value", -1.0))
-    dataset = data_mod.load(study.data, base_dir=study.base_dir)
+    dataset = data_mod.load(S.stored_data(study.data), base_dir=study.base_dir)
     keys = {v.key for v in study.variants}
     records = [r for r in records if r["config_key"] in keys]
     return StudyRun(study, dataset, records, summarize(study, records, dataset))

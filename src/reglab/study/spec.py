@@ -19,6 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .. import data as data_mod
 from . import keras
 
 
@@ -120,7 +121,10 @@ class Study:
         It is the study as given, except that: ``seeds`` is left out (running with more or fewer
         seeds resumes the same study), the baseline is written out and the variants become a list
         (the store keeps JSON with sorted keys, which would lose their order and so the default
-        baseline), and a relative data ``path`` is made absolute (reports read the data from anywhere).
+        baseline), a relative data ``path`` is made absolute (reports read the data from anywhere),
+        and the data protocol's defaults are written out (:func:`data_protocol`): a study stored
+        before the validation part and the target scaling became defaults is a different study, so
+        its results are never mixed with ones trained on other rows or targets.
         """
         spec = copy.deepcopy(self.raw)
         spec.pop("seeds", None)
@@ -131,7 +135,60 @@ class Study:
         if isinstance(data, dict) and isinstance(data.get("path"), str):
             path = Path(data["path"]).expanduser()
             data["path"] = str(path if path.is_absolute() else (self.base_dir / path).resolve())
+        if isinstance(data, dict):
+            spec["data"] = data_protocol(data)
         return spec
+
+    def validation_decides(self) -> list[str]:
+        """What the validation data decides in this study, in words: "stopped training" (a variant
+        stops early) and "chose λ" (a grid: the one-SE choice and the refinement of the strength).
+        Empty when the validation data only draws the learning curves."""
+        out = []
+        if any(v.training.get("early_stopping") for v in self.variants) or self.training.get("early_stopping"):
+            out.append("stopped training")
+        if self.protocol == "grid":
+            out.append("chose λ")
+        return out
+
+
+def data_protocol(data: dict) -> dict:
+    """``[data]`` with the defaults of the data protocol written out: ``validation`` (the fraction
+    carved from the training part) and ``standardize_target``, for every dataset but the seeds'
+    generators, whose protocol (validation on the test part) did not change. Idempotent."""
+    out = dict(data)
+    if out.get("name") in data_mod.VALIDATION_ON_TEST_BY_DEFAULT:
+        return out
+    out.setdefault("validation", data_mod.VALIDATION_FRACTION)
+    out.setdefault("standardize_target", True)
+    return out
+
+
+def stored_data(data: dict) -> dict:
+    """The ``[data]`` table of a stored study as it was trained: a study stored before validation
+    parts and target scaling were defaults (no ``standardize_target`` written out for a dataset
+    other than the seeds' generators) validated on the test part and trained on raw targets."""
+    out = dict(data)
+    if out.get("name") in data_mod.VALIDATION_ON_TEST_BY_DEFAULT or "standardize_target" in out:
+        return out
+    out.setdefault("validation", "test")
+    out["standardize_target"] = False
+    return out
+
+
+def optimism_note(study: Study, dataset) -> str | None:
+    """One line for the summary and the report when the test score is optimistic: the test part
+    served as validation data and decided something (stopped training, chose λ); else None."""
+    decides = study.validation_decides()
+    if not getattr(dataset, "optimistic", False) or not decides:
+        return None
+    if study.data.get("validation") == "test":
+        why = "validation = \"test\""
+    elif study.data.get("name") in data_mod.VALIDATION_ON_TEST_BY_DEFAULT:
+        why = "the seeds' protocol, the default for their generators"
+    else:
+        why = "the training part is too small to carve a validation part from"
+    return (f"the test score is optimistic: the test part also {' and '.join(decides)} ({why}); "
+            f"a validation part carved from the training rows (e.g. validation = 0.2) keeps it out")
 
 
 def load(path: str | Path, *, seeds: int | None = None, epochs: int | None = None) -> Study:

@@ -131,9 +131,8 @@ def diagnosis(summary: dict) -> str:
     if grid and not math.isnan(grid.get("best", math.nan)):
         lines.append(f"best strength {grid['best']:g} (mean {grid.get('chosen_on', 'test')} {summary['metric']} "
                      f"{grid['best_mean']:.3f} ± SE {grid['best_se']:.3f}); largest within one SE: {grid['one_se']:g}")
-        if grid.get("chosen_on") == "test":
-            lines.append("note: the strength was chosen on the test part (validation = \"test\"), so its test "
-                         "score is optimistic")
+    if summary.get("optimistic"):
+        lines.append(f"note: {summary['optimistic']}")
     if summary.get("winner"):
         lines.append(f"winner: {summary['winner']} (better than {summary['baseline']} after the Holm correction)")
     elif summary.get("no_winner"):
