@@ -124,3 +124,49 @@ def test_label_noise_csv_low_train_accuracy_is_not_underfit_but_a_crushed_model_
     ref = none["diagnosis"]["reference"]
     assert set(ref) == {"majority", "linear"} and ref["majority"]["train"] < ref["linear"]["train"]
     assert "winner" not in run.summary or run.summary["winner"] != "crushed"
+
+
+UNCLEAR = """
+name = "u"
+seeds = 2
+[data]
+name = "moons"
+[model]
+layers = ["Dense(32, input_dim=2, activation='relu')", "Dense(1, activation='sigmoid')"]
+[training]
+epochs = 40
+[variants.none]
+[variants.tiny]
+layers = { 0 = { kernel_regularizer = "l2(1e-9)" } }
+[variants.crushed]
+layers = { 0 = { kernel_regularizer = "l2(3.0)" }, 1 = { kernel_regularizer = "l2(3.0)" } }
+"""
+
+
+def test_until_clear_adds_seeds_to_the_unclear_comparisons_only_up_to_the_cap(tmp_path):
+    from reglab import study as st
+
+    (tmp_path / "u.toml").write_text(UNCLEAR)
+    lines = []
+    with Store(tmp_path / "u.db") as store:
+        run = st.run(st.load(tmp_path / "u.toml"), store, until_clear=8, echo=lines.append)
+    seeds = {}
+    for r in run.records:
+        seeds.setdefault(r["variant"], set()).add(r["seed"])
+    rows = {r["variant"]: r for r in run.summary["rows"]}
+    assert rows["tiny"]["verdict"] == "no clear difference"          # l2(1e-9) changes nothing: never clear
+    assert seeds["none"] == seeds["tiny"] == set(range(8))             # doubled 2 -> 4 -> 8, the cap
+    # Each round adds seeds to the baseline and to the comparisons unclear at that moment only.
+    rounds = [line for line in lines if line.startswith("until clear: ")]
+    assert len(rounds) == 2
+    expected = {name: {0, 1} for name in ("none", "tiny", "crushed")}
+    for line in rounds:
+        span, names = line.split("adding seeds ")[1].split(" to ")
+        first, last = map(int, span.split("-"))
+        for name in names.replace(" and ", ", ").split(", "):
+            expected[name] |= set(range(first, last + 1))
+    assert seeds == expected
+    assert "tiny" in rounds[-1]
+    assert rows["tiny"]["paired"]["n"] == 8 and rows["crushed"]["paired"]["n"] == len(seeds["crushed"])
+    with pytest.raises(ValueError, match="until_clear must be an int >= 2"):
+        st.run(st.load(tmp_path / "u.toml"), None, until_clear=1)

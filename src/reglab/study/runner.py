@@ -74,13 +74,19 @@ def prepare(study: S.Study):
 
 
 def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=None, echo=None,
-        task_size: int | None = None, keep_histories: bool = True) -> StudyRun:
+        task_size: int | None = None, keep_histories: bool = True, until_clear: int | None = None) -> StudyRun:
     """Run (or resume) ``study``; returns every record and the summary. ``executor`` runs the
     populations (default: :class:`LocalExecutor`, in this process). ``task_size`` caps the members
     of one population: smaller tasks are saved more often (an interruption loses less) but train
     less in parallel; default: no cap. ``keep_histories=False`` (with a store) keeps in memory only
     the learning curves the summary reads -- the store has every curve -- so that memory does not
-    grow with whole histories over thousands of members (the CLI does this)."""
+    grow with whole histories over thousands of members (the CLI does this).
+
+    ``until_clear=N``: while some comparison is unclear ("no clear difference") and fewer than N
+    seeds ran, double the seeds (at most N) for the baseline and the unclear variants only, and
+    compare again; the paired statistics use the seeds both sides have."""
+    if until_clear is not None and (isinstance(until_clear, bool) or not isinstance(until_clear, int) or until_clear < 2):
+        raise ValueError(f"until_clear must be an int >= 2 (the most seeds to run) or None. Got {until_clear!r} instead.")
     if task_size is not None and (isinstance(task_size, bool) or not isinstance(task_size, int) or task_size < 1):
         raise ValueError(f"task_size must be a positive int or None. Got {task_size!r} instead.")
     dataset = prepare(study) if dataset is None else dataset
@@ -100,10 +106,31 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
                 if store is not None:
                     store.plan_run(study_id, {**planned, "members": len(study.variants) * len(study.seeds)})
                 _train(study, refined, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
+        while until_clear is not None:
+            unclear = _unclear(study, run_, dataset)
+            if not unclear or len(study.seeds) >= until_clear:
+                break
+            more = [max(study.seeds) + 1 + i for i in range(min(until_clear, 2 * len(study.seeds)) - len(study.seeds))]
+            if echo is not None:
+                echo(f"until clear: {len(unclear)} comparison(s) unclear over {len(study.seeds)} seeds; "
+                     f"adding seeds {more[0]}-{more[-1]} to {study.baseline} and {', '.join(unclear)}")
+            study.seeds = list(study.seeds) + more
+            by_name = {v.name: v for v in study.variants}
+            subset = [by_name[study.baseline]] + [by_name[n] for n in unclear]
+            if store is not None:
+                store.plan_run(study_id, {"seeds": list(study.seeds), "members": len(study.variants) * len(study.seeds)})
+            _train(study, subset, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
     keys, seeds = {v.key for v in study.variants}, set(study.seeds)
     run_.records = [r for r in run_.records if r["config_key"] in keys and r["seed"] in seeds]
     run_.summary = summarize(study, run_.records, dataset)
     return run_
+
+
+def _unclear(study, run_, dataset) -> list[str]:
+    keys, seeds = {v.key for v in study.variants}, set(study.seeds)
+    records = [r for r in run_.records if r["config_key"] in keys and r["seed"] in seeds]
+    summary = summarize(study, records, dataset)
+    return [r["variant"] for r in summary["rows"] if r.get("verdict") == "no clear difference"]
 
 
 @dataclass(frozen=True)
@@ -161,7 +188,7 @@ def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | N
         lr=[v.training.get("lr") for v in vs], weight_decay=training.get("weight_decay"),
         momentum=training.get("momentum", 0.0), task=dataset.task, preset=training.get("preset", "keras"),
         early_stopping=_early_stopping(training), progress=progress, threads=threads)
-    return [_record(vs[m["config_index"]], m["seed"], i, result, dataset) for i, m in enumerate(result.members)]
+    return [_record(vs[m["config_index"]], m["seed"], i, result, dataset, study) for i, m in enumerate(result.members)]
 
 
 class LocalExecutor:
@@ -226,7 +253,7 @@ def _downsample(values: np.ndarray, epochs_run: int):
     return idx, values[idx]
 
 
-def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
+def _record(variant: S.Variant, seed: int, i: int, result, dataset, study: S.Study | None = None) -> dict:
     model = result.models[i]
     task = result.task
     metric = task.metric
@@ -260,7 +287,7 @@ def _record(variant: S.Variant, seed: int, i: int, result, dataset) -> dict:
                   "sparsity": diagnose.activation_sparsity(model, dataset.X_test),
                   "test_proba": proba, "best_epoch": int(result.best_epoch[i]),
                   "stopped_epoch": int(result.stopped_epoch[i]),
-                  "snippet": variant_snippet(None, variant, model, task=task.name, seed=seed)},
+                  "snippet": variant_snippet(study, variant, model, task=task.name, seed=seed)},
     }
 
 
