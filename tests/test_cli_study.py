@@ -399,6 +399,21 @@ def test_status_on_100000_records_counts_every_variant_without_reading_a_record(
         assert rest == expected.get(name, ["15000/15000"]), (name, rest)
 
 
+def test_status_does_not_import_the_study_code(tmp_path):
+    """status reads the stored spec as JSON: reglab.study (scipy, the data loaders) stays unloaded,
+    so the command costs the SQL counts and Python's start, not a second of imports."""
+    db = tmp_path / "g.db"
+    _grid_store(db, 2, refined=[0.00316])
+    code = ("import sys\nfrom reglab.cli import main\ntry:\n    main(['status', 'grid-status', '--db', sys.argv[1]])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('reglab.study', 'reglab.data'))))")
+    out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "grid-status: 10 of 10 results over the 2 seed(s) run so far" and "(refined)" in lines[3]
+    assert lines[-1] == "[]", lines[-1]
+
+
 def test_status_of_a_grid_before_its_refinement_and_of_a_running_study(tmp_path):
     db = tmp_path / "g.db"
     study, variants, sid, n = _grid_store(db, 3, missing={0.001: 1})
@@ -518,3 +533,29 @@ def test_a_refused_study_leaves_no_trace_in_the_database(case, existing, tmp_pat
         assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
     finally:
         con.close()
+
+
+DECLARED = {
+    "compare": STUDY,
+    "compare, [[variants]]": STUDY.replace("[variants.none]", '[[variants]]\nname = "none"').replace(
+        "[variants.l2]", '[[variants]]\nname = "l2"'),
+    "repeat without variants": STUDY.replace("[variants.none]", "").replace("[variants.l2]\n", "").replace(
+        'layers = { 0 = { kernel_regularizer = "l2(0.1)" } }\n', "").replace('baseline = "none"', 'protocol = "repeat"'),
+    "grid": GRID,
+    "grid of the default decades without none": GRID.replace("values = [1e-1, 1e-2, 1e-3]", "include_none = false"),
+    "grid of two strengths": GRID.replace('"l2({value})"', '"l1_l2(l1={a}, l2={b})"').replace(
+        "values = [1e-1, 1e-2, 1e-3]", "values = { a = [0.1, 1e-5], b = [2.5, 3] }"),
+}
+
+
+@pytest.mark.parametrize("case", list(DECLARED))
+def test_status_names_the_declared_variants_as_the_study_does(case):
+    """status reads the variants from the stored spec without reglab.study; the names must agree."""
+    import tomllib
+
+    from reglab.cli import _GRID_DEFAULT_VALUES, _declared
+    from reglab.study import spec
+
+    study = spec.from_dict(tomllib.loads(DECLARED[case]))
+    assert _declared(study.as_dict()) == [(v.name, v.params) for v in study.variants]
+    assert _GRID_DEFAULT_VALUES == spec.DEFAULT_DECADES

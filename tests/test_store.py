@@ -196,6 +196,64 @@ def test_bad_study_arguments(tmp_path):
         assert store.studies() == []
 
 
+def test_progress_counts_configurations_seeds_and_diverged_members(tmp_path):
+    with Store(tmp_path / "reglab.db") as store:
+        sid, other = store.open_study("s", SPEC), store.open_study("other", {})
+        assert store.progress(sid) == {"configs": [], "seeds": {}}
+        store.save(sid, [record("none", 0, params={}), record("l2/lam=0.01", 0, params={"lam": 0.01}),
+                         record("none", 1, params={}, diverged=True)])
+        store.save(sid, [record("l2/lam=0.01", 2, params={"lam": 0.01}, diverged=True), record("none", 2, params={})])
+        store.save(other, [record("none", s) for s in range(5)])
+        assert store.progress(sid) == {
+            "configs": [{"config_key": "none", "variant": "none", "params": {}, "finished": 3, "diverged": 1},
+                        {"config_key": "l2/lam=0.01", "variant": "l2", "params": {"lam": 0.01}, "finished": 2,
+                         "diverged": 1}],
+            "seeds": {0: 2, 1: 1, 2: 2}}
+        assert store.progress(sid, seeds=[2, 7]) == {   # seed 2 of l2 was saved before seed 2 of none
+            "configs": [{"config_key": "l2/lam=0.01", "variant": "l2", "params": {"lam": 0.01}, "finished": 1,
+                         "diverged": 1},
+                        {"config_key": "none", "variant": "none", "params": {}, "finished": 1, "diverged": 0}],
+            "seeds": {2: 2}}
+        assert store.progress(sid, seeds=[]) == {"configs": [], "seeds": {}}
+        assert not store._conn.in_transaction   # the read snapshot is closed
+
+
+def test_progress_reads_indexes_only(tmp_path):
+    """Status on a big store must not touch the records: every aggregate is answered from an index."""
+    with Store(tmp_path / "reglab.db") as store:
+        sid = store.open_study("s", SPEC)
+        plans = []
+        for where, args in (("study_id = ?", (sid,)),
+                            ("study_id = ? AND seed IN (SELECT value FROM json_each(?))", (sid, "[1]"))):
+            for query in (f"SELECT config_key, count(*), min(id) FROM results WHERE {where} GROUP BY config_key",
+                          f"SELECT seed, count(*) FROM results WHERE {where} GROUP BY seed"):
+                plans.append(" ".join(row[3] for row in store._conn.execute("EXPLAIN QUERY PLAN " + query, args)))
+            query = f"SELECT config_key, count(*) FROM results WHERE {where} AND diverged = 1 GROUP BY config_key"
+            plans.append(" ".join(row[3] for row in store._conn.execute("EXPLAIN QUERY PLAN " + query, args)))
+    for plan in plans:
+        assert "USING COVERING INDEX" in plan or "USING INDEX results_diverged" in plan, plan
+        assert "SCAN results" not in plan, plan
+
+
+def test_an_older_database_gains_the_progress_indexes_and_keeps_its_results(tmp_path, monkeypatch):
+    path = tmp_path / "reglab.db"
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:2])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    with Store(path) as store:
+        sid = store.open_study("s", SPEC)
+        store.save(sid, [record("none", s, params={}, diverged=s == 1) for s in range(3)])
+    monkeypatch.undo()
+    with Store(path) as store:
+        assert store.progress(sid)["configs"] == [{"config_key": "none", "variant": "none", "params": {},
+                                                   "finished": 3, "diverged": 1}]
+    con = raw(path)
+    indexes = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"results_seeds", "results_diverged"} <= indexes
+    assert [row[0] for row in con.execute("SELECT name FROM migrations ORDER BY rowid")][-1] == "0003_progress_indexes"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    con.close()
+
+
 # -- saving ------------------------------------------------------------------------------------------
 
 def test_save_is_idempotent_and_done_keys_lists_finished_tasks(tmp_path):

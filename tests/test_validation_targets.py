@@ -44,9 +44,9 @@ def trained_models(monkeypatch, study, dataset):
     """Run ``study`` and return its records and the trained model of every record."""
     models, record = {}, runner._record
 
-    def spy(variant, seed, i, result, ds):
+    def spy(variant, seed, i, result, ds, *rest):
         models[(variant.name, int(seed))] = result.models[i]
-        return record(variant, seed, i, result, ds)
+        return record(variant, seed, i, result, ds, *rest)
 
     monkeypatch.setattr(runner, "_record", spy)
     return runner.run(study, dataset=dataset).records, models

@@ -170,3 +170,14 @@ def test_until_clear_adds_seeds_to_the_unclear_comparisons_only_up_to_the_cap(tm
     assert rows["tiny"]["paired"]["n"] == 8 and rows["crushed"]["paired"]["n"] == len(seeds["crushed"])
     with pytest.raises(ValueError, match="until_clear must be an int >= 2"):
         st.run(st.load(tmp_path / "u.toml"), None, until_clear=1)
+
+
+def test_reglab_run_until_clear_on_the_command_line(tmp_path):
+    (tmp_path / "u.toml").write_text(UNCLEAR)
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "u.toml"), "--db", str(tmp_path / "c.db"),
+                                       "--until-clear", "--max-seeds", "4"])
+    assert result.exit_code == 0, result.output
+    assert "until clear: " in result.output and "detectable: ±" in result.output
+    with Store(tmp_path / "c.db") as store:
+        run = from_store(store, "u")
+    assert {r["seed"] for r in run.records if r["variant"] == "tiny"} == {0, 1, 2, 3}

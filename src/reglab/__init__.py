@@ -1,7 +1,12 @@
-"""reglab: cure overfitting in PyTorch models with Keras-grade regularization and fast, honest studies."""
+"""reglab: cure overfitting in PyTorch models with Keras-grade regularization and fast, honest studies.
+
+The public names load on first use (PEP 562), so ``import reglab`` is cheap and commands that need
+no training (``reglab status``, ``list``, ``export``) never load PyTorch.
+"""
 
 __version__ = "0.1.0"
 
+import importlib as _importlib
 import os as _os
 import sys as _sys
 
@@ -10,21 +15,35 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import constraints, optim, penalties, presets, tasks, threads
-from .attach import activity_penalty, apply_constraints, penalty, regularize, weight_penalty
-from .callbacks import Callback, EarlyStopping, PenaltySchedule
-from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm, max_norm, min_max_norm, non_neg, unit_norm
-from .layers import ChannelsFirst, GaussianDropout, GaussianNoise, InputNoise, RNNOutput, SequenceDropout
-from .penalties import L1, L1L2, L2, Orthogonal, l1, l1_l2, l2, orthogonal
-from .population import PopulationResult, train_population
-from .presets import initialize
-from .training import History, evaluate, fit
+# public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(["L1", "L2", "L1L2", "Orthogonal", "l1", "l2", "l1_l2", "orthogonal"], "penalties"),
+    **dict.fromkeys(["MaxNorm", "UnitNorm", "MinMaxNorm", "NonNeg", "max_norm", "unit_norm", "min_max_norm",
+                     "non_neg"], "constraints"),
+    **dict.fromkeys(["regularize", "penalty", "weight_penalty", "activity_penalty", "apply_constraints"], "attach"),
+    **dict.fromkeys(["GaussianNoise", "GaussianDropout", "InputNoise", "RNNOutput", "SequenceDropout",
+                     "ChannelsFirst"], "layers"),
+    **dict.fromkeys(["fit", "evaluate", "History"], "training"),
+    **dict.fromkeys(["train_population", "PopulationResult"], "population"),
+    **dict.fromkeys(["Callback", "EarlyStopping", "PenaltySchedule"], "callbacks"),
+    "initialize": "presets",
+}
+_SUBMODULES = ("penalties", "constraints", "optim", "presets", "tasks", "threads", "attach", "callbacks", "layers",
+               "training", "population", "data", "diagnose", "stats", "store", "study", "report", "cli")
 
-__all__ = [
-    "L1", "L2", "L1L2", "Orthogonal", "l1", "l2", "l1_l2", "orthogonal",
-    "MaxNorm", "UnitNorm", "MinMaxNorm", "NonNeg", "max_norm", "unit_norm", "min_max_norm", "non_neg",
-    "regularize", "penalty", "weight_penalty", "activity_penalty", "apply_constraints",
-    "GaussianNoise", "GaussianDropout", "InputNoise", "RNNOutput", "SequenceDropout", "ChannelsFirst",
-    "fit", "evaluate", "History", "train_population", "PopulationResult", "initialize", "Callback", "EarlyStopping", "PenaltySchedule",
-    "penalties", "constraints", "optim", "presets", "tasks", "threads",
-]
+__all__ = [*_EXPORTS, "penalties", "constraints", "optim", "presets", "tasks", "threads"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(_importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = _importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'reglab' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -127,13 +127,19 @@ def _print_run(run_, published=None):
 @click.option("--task-size", type=click.IntRange(1, 10_000_000), default=None, metavar="N",
               help="At most N members per population: results are saved after each population, so smaller "
                    "tasks lose less to an interruption (default: one population per training setting).")
+@click.option("--until-clear", is_flag=True, default=False,
+              help="While a comparison with the baseline is unclear, double the seeds of the baseline and the "
+                   "unclear variants (up to --max-seeds) and compare again.")
+@click.option("--max-seeds", type=click.IntRange(2, 100_000), default=100, show_default=True, metavar="N",
+              help="With --until-clear: the most seeds to run.")
 @THREADS_OPTION
 @_friendly
-def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size, threads):
+def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size, until_clear, max_seeds, threads):
     """Run (or resume) a study file and print its statistics.
 
     Finished (configuration, seed) pairs in the database are never trained again.
     Example: reglab run examples/moons_l2.toml --seeds 10 --db moons.db
+    Seeds until the verdicts settle: reglab run STUDY.toml --seeds 5 --until-clear --max-seeds 40
     On a Dask cluster: reglab run STUDY.toml --executor dask --scheduler tcp://HOST:8786
     """
     from reglab import study as st
@@ -152,7 +158,7 @@ def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size, 
     with _stop_on_interrupt(db, study.name), pool as ex, _open_store(db) as store:
         start = time.perf_counter()
         run_ = st.run(study, store, dataset=dataset, echo=click.echo, executor=ex, task_size=task_size,
-                      keep_histories=False)
+                      keep_histories=False, until_clear=max_seeds if until_clear else None)
         click.echo(f"{run_.trained} members trained, {len(run_.records) - run_.trained} from {db}, "
                    f"{time.perf_counter() - start:.1f} s")
     _print_run(run_, PUBLISHED.get(study.name))
@@ -211,37 +217,107 @@ def list_(db):
 def status(study_name, db):
     """How far a study has run: finished (configuration, seed) pairs per variant, over the seeds run so far.
 
+    Every variant in the database is listed, with the strengths a grid's refinement added.
     Example: reglab status moons-l2
     """
-    from reglab.study import spec
+    from reglab.store import holder
 
     with _open_store(db, create=False) as store:
         row = store.study(study_name)
         if row is None:
             raise UserError(f"no study {study_name!r} in {db}; `reglab list --db {db}` shows what is there.")
-        records = store.results(row["id"])
         live = store.running(row["id"])
-    study = spec.from_dict(row["spec"])
-    seeds = {r["seed"] for r in records}   # the seed count is not part of a stored study: runs may add seeds
-    if live and live["planned"].get("seeds"):
-        seeds |= set(live["planned"]["seeds"])
-    expected = len(study.variants) * len(seeds)
-    per_variant, diverged = {}, {}
-    for r in records:
-        per_variant[r["variant"]] = per_variant.get(r["variant"], 0) + 1
-        diverged[r["variant"]] = diverged.get(r["variant"], 0) + bool(r["diverged"])
+        progress = store.progress(row["id"])
+        planned = (live or {}).get("planned") or {}
+        run_seeds = planned.get("seeds")
+        in_run = store.progress(row["id"], seeds=run_seeds) if live and run_seeds else progress
+    seeds = set(progress["seeds"])   # the seed count is not part of a stored study: runs may add seeds
+    if run_seeds:
+        seeds |= set(run_seeds)
+    rows, declared, refining = _status_rows(row["spec"], progress["configs"])
+    expected = len(rows) * len(seeds)
+    finished = sum(progress["seeds"].values())
     if live:
-        from reglab.store import holder
-
-        who = holder(live)
-        planned = live["planned"].get("members", expected)
-        click.echo(f"{study_name}: running{who}: {len(records)} of {planned} members finished")
+        members = planned.get("members", expected)
+        done = _finished_in_run(in_run["configs"], declared, members, len(run_seeds or seeds))
+        click.echo(f"{study_name}: running{holder(live)}: {done} of {members} members finished")
     else:
-        click.echo(f"{study_name}: {len(records)} of {expected} results over the {len(seeds)} seed(s) run so far"
-                   + (" (grid refinement adds more)" if study.protocol == "grid" else ""))
-    for v in study.variants:
-        click.echo(f"  {v.name:<24} {per_variant.get(v.name, 0):>4}/{len(seeds)}"
-                   + (f"  ({diverged[v.name]} diverged)" if diverged.get(v.name) else ""))
+        click.echo(f"{study_name}: {finished} of {expected} results over the {len(seeds)} seed(s) run so far"
+                   + (" (grid refinement may add more)" if refining else ""))
+    for name, note, count, diverged in rows:
+        label = f"{name} ({note})" if note else name
+        click.echo(f"  {label:<24} {count:>4}/{len(seeds)}" + (f"  ({diverged} diverged)" if diverged else ""))
+
+
+def _status_rows(stored_spec, configs):
+    """The lines of `reglab status`: (name, note, finished, diverged) for every variant the study
+    file declares and every other configuration saved in the store (a grid's refined strengths),
+    in the order the report shows them; the declared names; and whether a grid's refinement may
+    still add strengths.
+
+    The declared variants are read from the stored spec as it is (`_declared`), not rebuilt: no
+    data is loaded, no model is built, reglab.study (and with it scipy) is not even imported, so
+    status stays fast; the rest comes from what the store holds, so the total counts what ran."""
+    protocol = stored_spec.get("protocol", "compare") if isinstance(stored_spec, dict) else None
+    declared = _declared(stored_spec)
+    names = {name for name, _ in declared}
+    found: dict[str, list] = {}
+    for c in configs:
+        found.setdefault(c["variant"], []).append(c)
+    extra = [c for c in configs if c["variant"] not in names]
+    note = "refined" if protocol == "grid" else "not in the study file"
+
+    def counts(name):
+        return (sum(c["finished"] for c in found.get(name, [])), sum(c["diverged"] for c in found.get(name, [])))
+
+    rows = [(name, "", *counts(name), params) for name, params in declared]
+    rows += [(c["variant"], note, c["finished"], c["diverged"], c["params"]) for c in extra]
+    if protocol == "grid" and extra:   # as the run and the report order a refined grid: by strength, 'none' first
+        rows.sort(key=lambda r: r[4].get("value", -1.0) if isinstance(r[4], dict) else -1.0)
+    grid = stored_spec.get("grid") if protocol == "grid" else None
+    refining = (isinstance(grid, dict) and not extra and grid.get("refine", True) is not False
+                and not isinstance(grid.get("values"), dict))
+    return [r[:4] for r in rows], names, refining
+
+
+_GRID_DEFAULT_VALUES = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]   # reglab.study.spec.DEFAULT_DECADES (a test checks)
+
+
+def _declared(stored_spec) -> list[tuple[str, dict]]:
+    """(name, params) of the variants a stored study spec declares, named as reglab.study.spec names
+    them: a grid's 'none' (unless include_none = false) and one per point (``f"{value:g}"``, or
+    ``"a=0.1, b=0.01"`` for a grid of several strengths); otherwise the variant tables, or 'none'.
+    A spec this code cannot read gives [] (status then shows what the store holds)."""
+    try:
+        if stored_spec.get("protocol", "compare") != "grid":
+            tables = stored_spec.get("variants") or {"none": {}}
+            return [(t["name"], {}) if isinstance(tables, list) else (t, {}) for t in tables]
+        grid = stored_spec.get("grid") or {}
+        values = grid.get("values", _GRID_DEFAULT_VALUES)
+        out = [("none", {})] if grid.get("include_none", True) else []
+        if not isinstance(values, dict):
+            return out + [(f"{float(v):g}", {"value": float(v)}) for v in values]
+        points = [{}]
+        for key, vals in values.items():
+            points = [{**p, key: float(v)} for p in points for v in vals]
+        for point in points:
+            name = ", ".join(f"{k}={v:g}" for k, v in point.items()) if len(point) > 1 else f"{next(iter(point.values())):g}"
+            out.append((name, point))
+        return out
+    except (AttributeError, KeyError, TypeError, ValueError, StopIteration):
+        return []
+
+
+def _finished_in_run(configs, declared, members, n_seeds):
+    """The members a running run has finished, out of the ``members`` it plans over ``n_seeds``
+    seeds (``configs``: the store's counts over those seeds). Its plan counts the declared variants
+    until a grid is refined, then the refined strengths too; pairs it does not plan (strengths an
+    earlier run refined) are not counted."""
+    done = sum(c["finished"] for c in configs if c["variant"] in declared)
+    refined = members - len(declared) * n_seeds   # > 0 once this run has planned its refinement
+    if refined > 0:
+        done += min(refined, sum(c["finished"] for c in configs if c["variant"] not in declared))
+    return done
 
 
 @main.command()

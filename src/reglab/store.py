@@ -164,6 +164,12 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
             planned TEXT NOT NULL        -- JSON: what the run will train, e.g. {"seeds": [...], "members": 60}
         )""",
     )),
+    # For Store.progress (`reglab status`): the seeds of a study, and its diverged members, are read
+    # from these small indexes, never from the records (whose histories may be megabytes each).
+    ("0003_progress_indexes", (
+        "CREATE INDEX results_seeds ON results (study_id, seed)",
+        "CREATE INDEX results_diverged ON results (study_id, config_key, seed) WHERE diverged = 1",
+    )),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -419,6 +425,43 @@ class Store:
         with self._operation("reading finished tasks"):
             rows = self._conn.execute("SELECT config_key, seed FROM results WHERE study_id = ?", (study_id,))
             return {(key, seed) for key, seed in rows}
+
+    def progress(self, study_id: int, seeds=None) -> dict:
+        """How far the study has run, counted by SQLite on its indexes: no record is decoded, so
+        this takes milliseconds where :meth:`results` takes seconds (100,000 records).
+
+        - ``configs``: one dict per configuration key saved, in the order they were first saved:
+          ``config_key``, ``variant``, ``params`` (of its first saved record), ``finished`` (its
+          saved (configuration, seed) pairs) and ``diverged`` (how many of those diverged);
+        - ``seeds``: ``{seed: saved pairs}`` for every seed with a saved pair.
+
+        With ``seeds`` (ints), only the pairs of those seeds are counted (and ordered). The counts
+        are one snapshot of the database, even while a run is saving.
+        """
+        where, args = "study_id = ?", [study_id]
+        if seeds is not None:
+            where += " AND seed IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(sorted({operator.index(s) for s in seeds})))
+        with self._operation("reading the study's progress"):
+            self._conn.execute("BEGIN")   # one read snapshot (WAL: a writer is not held up)
+            try:
+                configs = self._conn.execute(
+                    f"SELECT config_key, count(*), min(id) FROM results WHERE {where} "
+                    f"GROUP BY config_key ORDER BY min(id)", args).fetchall()
+                diverged = dict(self._conn.execute(
+                    f"SELECT config_key, count(*) FROM results WHERE {where} AND diverged = 1 "
+                    f"GROUP BY config_key", args).fetchall())
+                per_seed = dict(self._conn.execute(
+                    f"SELECT seed, count(*) FROM results WHERE {where} GROUP BY seed ORDER BY seed", args).fetchall())
+                first = {row[0]: row[1:] for row in self._conn.execute(
+                    "SELECT id, variant, params FROM results WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps([first_id for _, _, first_id in configs]),))}
+            finally:
+                self._conn.execute("COMMIT")
+        return {"configs": [{"config_key": key, "variant": first[first_id][0], "params": json.loads(first[first_id][1]),
+                             "finished": finished, "diverged": diverged.get(key, 0)}
+                            for key, finished, first_id in configs],
+                "seeds": per_seed}
 
     def save(self, study_id: int, records: list[Mapping]) -> int:
         """Save finished tasks, all in one transaction; return how many were new.

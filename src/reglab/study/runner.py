@@ -21,7 +21,7 @@ from .. import data as data_mod
 from .. import diagnose, stats
 from ..callbacks import EarlyStopping
 from ..tasks import get as get_task
-from ..population import train_population
+from ..population import Population, train_population
 from . import spec as S
 from .snippet import variant_snippet
 
@@ -68,8 +68,18 @@ def prepare(study: S.Study):
                 task.check_output(out, task.targets(dataset.y_train[:2]))
                 if classes is not None and out.shape[-1] != classes:
                     raise ValueError(f"it gives {out.shape[-1]} outputs per sample, but the data has {classes} classes")
-        except (RuntimeError, ValueError) as exc:
-            raise S.StudyError(f"variants.{v.name}: the model does not fit the data: {str(exc).splitlines()[0]}") from None
+        except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as exc:
+            raise S.StudyError(f"variants.{v.name}: the model does not fit the data: "
+                               f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+        # A model the population engine cannot train (not an nn.Sequential, an unsupported layer,
+        # a rule it cannot place) is refused here too: before the store is touched.
+        try:
+            Population([build(v.name)])
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, S.StudyError):
+                raise
+            where = f"model.factory {study.model['factory']!r}" if "factory" in study.model else f"variants.{v.name}"
+            raise S.StudyError(f"{where}: {str(exc).splitlines()[0]}") from None
     return dataset
 
 
