@@ -222,14 +222,16 @@ def validation_curve(ctx: Context, folder: Path) -> Plot | None:
                 ax.axhspan(b["ci_low"], b["ci_high"], color=colour, alpha=0.08, lw=0)
     ax.set_xscale("log")
     same = grid["one_se"] == grid["best"]
-    ax.axvline(grid["best"], color="black", lw=1.2, label=f"best {ctx.parameter} = {grid['best']:g}"
+    on = grid.get("chosen_on", "test")
+    ax.axvline(grid["best"], color="black", lw=1.2, label=f"best {ctx.parameter} = {grid['best']:g} (on {on} scores)"
                + (" (also the largest within 1 SE)" if same else ""))
     if not same:
         ax.axvline(grid["one_se"], color="black", lw=1.2, ls="--",
                    label=f"largest {ctx.parameter} within 1 SE = {grid['one_se']:g}")
     if math.isfinite(grid.get("best_se", math.nan)):
         edge = grid["best_mean"] - grid["best_se"] if ctx.higher else grid["best_mean"] + grid["best_se"]
-        ax.axhline(edge, color="#888888", lw=0.8, ls="-.", label="best mean − 1 SE" if ctx.higher else "best mean + 1 SE")
+        ax.axhline(edge, color="#888888", lw=0.8, ls="-.",
+                   label=f"best {on} mean − 1 SE" if ctx.higher else f"best {on} mean + 1 SE")
     ax.set_xlabel(f"{ctx.parameter} (log scale)")
     ax.set_ylabel(ctx.metric_label)
     ax.set_title(f"{ctx.metric_label} against the strength {ctx.parameter}")
