@@ -584,7 +584,8 @@ def check_summary(summary, records, seeds, variants, baseline, metric, higher):
     # and the best mean is reported as "best", not as a winner.
     better = {row["variant"]: means[row["variant"]] for row in compared if row["verdict"] == "better"}
     if better:
-        assert summary["winner"] == (max if higher else min)(better, key=better.get) and "no_winner" not in summary
+        expected = summary["best"] if summary["best"] in better else (max if higher else min)(better, key=better.get)
+        assert summary["winner"] == expected and "no_winner" not in summary
     else:
         assert "winner" not in summary and "snippet" not in summary
         assert summary["no_winner"].startswith("no variant beats the baseline")

@@ -92,6 +92,8 @@ def test_the_seeds_grid_overfit_then_underfit_past_the_peak(tmp_path):
     assert rows[s["best"]]["params"]["value"] == s["grid"]["best"]
     if "winner" not in s:
         assert s["no_winner"].startswith("no variant beats the baseline") and "snippet" not in s
+    elif rows[s["best"]].get("verdict") == "better":
+        assert s["winner"] == s["best"]                                      # never two different "best"s
 
 
 NOISY = """

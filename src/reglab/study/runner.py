@@ -396,10 +396,11 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
     elif not steady:
         summary["no_winner"] = "every member diverged" if any(r["diverged"] for r in rows) else "no variant has a score"
     else:
-        # A winner is a variant better than the baseline after Holm; the best of those by mean.
+        # A winner is a variant better than the baseline after Holm.
         better = [r for r in steady if r.get("verdict") == "better"]
         if better:
-            winner = (max if higher else min)(better, key=lambda r: r["test"]["mean"])
+            # the study's one best when it is among them (a grid's chosen strength), else the best mean
+            winner = best if best in better else (max if higher else min)(better, key=lambda r: r["test"]["mean"])
             summary["winner"] = winner["variant"]
             first = next((r for r in by_variant[winner["variant"]].values() if not r["diverged"]), None)
             summary["snippet"] = first["extra"]["snippet"] if first else ""
