@@ -151,7 +151,7 @@ def test_more_seeds_train_only_the_new_ones_and_a_changed_study_is_refused(tmp_p
     assert len(keys) == len(set(keys)) == 6
 
     study.write_text(STUDY.replace("epochs = 6", "epochs = 7"))
-    user_error(invoke("run", study, "--db", db), "already exists in s.db with a different study file")
+    user_error(invoke("run", study, "--db", db), "already exists in s.db with a different definition")
     assert len(stored(db, "cli-study")) == 6
 
 

@@ -592,7 +592,7 @@ def test_a_changed_study_under_the_same_name_leaves_the_database_unchanged(tmp_p
     db = _copy_db(ok_db, tmp_path)
     (tmp_path / "study.toml").write_text(STUDY.replace("epochs = 2", "epochs = 3"))
     refused_and_nothing_written(tmp_path, ["run", tmp_path / "study.toml", "--db", db],
-                                "study 'hard' already exists in ok.db with a different study file", "rename the study")
+                                "study 'hard' already exists in ok.db with a different definition", "rename the study")
 
 
 def test_a_missing_study_file(tmp_path):

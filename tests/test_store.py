@@ -163,7 +163,9 @@ def test_changed_spec_under_the_same_name_is_refused(tmp_path):
         changed = {**SPEC, "epochs": 100}
         with pytest.raises(StoreError) as info:
             store.open_study("moons", changed)
-        assert str(info.value) == ("study 'moons' already exists in reglab.db with a different study file; "
+        before = SPEC.get("epochs", None)
+        assert str(info.value) == ("study 'moons' already exists in reglab.db with a different definition "
+                                   f"(epochs: stored {'nothing' if before is None else repr(before)}, now 100); "
                                    "rename the study (name = \"moons-2\") or use another --db")
         assert store.study("moons")["spec"] == SPEC          # the stored study is untouched
         assert len(store.studies()) == 1

@@ -308,7 +308,7 @@ def test_a_study_stored_with_the_old_data_protocol_is_not_resumed(tmp_path):
     old["data"] = dict(study.raw["data"])                                # as an earlier reglab stored it
     with Store(tmp_path / "old.db") as store:
         store.open_study(study.name, old)
-        with pytest.raises(StoreError, match="different study file"):
+        with pytest.raises(StoreError, match="different definition"):
             run(study, store)
 
 
@@ -645,7 +645,7 @@ def test_a_changed_study_under_the_same_name_is_refused(tmp_path):
     db = tmp_path / "c.db"
     with Store(db) as store:
         run(load(write(tmp_path, BASE)), store)
-        with pytest.raises(StoreError, match="different study file"):
+        with pytest.raises(StoreError, match="different definition"):
             run(load(write(tmp_path, BASE.replace("epochs = 8", "epochs = 9"))), store)
         assert len(store.results(store.study("tiny")["id"])) == 2
 

@@ -322,14 +322,15 @@ class Store:
         text = _dumps(dict(spec), f"the spec of study {name!r}", canonical=True)
         digest = hashlib.sha256(text.encode()).hexdigest()
         with self._operation(f"opening study {name!r}"), self._transaction():
-            row = self._conn.execute("SELECT id, spec_hash FROM studies WHERE name = ?", (name,)).fetchone()
+            row = self._conn.execute("SELECT id, spec_hash, spec FROM studies WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return self._conn.execute("INSERT INTO studies (name, spec, spec_hash, created) VALUES (?, ?, ?, ?)",
                                           (name, text, digest, _now())).lastrowid
         if row[1] != digest:
             db = self.path if self.path == ":memory:" else self.path.name
-            raise StoreError(f"study {name!r} already exists in {db} with a different study file; rename the study "
-                             f"(name = \"{name}-2\") or use another --db")
+            where = _first_difference(json.loads(row[2]), json.loads(text))
+            raise StoreError(f"study {name!r} already exists in {db} with a different definition"
+                             f"{f' ({where})' if where else ''}; rename the study (name = \"{name}-2\") or use another --db")
         return row[0]
 
     def studies(self) -> list[dict]:
@@ -546,3 +547,19 @@ def _encode(index: int, record: Mapping) -> tuple:
             epochs_run, int(bool(record["diverged"])),
             _dumps(dict(record["history"]), f"history of {where}"),
             _dumps(dict(extra), f"extra of {where}"))
+
+
+def _first_difference(stored, new, path: str = "") -> str:
+    """Where two study definitions first differ, e.g. "data.validation: stored 'test', now 0.2"
+    (the file changed, or the defaults reglab fills in did: an older reglab stored other ones)."""
+    if isinstance(stored, dict) and isinstance(new, dict):
+        for key in sorted(set(stored) | set(new), key=str):
+            if stored.get(key, _MISSING) != new.get(key, _MISSING):
+                return _first_difference(stored.get(key, _MISSING), new.get(key, _MISSING),
+                                         f"{path}.{key}" if path else str(key))
+        return ""
+    show = lambda v: "nothing" if v is _MISSING else repr(v)[:60]  # noqa: E731
+    return f"{path or 'the study'}: stored {show(stored)}, now {show(new)}"
+
+
+_MISSING = object()
