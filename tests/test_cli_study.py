@@ -553,9 +553,8 @@ def test_status_names_the_declared_variants_as_the_study_does(case):
     """status reads the variants from the stored spec without reglab.study; the names must agree."""
     import tomllib
 
-    from reglab.cli import _GRID_DEFAULT_VALUES, _declared
+    from reglab.cli import _declared
     from reglab.study import spec
 
     study = spec.from_dict(tomllib.loads(DECLARED[case]))
     assert _declared(study.as_dict()) == [(v.name, v.params) for v in study.variants]
-    assert _GRID_DEFAULT_VALUES == spec.DEFAULT_DECADES

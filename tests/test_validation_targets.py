@@ -62,11 +62,19 @@ def by_hand(model, dataset, raw, part="test"):
     return float(np.abs(error).mean()), float((error ** 2).mean()), pred
 
 
-def test_mae_in_original_units_matches_a_hand_computation(monkeypatch):
+@pytest.fixture(scope="module")
+def diabetes_trained():
+    """The diabetes study trained once for the tests below: (dataset, raw targets, records, models)."""
     study = diabetes_study()
     dataset = load_data(study.data)
     raw = load_data({**study.data, "standardize_target": False})
-    records, models = trained_models(monkeypatch, study, dataset)
+    with pytest.MonkeyPatch.context() as patch:
+        records, models = trained_models(patch, study, dataset)
+    return dataset, raw, records, models
+
+
+def test_mae_in_original_units_matches_a_hand_computation(diabetes_trained):
+    dataset, raw, records, models = diabetes_trained
     for r in records:
         model = models[(r["variant"], r["seed"])]
         mae, mse, _ = by_hand(model, dataset, raw)
@@ -78,11 +86,8 @@ def test_mae_in_original_units_matches_a_hand_computation(monkeypatch):
         assert converted == {"test_mae": pytest.approx(mae, rel=1e-4), "test_data_loss": pytest.approx(mse, rel=1e-4)}
 
 
-def test_the_records_report_mae_in_original_units(monkeypatch):
-    study = diabetes_study()
-    dataset = load_data(study.data)
-    raw = load_data({**study.data, "standardize_target": False})
-    records, models = trained_models(monkeypatch, study, dataset)
+def test_the_records_report_mae_in_original_units(diabetes_trained):
+    dataset, raw, records, models = diabetes_trained
     for r in records:
         model = models[(r["variant"], r["seed"])]
         mae, mse, pred = by_hand(model, dataset, raw)

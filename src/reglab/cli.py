@@ -280,7 +280,6 @@ def _status_rows(stored_spec, configs):
     return [r[:4] for r in rows], names, refining
 
 
-_GRID_DEFAULT_VALUES = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]   # reglab.study.spec.DEFAULT_DECADES (a test checks)
 
 
 def _declared(stored_spec) -> list[tuple[str, dict]]:
@@ -292,18 +291,14 @@ def _declared(stored_spec) -> list[tuple[str, dict]]:
         if stored_spec.get("protocol", "compare") != "grid":
             tables = stored_spec.get("variants") or {"none": {}}
             return [(t["name"], {}) if isinstance(tables, list) else (t, {}) for t in tables]
+        from reglab._grid import DEFAULT_DECADES, point_name, product
+
         grid = stored_spec.get("grid") or {}
-        values = grid.get("values", _GRID_DEFAULT_VALUES)
+        values = grid.get("values", DEFAULT_DECADES)
         out = [("none", {})] if grid.get("include_none", True) else []
-        if not isinstance(values, dict):
-            return out + [(f"{float(v):g}", {"value": float(v)}) for v in values]
-        points = [{}]
-        for key, vals in values.items():
-            points = [{**p, key: float(v)} for p in points for v in vals]
-        for point in points:
-            name = ", ".join(f"{k}={v:g}" for k, v in point.items()) if len(point) > 1 else f"{next(iter(point.values())):g}"
-            out.append((name, point))
-        return out
+        values = values if isinstance(values, dict) else {"value": values}
+        points = product({key: [float(v) for v in vals] for key, vals in values.items()})
+        return out + [(point_name(point), point) for point in points]
     except (AttributeError, KeyError, TypeError, ValueError, StopIteration):
         return []
 

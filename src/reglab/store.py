@@ -47,6 +47,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -220,7 +221,7 @@ class Store:
                                          check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 30000")
             self._check_schema()
-            self._conn.execute("PRAGMA journal_mode = WAL")   # persistent; must run outside a transaction
+            self._wal()
             self._conn.execute("PRAGMA synchronous = NORMAL")  # WAL: commits survive kill -9; power loss may drop the last few
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
@@ -233,6 +234,20 @@ class Store:
         except BaseException:
             self.close()
             raise
+
+    def _wal(self) -> None:
+        """Switch on WAL (persistent; outside any transaction). SQLite answers "database is locked" at
+        once, without waiting for the busy timeout, when another process is switching it or creating
+        the schema at that moment (two `reglab run` on a new database): wait and try again."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _check_file(self) -> None:
         if self.path == ":memory:":

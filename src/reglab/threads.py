@@ -11,9 +11,10 @@ reglab therefore:
 - uses at most :func:`max_threads` threads: ``REGLAB_THREADS`` if set (an integer ≥ 1, or
   ``auto``), else the CPUs this process may run on (``os.sched_getaffinity``), capped by a cgroup
   CPU quota (``cpu.max``, as in containers);
-- trains a population under a :class:`Governor`, which times its epochs and, while more than one
-  thread is allowed, keeps measuring one thread against all of them and runs on whichever is faster
-  now (a short probe every few seconds, so contention that comes or goes mid-run is followed);
+- trains a population under a :class:`Governor`, which watches what other processes use of the CPU:
+  on a quiet machine it keeps every thread; when the CPU is shared it times the CPUs the others
+  leave against all of them and runs on whichever is faster now, checking again now and then, so
+  contention that comes or goes mid-run is followed;
 - asks OpenMP to sleep instead of spin at its barriers (``OMP_WAIT_POLICY=PASSIVE``, set before
   PyTorch loads unless you set it yourself), so idle threads do not steal the busy core;
 - hands the fused kernel's members to threads in small chunks (dynamic scheduling), so a thread
@@ -100,12 +101,6 @@ def max_threads() -> int:
     return min(threads, limit) if limit else threads
 
 
-def get() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def set_threads(n: int) -> None:
     """Run PyTorch's and numba's parallel work on ``n`` threads (numba first: starting its OpenMP
     pool resets PyTorch's count)."""
@@ -123,8 +118,8 @@ def set_threads(n: int) -> None:
 
 
 @contextlib.contextmanager
-def using(n: int):
-    """Run the block on ``n`` threads, then restore the previous counts."""
+def restored():
+    """Restore PyTorch's and numba's thread counts, as they were, when the block ends."""
     import torch
 
     before_torch = torch.get_num_threads()
@@ -133,16 +128,21 @@ def using(n: int):
 
         before_numba = numba.get_num_threads()
     except ImportError:   # pragma: no cover - numba is a dependency
-        before_numba = None
-    set_threads(n)
+        numba, before_numba = None, None
     try:
         yield
     finally:
-        if before_numba is not None:
-            import numba
-
-            numba.set_num_threads(before_numba)
+        if numba is not None:
+            numba.set_num_threads(before_numba)   # first: it resets PyTorch's count
         torch.set_num_threads(before_torch)
+
+
+@contextlib.contextmanager
+def using(n: int):
+    """Run the block on ``n`` threads, then restore the previous counts."""
+    with restored():
+        set_threads(n)
+        yield
 
 
 def _others_busy_seconds() -> float | None:
@@ -288,4 +288,4 @@ class Governor:
             self._switch(fewer if self.threads == self.high else self.high)
 
 
-__all__ = ["ENV", "Governor", "available_cpus", "get", "max_threads", "requested", "set_threads", "using"]
+__all__ = ["ENV", "Governor", "available_cpus", "max_threads", "requested", "restored", "set_threads", "using"]

@@ -267,8 +267,8 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
     in chunks. A member whose loss turns NaN/inf is frozen and marked diverged.
 
     ``threads``: None (default) follows ``REGLAB_THREADS``, else lets a :class:`reglab.threads.Governor`
-    pick between all usable CPUs and one thread by timing the epochs (never much slower than one
-    thread when other processes share the CPU); an int pins that many threads. Results do not
+    choose: every usable CPU on a quiet machine, and when other processes share the CPU whichever of
+    that and the CPUs they leave trains faster; an int pins that many threads. Results do not
     depend on it.
     """
     configs = _as_list(configs)
@@ -317,7 +317,7 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
                            batch_size=batch_size)
     bar = tqdm(total=P * epochs, desc="population", unit="member-epoch", disable=None if progress is None else not progress,
                delay=2, leave=False)
-    with _threads.using(_threads.get()):   # whatever the governor picks is undone afterwards
+    with _threads.restored():   # whatever the governor picks is undone afterwards
         governor = _threads.Governor.for_training(threads)
         _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batch_size, optimizer, preset,
                       weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor)

@@ -130,16 +130,19 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
             if store is not None:
                 store.plan_run(study_id, {"seeds": list(study.seeds), "members": len(study.variants) * len(study.seeds)})
             _train(study, subset, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
-    keys, seeds = {v.key for v in study.variants}, set(study.seeds)
-    run_.records = [r for r in run_.records if r["config_key"] in keys and r["seed"] in seeds]
+    run_.records = _current(study, run_.records)
     run_.summary = summarize(study, run_.records, dataset)
     return run_
 
 
-def _unclear(study, run_, dataset) -> list[str]:
+def _current(study, records) -> list[dict]:
+    """The records of the study's variants and seeds (the store may hold more)."""
     keys, seeds = {v.key for v in study.variants}, set(study.seeds)
-    records = [r for r in run_.records if r["config_key"] in keys and r["seed"] in seeds]
-    summary = summarize(study, records, dataset)
+    return [r for r in records if r["config_key"] in keys and r["seed"] in seeds]
+
+
+def _unclear(study, run_, dataset) -> list[str]:
+    summary = summarize(study, _current(study, run_.records), dataset)
     return [r["variant"] for r in summary["rows"] if r.get("verdict") == "no clear difference"]
 
 
@@ -453,7 +456,17 @@ ONE_CLASS = "one class in training"   # the diagnosis when the training split ho
 
 def _reference(dataset, metric) -> dict | None:
     """Train/test scores of simple models on the same split: the majority class (classification) or
-    the mean (regression), and a logistic or linear regression on the flattened inputs."""
+    the mean (regression), and a logistic or linear regression on the flattened inputs. Fitted once
+    per dataset (every summary of a run, ``--until-clear`` rounds included, reads the same)."""
+    cached = getattr(dataset, "_reference", None)
+    if cached is not None and cached[0] == metric:
+        return cached[1]
+    out = _fit_reference(dataset, metric)
+    dataset._reference = (metric, out)
+    return out
+
+
+def _fit_reference(dataset, metric) -> dict | None:
     from sklearn.linear_model import LinearRegression, LogisticRegression
 
     Xtr = np.asarray(dataset.X_train, dtype=float).reshape(len(dataset.X_train), -1)

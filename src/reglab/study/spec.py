@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from .. import data as data_mod
+from .._grid import DEFAULT_DECADES, point_name, product
 from . import keras
 
 
@@ -46,7 +47,6 @@ VARIANT_KEYS = {"layers", "insert", "replace", "rules", "training", "activity_co
 GRID_KEYS = {"variant", "values", "refine", "refine_points", "include_none", "parameter"}
 EARLY_KEYS = {"monitor", "min_delta", "patience", "mode", "baseline", "restore_best_weights", "start_from_epoch"}
 RULE_KEYS = {"kernel", "bias", "recurrent", "activity", "kernel_constraint", "bias_constraint", "recurrent_constraint"}
-DEFAULT_DECADES = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
 MAX_STUDY_BYTES = 10 * 2**20
 
 
@@ -521,7 +521,7 @@ def grid_variants(study: Study, grid_values: dict, only: list[dict] | None = Non
     for key in keys:
         if "{" + key + "}" not in text:
             raise StudyError(f"grid.variant never uses {{{key}}}; write e.g. \"l2({{{key}}})\" where the value goes.")
-    points = only if only is not None else _product(grid_values)
+    points = only if only is not None else product(grid_values)
     out = []
     if study.grid.get("include_none", True) and only is None:
         out.append(variant(study, "none", {}, study.model.get("activity_convention", "mean")))
@@ -529,7 +529,7 @@ def grid_variants(study: Study, grid_values: dict, only: list[dict] | None = Non
         filled = text
         for key, value in point.items():
             filled = filled.replace("{" + key + "}", f"{value:g}")
-        name = ", ".join(f"{k}={v:g}" for k, v in point.items()) if len(point) > 1 else f"{point[next(iter(point))]:g}"
+        name = point_name(point)
         try:
             table = json.loads(filled)
         except ValueError:
@@ -537,13 +537,6 @@ def grid_variants(study: Study, grid_values: dict, only: list[dict] | None = Non
                              f"use the placeholder only inside strings such as \"l2({{{keys[0]}}})\".") from None
         out.append(variant(study, name, table, study.model.get("activity_convention", "mean"), dict(point)))
     return out
-
-
-def _product(grid_values):
-    points = [{}]
-    for key, vals in grid_values.items():
-        points = [{**p, key: v} for p in points for v in vals]
-    return points
 
 
 def resolve_factory(ref: str, base_dir: Path):
