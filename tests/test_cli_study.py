@@ -453,21 +453,30 @@ def raises():
     raise RuntimeError("no model today")
 
 
-class Net(nn.Module):
+class Noisy(nn.Module):
     def __init__(self):
         super().__init__()
         self.linear = nn.Linear(2, 1)
 
     def forward(self, x):
-        return self.linear(x)
+        return self.linear(x + torch.randn_like(x) if self.training else x)
 
 
-def not_sequential():
-    return Net()
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.linear(x) if x.sum() > 0 else -self.linear(x)
 
 
-def batch_norm():
-    return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+def random_in_forward():
+    return Noisy()
+
+
+def data_dependent():
+    return Branchy()
 
 
 def three_outputs():
@@ -493,9 +502,10 @@ def _factory_study(function):
 
 REFUSED = {
     "the factory raises": (_factory_study("raises"), "raised RuntimeError: no model today (refused_factories.py, line 6)"),
-    "a factory model that is not an nn.Sequential": (_factory_study("not_sequential"),
-                                                     "A population needs an nn.Sequential of supported layers; got Net"),
-    "a layer a population cannot run": (_factory_study("batch_norm"), "BatchNorm1d is not supported in a population"),
+    "a model that draws random numbers in forward()": (_factory_study("random_in_forward"),
+                                                       "Noisy draws random numbers in forward()"),
+    "a model with data-dependent control flow": (_factory_study("data_dependent"),
+                                                 "Branchy cannot run as a population under torch.func.vmap"),
     "a factory that fails when called again": (_factory_study("only_once"), "raised RuntimeError: called twice"),
     "a model whose output does not fit": (_factory_study("three_outputs"), "the model does not fit the data"),
     "layer lines that fail when built": (REJECTED["Conv2D on flat data"]),

@@ -524,30 +524,6 @@ def test_different_architectures_run_in_separate_groups(chunks):
 
 # --- 5. clear errors -------------------------------------------------------------------------
 
-class NotSequential(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(4, 1)
-
-    def forward(self, x):
-        return self.layer(x)
-
-
-@pytest.mark.parametrize("build, steps, match", [
-    (NotSequential, None, "nn.Sequential"),
-    (lambda: nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)), None, "BatchNorm1d is not supported"),
-    (lambda: nn.Sequential(nn.LSTM(4, 3, batch_first=True, bidirectional=True), reglab.RNNOutput(), nn.Linear(6, 1)),
-     2, "bidirectional"),
-    (lambda: nn.Sequential(nn.LSTM(4, 3), reglab.RNNOutput(), nn.Linear(3, 1)), 2, "batch_first=False"),
-], ids=["not-sequential", "batchnorm", "bidirectional-lstm", "lstm-not-batch-first"])
-def test_unsupported_models_are_rejected(build, steps, match):
-    X, y = blobs(8)
-    if steps is not None:   # recurrent models read (batch, steps, features)
-        X = X.unsqueeze(1).expand(8, steps, 4)
-    with pytest.raises(ValueError, match=match):
-        population(build, None, [0], (X, y), epochs=1)
-
-
 def bad_value(**kwargs):
     options = dict(configs=[{}], seeds=[0], train=blobs(8), epochs=1)
     options.update(kwargs)

@@ -647,7 +647,10 @@ def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
         scaling = "divided by 16 (pixel range 0..16 to 0..1)"
     else:
         scaling = "none"
-    X = flat.reshape(X.shape).astype(np.float32)
+    # Integer features that are not rescaled (token ids, codes, counts) stay integers: a model with an
+    # nn.Embedding gets them as ids; any other model gets them as floats (reglab.training.as_tensors).
+    integral = name in FILES and not standardize and bool(np.all(np.isfinite(flat))) and bool(np.all(flat == np.round(flat)))
+    X = flat.reshape(X.shape).astype(np.int64 if integral else np.float32)
     standardize_target = spec.get("standardize_target", True)
     target_scale = None
     if standardize_target and task == "regression":
@@ -661,7 +664,7 @@ def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
 
     info = {"name": name, "source": source, "rows": n, "task": task, "split": split, "validation": validation,
             "validation_part": "test" if val is None else "carved", "optimistic": val is None,
-            "standardized": bool(standardize), "scaling": scaling,
+            "standardized": bool(standardize), "scaling": scaling, "integer_inputs": integral,
             "shapes": {"train": list(X[train].shape), "test": list(X[test].shape),
                        **({"val": list(X[val].shape)} if val is not None else {})}}
     if task == "regression":

@@ -71,8 +71,9 @@ def initialize(model: nn.Module, preset="keras", seed: int = 0) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for module in model.modules():
-                if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
-                    module.reset_parameters()
+                reset = _reset(module)
+                if reset is not None and any(True for _ in module.parameters(recurse=False)):
+                    reset()
         return model
     gen = _generator(seed)
     for module in model.modules():
@@ -80,8 +81,46 @@ def initialize(model: nn.Module, preset="keras", seed: int = 0) -> nn.Module:
     return model
 
 
+def _reset(module: nn.Module):
+    """The module's own re-initialisation (``nn.MultiheadAttention`` names it ``_reset_parameters``)."""
+    return getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+
+
+def _glorot_(p: torch.Tensor, fan_in: int, fan_out: int, gen: torch.Generator) -> None:
+    bound = (6.0 / (fan_in + fan_out)) ** 0.5
+    p.uniform_(-bound, bound, generator=gen)
+
+
+def _keras_attention(m: nn.MultiheadAttention, gen: torch.Generator) -> None:
+    """Keras's MultiHeadAttention: glorot-uniform einsum kernels, zero biases.
+
+    Keras's query/key/value kernels have shape (dim, heads, head_dim) and its output kernel
+    (heads, head_dim, embed); its glorot fans for such shapes are fan_in = shape[-2] * prod(shape[:-2])
+    and fan_out = shape[-1] * prod(shape[:-2]).
+    """
+    H, E = m.num_heads, m.embed_dim
+    hd = E // H
+    if m._qkv_same_embed_dim:
+        for block in m.in_proj_weight.view(3, E, E):
+            _glorot_(block, H * E, hd * E, gen)
+    else:
+        for w, dim in ((m.q_proj_weight, E), (m.k_proj_weight, m.kdim), (m.v_proj_weight, m.vdim)):
+            _glorot_(w, H * dim, hd * dim, gen)
+    _glorot_(m.out_proj.weight, hd * H, E * H, gen)
+    for b in (m.in_proj_bias, m.out_proj.bias):
+        if b is not None:
+            nn.init.zeros_(b)
+    for b in (m.bias_k, m.bias_v):
+        if b is not None:
+            nn.init.xavier_normal_(b, generator=gen)
+
+
 def _keras_init(module: nn.Module, gen: torch.Generator) -> None:
-    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+    if isinstance(module, nn.MultiheadAttention):
+        _keras_attention(module, gen)
+    elif isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        pass   # an attention's output projection: initialised with its attention (above)
+    elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
         nn.init.xavier_uniform_(module.weight, generator=gen)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -106,7 +145,7 @@ def _keras_init(module: nn.Module, gen: torch.Generator) -> None:
             nn.init.ones_(module.weight)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-    elif any(True for _ in module.parameters(recurse=False)) and hasattr(module, "reset_parameters"):
+    elif any(True for _ in module.parameters(recurse=False)) and _reset(module) is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
-            module.reset_parameters()
+            _reset(module)()

@@ -49,8 +49,17 @@ class Trainer:
         self.penalty_scale = 1.0
 
 
-def as_tensors(data, name: str, task=None):
-    """``(X, y)`` arrays or tensors → float inputs and targets in the task's form."""
+def wants_integers(model: nn.Module) -> bool:
+    """Whether ``model`` takes integer inputs (token ids): it has an ``nn.Embedding``/``EmbeddingBag``."""
+    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
+
+
+def as_tensors(data, name: str, task=None, integers: bool = False):
+    """``(X, y)`` arrays or tensors → inputs and targets in the task's form.
+
+    Inputs become float32 (the default dtype), except integer inputs when ``integers`` (the model
+    has an embedding, see :func:`wants_integers`): those stay integers (int64) as given.
+    """
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"The {name!r} argument must be a pair (X, y). Got {type(data).__name__} instead.")
     X = torch.as_tensor(np.asarray(data[0]) if not isinstance(data[0], torch.Tensor) else data[0])
@@ -59,7 +68,10 @@ def as_tensors(data, name: str, task=None):
         raise ValueError(f"The {name!r} data is empty.")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"The {name!r} data has {X.shape[0]} inputs but {y.shape[0]} targets.")
-    X = X.to(torch.get_default_dtype())
+    if integers and not X.is_floating_point() and not X.is_complex() and X.dtype != torch.bool:
+        X = X.long()
+    else:
+        X = X.to(torch.get_default_dtype())
     task = _tasks.infer(y) if task is None else _tasks.get(task)
     return X, task.targets(y), task
 
@@ -91,7 +103,7 @@ def evaluate(model: nn.Module, data, *, task=None, batch_size: int = 32, penalty
     Like Keras's ``evaluate``, batches of ``batch_size`` are averaged weighted by their size, so the
     activity penalty of each batch is counted as it would be during training.
     """
-    X, y, task = as_tensors(data, "data", task)
+    X, y, task = as_tensors(data, "data", task, integers=wants_integers(model))
     was_training = model.training
     model.eval()
     try:
@@ -139,8 +151,9 @@ def fit(model: nn.Module, train, validation=None, *, epochs: int, batch_size: in
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(f"fit() callbacks must be reglab.Callback instances. Got {cb!r} instead.")
-    X, y, task = as_tensors(train, "train", task)
-    val = as_tensors(validation, "validation", task)[:2] if validation is not None else None
+    integers = wants_integers(model)
+    X, y, task = as_tensors(train, "train", task, integers)
+    val = as_tensors(validation, "validation", task, integers)[:2] if validation is not None else None
     if val is None and any(isinstance(cb, EarlyStopping) and cb.monitor.startswith("val_") for cb in callbacks):
         raise ValueError("EarlyStopping monitors a validation metric but fit() got no validation data; "
                          "pass validation=(X_val, y_val) or monitor='loss'.")

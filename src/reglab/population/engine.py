@@ -29,9 +29,11 @@ from .._validate import check_number
 from ..attach import registry
 from ..callbacks import EarlyStopping, StoppingRule
 from ..layers import RNNOutput
-from ..training import as_tensors, batches, evaluate, make_optimizer
+from ..training import as_tensors, batches, evaluate, make_optimizer, wants_integers
 from . import fused
 from . import layers as L
+from .functional import ModulePopulation, NotBatchable
+from .functional import signature as module_signature
 from .merge import MergedConstraint, MergedPenalty
 
 
@@ -69,9 +71,16 @@ def _rules(model: nn.Module):
     return found
 
 
+def _sequential(model: nn.Module) -> bool:
+    """Whether ``model`` is an nn.Sequential of the layers the stacked-layer path runs."""
+    return isinstance(model, nn.Sequential) and all(isinstance(m, L.SUPPORTED) for m in leaves(model))
+
+
 def signature(model: nn.Module) -> tuple:
     """What must agree for members to share a population: layer types, shapes and settings."""
-    out = []
+    if not _sequential(model):
+        return ("module",) + module_signature(model)
+    out = ["sequential"]
     for m in leaves(model):
         shapes = tuple((n, tuple(p.shape)) for n, p in m.named_parameters())
         settings = type(m).__name__ if isinstance(m, L.RANDOM) else m.extra_repr()
@@ -79,8 +88,33 @@ def signature(model: nn.Module) -> tuple:
     return tuple(out)
 
 
+def make_population(models: list[nn.Module]):
+    """The population for ``models``: the stacked-layer path (with the fused MLP kernel) for an
+    nn.Sequential of the layers it runs, else the general vmap path (:class:`ModulePopulation`)."""
+    if _sequential(models[0]):
+        try:
+            return Population(models)
+        except ValueError:
+            pass   # a setting the stacked layers do not run (e.g. batch_first=False): the general path does
+    return ModulePopulation(models)
+
+
+def check_population(model: nn.Module, sample: torch.Tensor) -> None:
+    """Raise one clear error if the population engine cannot train ``model``: builds a one-member
+    population and runs a training and an evaluation forward on ``sample`` (a few input rows)."""
+    pop = make_population([model])
+    with torch.no_grad():
+        if isinstance(pop, ModulePopulation):
+            pop.forward(sample[None], Context(True, [torch.Generator().manual_seed(0)]))
+            pop.forward(sample, Context(False, []), shared=True)
+        else:
+            pop.forward(sample[None], Context(True, [torch.Generator().manual_seed(0)]))
+
+
 class Population:
     """P member models of one architecture, stacked. ``models`` are ``nn.Sequential`` of supported layers."""
+
+    buffers = ()
 
     def __init__(self, models: list[nn.Module]):
         for m in models:
@@ -220,7 +254,7 @@ def _member_bytes(model, X, batch_size):
         out = output[0] if isinstance(output, tuple) else output
         numel[0] += out[0].numel() if out.dim() > 0 else 1
 
-    handles = [m.register_forward_hook(hook) for m in leaves(model)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not any(True for _ in m.children())]
     try:
         with torch.no_grad():
             was = model.training
@@ -287,11 +321,6 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
         chunk_size = check_number(chunk_size, "chunk_size", "train_population", low=1, integer=True)
     budget = parse_bytes(memory_budget)
     keep_freed_memory()
-    X, Y, task = as_tensors(train, "train", task)
-    val = as_tensors(validation, "validation", task)[:2] if validation is not None else None
-    if val is None and early_stopping is not None and early_stopping.monitor.startswith("val_"):
-        raise ValueError("EarlyStopping monitors a validation metric but train_population got no validation data; "
-                         "pass validation=(X_val, y_val) or monitor='loss'.")
     if lr is None or isinstance(lr, (int, float)):
         lrs = [lr] * len(configs)
     else:
@@ -306,6 +335,12 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
             raise TypeError(f"build(**{config!r}) must return an nn.Module. Got {type(model).__name__} instead.")
         templates.append(model)
     members = [{"config_index": c, "config": configs[c], "seed": s} for c in range(len(configs)) for s in seeds]
+    integers = wants_integers(templates[0])
+    X, Y, task = as_tensors(train, "train", task, integers)
+    val = as_tensors(validation, "validation", task, integers)[:2] if validation is not None else None
+    if val is None and early_stopping is not None and early_stopping.monitor.startswith("val_"):
+        raise ValueError("EarlyStopping monitors a validation metric but train_population got no validation data; "
+                         "pass validation=(X_val, y_val) or monitor='loss'.")
 
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
@@ -340,7 +375,7 @@ def _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batc
             lr_chunk = [lrs[members[i]["config_index"]] for i in chunk]
             lr_value = lr_chunk[0] if len(set(lr_chunk)) == 1 else torch.tensor(
                 [preset.lr if v is None else float(v) for v in lr_chunk])
-            result = _train_chunk(Population(models), [members[i]["seed"] for i in chunk], X, Y, val, task,
+            result = _train_chunk(make_population(models), [members[i]["seed"] for i in chunk], X, Y, val, task,
                                   epochs, batch_size, optimizer, preset, lr_value, weight_decay, momentum,
                                   early_stopping, bar, governor)
             for j, i in enumerate(chunk):
@@ -363,7 +398,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
     fused_step = pop.fused.optimizer_plan(opt, pop.penalties) if pop.fused is not None else None
     rule = early_stopping.rule(P) if early_stopping is not None else None
     restore = early_stopping is not None and early_stopping.restore_best_weights
-    best_params = [p.detach().clone() for p in pop.params] if restore else None
+    state = list(pop.params) + list(pop.buffers)   # what restore_best_weights keeps (BatchNorm statistics too)
+    best_params = [p.detach().clone() for p in state] if restore else None
     has_best = torch.zeros(P, dtype=torch.bool)
 
     active = torch.ones(P, dtype=torch.bool)
@@ -404,6 +440,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
                 data, metric, act, grads = pop.fused.run(xb, yb, task, grad=True)
                 pen = pop.weight_penalty() + act
             else:
+                # A stopped member's buffers (BatchNorm statistics) stay as they were when it stopped.
+                frozen = ([b.clone() for b in pop.buffers], active.clone()) if pop.buffers and not bool(active.all()) else None
                 out, act = pop.forward(xb, train_ctx)
                 data = task.sample_loss(out, yb).mean(-1)
                 pen = pop.weight_penalty() + act
@@ -413,13 +451,16 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
                 diverged |= active & ~finite
                 active &= finite
                 if not bool(active.any()):
+                    _unfreeze(pop, frozen)
                     break
             if pop.fused is None:
-                grads = torch.autograd.grad(torch.where(active, loss, 0).sum(), pop.params)
+                grads = torch.autograd.grad(torch.where(active, loss, 0).sum(), pop.params, allow_unused=True)
                 metric = task.sample_metric(out, yb).mean(-1)
             elif pen.requires_grad:
                 extra = torch.autograd.grad(torch.where(active, pen, 0).sum(), pop.params, allow_unused=True)
                 grads = [g if e is None else g + e for g, e in zip(grads, extra)]
+            if pop.fused is None:
+                _unfreeze(pop, frozen)   # after backward, which may read the buffers
             opt.step(grads, active=None if bool(active.all()) else active)
             pop.apply_constraints(active)
             sums += torch.stack([loss.detach(), data.detach(), pen.detach(), metric]).double() * size
@@ -443,7 +484,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
             if restore:
                 take = torch.from_numpy(improved | (first & ~has_best.numpy()))
                 if bool(take.any()):
-                    for b, p in zip(best_params, pop.params):
+                    for b, p in zip(best_params, state):
                         b.copy_(torch.where(take.view((-1,) + (1,) * (p.dim() - 1)), p.detach(), b))
                     has_best |= take
             stop_t = torch.from_numpy(stop)
@@ -451,12 +492,22 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
             active &= ~stop_t
     with torch.no_grad():
         if restore and bool(has_best.any()):
-            for b, p in zip(best_params, pop.params):
+            for b, p in zip(best_params, state):
                 p.copy_(torch.where(has_best.view((-1,) + (1,) * (p.dim() - 1)), b, p))
     pop.write_back()
     best = np.where(has_best.numpy(), rule.best_epoch, -1) if restore else np.full(P, -1)
     return {"history": history, "epochs_run": epochs_run, "stopped_epoch": stopped, "best_epoch": best,
             "diverged": diverged.numpy()}
+
+
+@torch.no_grad()
+def _unfreeze(pop, frozen) -> None:
+    """Put back the buffers of the members that had stopped before this step's forward."""
+    if frozen is None:
+        return
+    saved, was_active = frozen
+    for b, old in zip(pop.buffers, saved):
+        b.copy_(torch.where(was_active.view((-1,) + (1,) * (b.dim() - 1)), b, old))
 
 
 def _evaluate(pop: Population, X, Y, task, batch_size, ctx) -> dict:
@@ -471,8 +522,10 @@ def _evaluate(pop: Population, X, Y, task, batch_size, ctx) -> dict:
             metric_sum += metric.double() * size
             act_sum += act.double() * size
             continue
-        xb = X[idx].expand((pop.P,) + X[idx].shape)
-        out, act = pop.forward(xb, ctx)
+        if isinstance(pop, ModulePopulation):
+            out, act = pop.forward(X[idx], ctx, shared=True)
+        else:
+            out, act = pop.forward(X[idx].expand((pop.P,) + X[idx].shape), ctx)
         data_sum += task.sample_loss(out, Y[idx]).sum(-1).double()
         metric_sum += task.sample_metric(out, Y[idx]).sum(-1).double()
         act_sum += act.double() * size

@@ -21,7 +21,8 @@ from .. import data as data_mod
 from .. import diagnose, stats
 from ..callbacks import EarlyStopping
 from ..tasks import get as get_task
-from ..population import Population, train_population
+from ..training import as_tensors, wants_integers
+from ..population import check_population, train_population
 from . import spec as S
 from .snippet import variant_snippet
 
@@ -62,20 +63,25 @@ def prepare(study: S.Study):
             raise S.StudyError(f"variants.{v.name}: early_stopping monitors {monitor!r}, which a {dataset.task} "
                                f"study does not log; choose one of {', '.join(logged)}.")
         model = build(v.name)
+        integers = wants_integers(model)
         try:
             with torch.no_grad():
-                out = model.eval()(torch.as_tensor(dataset.X_train[:2]))
+                sample = as_tensors((dataset.X_train[:2], dataset.y_train[:2]), "train", dataset.task, integers)[0]
+                out = model.eval()(sample)
                 task.check_output(out, task.targets(dataset.y_train[:2]))
                 if classes is not None and out.shape[-1] != classes:
                     raise ValueError(f"it gives {out.shape[-1]} outputs per sample, but the data has {classes} classes")
         except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as exc:
+            if integers and not dataset.info.get("integer_inputs"):
+                raise S.StudyError(f"variants.{v.name}: the model has an nn.Embedding, which needs integer token ids, but "
+                                   "the study's inputs are floats; give integer columns and set [data] standardize = false") from None
             raise S.StudyError(f"variants.{v.name}: the model does not fit the data: "
                                f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
         # A model the population engine cannot train (not an nn.Sequential, an unsupported layer,
         # a rule it cannot place) is refused here too: before the store is touched.
         try:
-            Population([build(v.name)])
-        except (ValueError, TypeError) as exc:
+            check_population(build(v.name), sample)
+        except (ValueError, TypeError, RuntimeError) as exc:
             if isinstance(exc, S.StudyError):
                 raise
             where = f"model.factory {study.model['factory']!r}" if "factory" in study.model else f"variants.{v.name}"

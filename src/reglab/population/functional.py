@@ -1,0 +1,526 @@
+"""The general population: any ``nn.Module`` whose members share one architecture.
+
+The members' parameters and buffers are stacked with a leading member dimension and one private
+copy of the model (the *base*) runs every member at once through ``torch.func.functional_call``
+under ``torch.func.vmap``. What ``vmap`` cannot do by itself is done around it:
+
+- **Random numbers.** Each member must draw its dropout masks and noise from its own generator,
+  exactly as its standalone ``reglab.fit`` draws them from the global one. The base's random
+  layers (``nn.Dropout``/``Dropout1d/2d/3d``, reglab's noise layers) and random functions called in
+  a custom ``forward()`` (``F.dropout``, the attention dropout of ``scaled_dot_product_attention``
+  and ``nn.MultiheadAttention``) are *sites*. A probe (one forward of the base for one member,
+  once per input shape) lists the sites in call order with their shapes; before each forward
+  every member draws its tensors for every site from its own generator, outside ``vmap``, and the
+  sites consume them in order. Any other random call fails under ``vmap(randomness="error")`` and
+  is reported with the module to change.
+- **Recurrent layers.** ``aten::lstm``/``gru``/``rnn`` have no batching rule; the base's
+  ``nn.LSTM``/``GRU``/``RNN`` run as cell loops written for one member, which ``vmap`` batches.
+- **Activity penalties** are returned from the vmapped function (the layer's output), not stored
+  by hooks, and each member's coefficient is applied outside.
+- **Buffers** (BatchNorm running statistics, ``num_batches_tracked``) are stacked too and updated
+  in place per member; members that have stopped keep theirs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..attach import registry
+from ..layers import GaussianDropout, GaussianNoise, SequenceDropout
+from .merge import MergedConstraint, MergedPenalty
+
+# Modules whose randomness reglab draws per member, and the attribute holding each member's rate.
+RATE_ATTR = {nn.Dropout: "p", nn.Dropout1d: "p", nn.Dropout2d: "p", nn.Dropout3d: "p",
+             GaussianNoise: "stddev", GaussianDropout: "rate"}
+ADDITIVE = (GaussianNoise,)
+
+
+def site_kind(module: nn.Module) -> type | None:
+    """The random layer type ``module`` is (for drawing), or None."""
+    if isinstance(module, (nn.AlphaDropout, nn.FeatureAlphaDropout)):
+        return None
+    for cls in (SequenceDropout, GaussianNoise, GaussianDropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Dropout):
+        if isinstance(module, cls):
+            return cls
+    return None
+
+
+def noise_shape(kind, shape: tuple, module=None) -> tuple:
+    """Shape of what a random layer of ``kind`` draws for an input of ``shape`` (as PyTorch draws it)."""
+    if kind is SequenceDropout:
+        return (shape[0], 1) + tuple(shape[2:])
+    if kind in (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
+        batched = {nn.Dropout1d: len(shape) == 3, nn.Dropout2d: True, nn.Dropout3d: len(shape) == 5}[kind]
+        if not batched:
+            return (shape[0],) + (1,) * (len(shape) - 1)
+        return tuple(shape[:2]) + (1,) * (len(shape) - 2)
+    return tuple(shape)
+
+
+def memory_order(x: torch.Tensor) -> tuple | None:
+    """The dim order in which ``empty_like(x)`` lays ``x``'s elements out, when not the plain one.
+
+    ``nn.Dropout`` draws its mask into ``empty_like(x)``, which keeps a permuted dense layout (e.g.
+    the batch_first output of ``nn.MultiheadAttention``, a transposed (L, B, E) tensor), so the
+    mask's values follow memory order, not index order.
+    """
+    if x.is_contiguous() or x.dim() < 2:
+        return None
+    order = tuple(sorted(range(x.dim()), key=lambda d: (-x.stride(d), d)))
+    return order if x.permute(order).is_contiguous() else None
+
+
+def draw(kind, rate: float, shape: tuple, dtype, generator, device=None, order: tuple | None = None):
+    """What one member's random layer draws in training, as the module itself would draw it from a
+    generator in the same state; None when it draws nothing and leaves the input as it is.
+
+    Dropout (any kind): ``empty(shape).bernoulli_(1 - p) / (1 - p)``, a multiplier (zeros, drawing
+    nothing, for p = 1); GaussianNoise: ``randn(shape) * stddev``, added; GaussianDropout:
+    ``1 + randn(shape) * sqrt(rate / (1 - rate))``, a multiplier.
+    """
+    if rate == 0:
+        return None
+    if kind is GaussianNoise:
+        return torch.randn(shape, dtype=dtype, generator=generator, device=device) * rate
+    if kind is GaussianDropout:
+        stddev = (rate / (1.0 - rate)) ** 0.5
+        return 1.0 + torch.randn(shape, dtype=dtype, generator=generator, device=device) * stddev
+    if rate == 1:   # as torch: all dropped, nothing drawn
+        return torch.zeros(shape, dtype=dtype, device=device)
+    if order is not None:   # drawn in memory order (see memory_order), returned in index order
+        noise = torch.empty([shape[d] for d in order], dtype=dtype, device=device)
+        noise = noise.bernoulli_(1 - rate, generator=generator).permute([order.index(d) for d in range(len(order))])
+        return noise.div_(1 - rate)
+    noise = torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - rate, generator=generator)
+    return noise.div_(1 - rate)
+
+
+class NotBatchable(ValueError):
+    """A module the population cannot run for every member at once."""
+
+
+@dataclass
+class _Site:
+    kind: object          # a random layer type, "dropout" (F.dropout) or "attention" (SDPA dropout)
+    name: str             # module name for layers, the function for calls
+    rates: list | None    # per-member rates of a layer; one shared rate for a function call
+    shape: tuple = ()
+    order: tuple | None = None   # memory order of a dropout's input (see memory_order)
+
+
+class _Sites(TorchFunctionMode):
+    """Random function calls in a forward: recorded (``probing``) or given each member's tensors.
+
+    ``F.dropout`` and ``F.scaled_dot_product_attention`` with dropout are sites.
+    ``F.multi_head_attention_forward`` (nn.MultiheadAttention) runs as a copy of PyTorch's own
+    function whose ``dropout`` and ``scaled_dot_product_attention`` are these sites. Being active,
+    the mode also keeps attention off its fused inference kernels, which vmap cannot batch.
+    """
+
+    def __init__(self, owner, probing: bool):
+        super().__init__()
+        self.owner, self.probing, self.found = owner, probing, False
+        names = dict(vars(F), dropout=self.dropout, scaled_dot_product_attention=self.attention,
+                     has_torch_function=lambda *a: False)
+        code = F.multi_head_attention_forward
+        self.mha = type(code)(code.__code__, names, code.__name__, code.__defaults__, code.__closure__)
+        self.mha.__kwdefaults__ = code.__kwdefaults__
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            return self.dropout(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            return self.attention(*args, **kwargs)
+        if func is F.multi_head_attention_forward:
+            return self.mha(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def dropout(self, input, p=0.5, training=True, inplace=False):
+        if not training or p == 0:
+            return input
+        if self.probing:
+            self.found = True
+            self.owner._probe_calls.append(_Site("dropout", "F.dropout", [float(p)], tuple(input.shape),
+                                                 memory_order(input)))
+            return input
+        noise = self.owner._next("F.dropout")
+        return input if noise is None else input * noise
+
+    def attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if dropout_p == 0 and (self.probing or enable_gqa):
+            return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=scale,
+                                                  enable_gqa=enable_gqa)
+        if dropout_p == 0:   # under vmap the fused kernels have no batching rule: the math path, batched
+            return _attention(query, key, value, attn_mask, is_causal, scale, None)
+        if self.probing:
+            self.found = True
+            shape = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]) + (query.shape[-2], key.shape[-2])
+            self.owner._probe_calls.append(_Site("attention", "scaled_dot_product_attention", [float(dropout_p)], tuple(shape)))
+            return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=scale,
+                                                  enable_gqa=enable_gqa)
+        if enable_gqa:
+            raise NotBatchable("scaled_dot_product_attention(enable_gqa=True) with dropout is not supported in a population.")
+        return _attention(query, key, value, attn_mask, is_causal, scale, self.owner._next("scaled_dot_product_attention"))
+
+
+def _attention(q, k, v, mask, causal, scale, noise):
+    """``scaled_dot_product_attention`` with its dropout mask given: PyTorch's math path on the CPU
+    (the one it takes when dropout is on), computed the same way."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    root = math.sqrt(scale)
+    attn = (q * root) @ (k * root).transpose(-2, -1)
+    L, S = q.shape[-2], k.shape[-2]
+    if causal:
+        keep = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+        attn = attn.masked_fill(~keep, float("-inf"))
+    if mask is not None:
+        attn = attn.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else attn + mask
+    attn = torch.softmax(attn, -1)
+    if noise is not None:
+        attn = attn * noise
+    return attn @ v
+
+
+def _rnn_forward(module: nn.RNNBase):
+    """A per-member cell loop for ``module`` (LSTM/GRU/RNN) that vmap can batch."""
+
+    def forward(input, hx=None):
+        m = module
+        if m.proj_size:
+            raise NotBatchable(f"{type(m).__name__}(proj_size={m.proj_size}) is not supported in a population; "
+                               "train it with reglab.fit.")
+        x = input if m.batch_first else input.transpose(0, 1)          # (B, T, F)
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(0)
+        B, T = x.shape[:2]
+        dirs = 2 if m.bidirectional else 1
+        lstm = m.mode == "LSTM"
+        if hx is None:
+            zeros = x.new_zeros(m.num_layers * dirs, B, m.hidden_size)
+            h0, c0 = zeros, zeros
+        elif lstm:
+            h0, c0 = hx
+        else:
+            h0, c0 = hx, None
+        if unbatched and hx is not None:
+            h0 = h0.unsqueeze(1)
+            c0 = c0.unsqueeze(1) if c0 is not None else None
+        seq, finals_h, finals_c = x, [], []
+        for layer in range(m.num_layers):
+            outs = []
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih, w_hh = getattr(m, "weight_ih" + sfx), getattr(m, "weight_hh" + sfx)
+                b_ih, b_hh = (getattr(m, "bias_ih" + sfx), getattr(m, "bias_hh" + sfx)) if m.bias else (None, None)
+                xw = F.linear(seq, w_ih, b_ih)
+                steps = xw.unbind(1)
+                h, c = h0[layer * dirs + d], (c0[layer * dirs + d] if c0 is not None else None)
+                out = [None] * T
+                for t in (range(T - 1, -1, -1) if d else range(T)):
+                    hw = F.linear(h, w_hh, b_hh)
+                    gi = steps[t]
+                    if lstm:
+                        i, f, g, o = (gi + hw).chunk(4, -1)
+                        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                        h = torch.sigmoid(o) * torch.tanh(c)
+                    elif m.mode == "GRU":
+                        ir, iz, inn = gi.chunk(3, -1)
+                        hr, hz, hn = hw.chunk(3, -1)
+                        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                        h = (1 - z) * torch.tanh(inn + r * hn) + z * h
+                    else:
+                        pre = gi + hw
+                        h = torch.tanh(pre) if m.mode == "RNN_TANH" else torch.relu(pre)
+                    out[t] = h
+                outs.append(torch.stack(out, 1))
+                finals_h.append(h)
+                finals_c.append(c)
+            seq = outs[0] if dirs == 1 else torch.cat(outs, -1)
+            if m.dropout and m.training and layer < m.num_layers - 1:
+                # aten::lstm draws its inter-layer mask on the time-major (T, B, H) output.
+                seq = F.dropout(seq.transpose(0, 1).contiguous(), m.dropout, True).transpose(0, 1)
+        output = seq if m.batch_first else seq.transpose(0, 1)
+        h_n = torch.stack(finals_h, 0)
+        if unbatched:
+            output, h_n = output.squeeze(0), h_n.squeeze(1)
+        if lstm:
+            c_n = torch.stack(finals_c, 0)
+            return output, (h_n, c_n.squeeze(1) if unbatched else c_n)
+        return output, h_n
+
+    return forward
+
+
+def _settings(module: nn.Module) -> tuple:
+    """The plain attributes that change what ``module`` computes (its rate excepted for random layers)."""
+    skip = {"training", "_reglab"}
+    kind = site_kind(module)
+    if kind is not None:
+        skip |= {RATE_ATTR.get(kind, "p"), "inplace"}
+    simple = (int, float, str, bool, type(None))
+    out = []
+    for key, value in sorted(vars(module).items()):
+        if key.startswith("_") or key in skip:
+            continue
+        if isinstance(value, simple) or (isinstance(value, tuple) and all(isinstance(v, simple) for v in value)):
+            out.append((key, value))
+    return tuple(out)
+
+
+def signature(model: nn.Module) -> tuple:
+    """What members must share to run in one population: module tree, shapes and settings."""
+    out = []
+    for name, m in model.named_modules():
+        params = tuple((n, tuple(p.shape), p.dtype) for n, p in m.named_parameters(recurse=False))
+        buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False))
+        out.append((name, type(m).__qualname__, params, buffers, _settings(m)))
+    return tuple(out)
+
+
+def _strip(module: nn.Module) -> None:
+    """Remove reglab's hooks and registries from the base copy (they belong to the members)."""
+    for m in module.modules():
+        reg = registry(m)
+        if reg is not None and reg.hook is not None:
+            m._forward_hooks.pop(reg.hook.id, None)
+        if "_reglab" in vars(m):
+            del m._reglab
+
+
+class ModulePopulation:
+    """P members of one architecture (any ``nn.Module``), stacked and run under ``vmap``.
+
+    Same interface as the Sequential :class:`~reglab.population.engine.Population`: ``params``
+    (the stacked trainable tensors the optimizer updates), ``forward(x, ctx)``, ``weight_penalty()``,
+    ``apply_constraints(active)`` and ``write_back()``; plus ``buffers``.
+    """
+
+    fused = None
+
+    def __init__(self, models: list[nn.Module]):
+        first = signature(models[0])
+        for i, m in enumerate(models[1:], 1):
+            if signature(m) != first:
+                raise ValueError(f"Member {i} does not share member 0's architecture (module tree, shapes and settings); "
+                                 "members of one population must.")
+        self.models, self.P = models, len(models)
+        self.base = copy.deepcopy(models[0])
+        _strip(self.base)
+        named = [dict(m.named_parameters()) for m in models]
+        self.param_names = list(named[0])
+        self.params = [torch.stack([n[k].detach() for n in named]).clone().requires_grad_(True) for k in self.param_names]
+        bufs = [dict(m.named_buffers()) for m in models]
+        self.buffer_names = list(bufs[0])
+        self.buffers = [torch.stack([b[k] for b in bufs]).clone() for k in self.buffer_names]
+        self._rules(models)
+        # Random layers and recurrent layers of the base run through reglab's versions.
+        self.site_modules = {}
+        for name, m in self.base.named_modules():
+            kind = site_kind(m)
+            if kind is not None:
+                per_member = [float(getattr(dict(mm.named_modules())[name], RATE_ATTR.get(kind, "p"))) for mm in models]
+                self.site_modules[name] = _Site(kind, name, per_member)
+                m.forward = self._site_forward(m, name)
+            elif isinstance(m, nn.RNNBase):
+                m.forward = _rnn_forward(m)
+        self._attention = any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+                              for m in self.base.modules())
+        self._captured = {}
+        for name in self.activity:
+            self.base.get_submodule(name).register_forward_hook(self._capture(name))
+        self._plans = {}
+        self._draws = None
+        self._cursor = 0
+        self._fns = {}
+
+    # -- rules ----------------------------------------------------------------------------------
+    def _rules(self, models):
+        """Penalties, constraints and activity penalties per parameter / module name, merged over members."""
+        pens, cons = [{} for _ in models], [{} for _ in models]
+        acts = [{} for _ in models]
+        for i, model in enumerate(models):
+            for prefix, module in model.named_modules():
+                reg = registry(module)
+                if reg is None:
+                    continue
+                for table, out in ((reg.penalties, pens[i]), (reg.constraints, cons[i])):
+                    for name, rule in table.items():
+                        out[f"{prefix}.{name}" if prefix else name] = rule
+                if reg.activity is not None:
+                    acts[i][prefix] = (reg.activity, reg.activity_convention, module)
+        index = {n: k for k, n in enumerate(self.param_names)}
+        self.penalties, self.constraints = [], []
+        for name in self.param_names:
+            merged = MergedPenalty([p.get(name) for p in pens])
+            if merged:
+                self.penalties.append((self.params[index[name]], merged))
+            merged = MergedConstraint([c.get(name) for c in cons])
+            if merged:
+                self.constraints.append((self.params[index[name]], merged))
+        self.activity = {}
+        for name in dict.fromkeys(n for a in acts for n in a):
+            entries = [a.get(name) for a in acts]
+            mean = torch.tensor([e is None or e[1] == "mean" for e in entries])
+            module = next(e[2] for e in entries if e is not None)
+            rnn_time_major = isinstance(module, nn.RNNBase) and not module.batch_first
+            self.activity[name] = (MergedPenalty([e[0] if e else None for e in entries]), mean, rnn_time_major)
+
+    def _capture(self, name):
+        def hook(module, inputs, output):
+            self._captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    # -- random sites -----------------------------------------------------------------------------
+    def _site_forward(self, module, name):
+        kind = site_kind(module)
+
+        def forward(x):
+            if not module.training:
+                return x
+            noise = self._next(name, x)
+            if noise is None:
+                return x
+            return x + noise if kind in ADDITIVE else x * noise
+        return forward
+
+    def _next(self, name, x=None):
+        if self._draws is None:   # probing: record, draw nothing
+            site = self.site_modules.get(name)
+            if site is not None:
+                plain = site.kind in (nn.Dropout,)   # the kinds that draw into empty_like(x)
+                self._probe_calls.append(_Site(site.kind, name, site.rates, noise_shape(site.kind, tuple(x.shape)),
+                                               memory_order(x) if plain else None))
+            return None
+        k = self._cursor
+        self._cursor += 1
+        plan = self._plan_now
+        if k >= len(plan) or plan[k].name != name:
+            raise NotBatchable("The model's random layers ran in a different order than when it was probed "
+                               "(control flow that depends on the data?); train it with reglab.fit.")
+        slot = self._slot[k]
+        return None if slot is None else self._draws[slot]
+
+    def _plan(self, sample: torch.Tensor, training: bool):
+        """The random sites a forward on inputs shaped like ``sample`` (one member's batch) calls."""
+        key = (tuple(sample.shape), sample.dtype, training)
+        if key not in self._plans:
+            self.base.train(training)
+            self._probe_calls = []
+            probe = _Sites(self, probing=True)
+            buffers = {n: b[0].clone() for n, b in zip(self.buffer_names, self.buffers)}
+            params = {n: p[0].detach() for n, p in zip(self.param_names, self.params)}
+            with torch.no_grad(), probe:
+                torch.func.functional_call(self.base, (params, buffers), (sample,))
+            # Layer sites are recorded by _next, function sites by the probe mode: one list in call order.
+            self._plans[key] = (list(self._probe_calls), probe.found or self._attention)
+        return self._plans[key]
+
+    def _draw_all(self, plan, generators, device):
+        """Each member's tensors for every site, drawn in call order from its own generator."""
+        per_site = [[None] * self.P for _ in plan]
+        for i, gen in enumerate(generators):
+            for k, site in enumerate(plan):
+                layer = isinstance(site.kind, type)
+                rate, kind = (site.rates[i], site.kind) if layer else (site.rates[0], nn.Dropout)
+                per_site[k][i] = draw(kind, rate, site.shape, self.params[0].dtype, gen, device, site.order)
+        draws, slots = [], []
+        for k, site in enumerate(plan):
+            members = per_site[k]
+            if all(d is None for d in members):
+                slots.append(None)
+                continue
+            neutral = torch.zeros if site.kind is GaussianNoise else torch.ones
+            dtype = self.params[0].dtype
+            slots.append(len(draws))
+            draws.append(torch.stack([neutral(site.shape, dtype=dtype, device=device) if d is None else d for d in members]))
+        return draws, slots
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, ctx, shared: bool = False):
+        """Outputs (P, B, ...) and each member's activity penalty (P,). ``x`` is (P, B, ...), or
+        (B, ...) with ``shared=True`` (every member sees the same batch)."""
+        plan, uses_mode = self._plan(x if shared else x[0], ctx.training)
+        draws, slots = self._draw_all(plan, ctx.noise_generators, x.device) if ctx.training else ([], [None] * len(plan))
+        self.base.train(ctx.training)
+        key = (shared, uses_mode)
+        if key not in self._fns:
+            self._fns[key] = torch.func.vmap(self._member_fn(uses_mode), in_dims=(0, 0, None if shared else 0, 0),
+                                             randomness="error")
+        self._draws, self._slot, self._plan_now, self._cursor = draws, slots, plan, 0
+        try:
+            out, acts = self._fns[key](self.params, self.buffers, x, draws)
+        except RuntimeError as exc:
+            raise _explain(exc, self.base) from None
+        finally:
+            self._draws = None
+            self._captured.clear()
+        total = None
+        for (name, (merged, mean, time_major)), value in zip(self.activity.items(), acts):
+            pen = merged.members(value)
+            batch = value.shape[2 if time_major and value.dim() == 4 else 1]
+            pen = torch.where(mean, pen / batch, pen)
+            total = pen if total is None else total + pen
+        if total is None:
+            total = self.params[0].new_zeros(self.P)
+        return out, total
+
+    def _member_fn(self, uses_mode):
+        base, pnames, bnames = self.base, self.param_names, self.buffer_names
+
+        def member(params, buffers, x, draws):
+            state = dict(zip(pnames, params))
+            state.update(zip(bnames, buffers))
+            self._draws = draws
+            if uses_mode:
+                with _Sites(self, probing=False):
+                    out = torch.func.functional_call(base, state, (x,))
+            else:
+                out = torch.func.functional_call(base, state, (x,))
+            acts = [self._captured.pop(name, None) for name in self.activity]
+            acts = [a if a is not None else out.new_zeros(()) for a in acts]
+            return out, acts
+        return member
+
+    # -- rules applied ----------------------------------------------------------------------------
+    def weight_penalty(self) -> torch.Tensor:
+        total = torch.zeros(self.P, dtype=self.params[0].dtype, device=self.params[0].device)
+        for p, merged in self.penalties:
+            total = total + merged.members(p)
+        return total
+
+    def apply_constraints(self, active):
+        for p, merged in self.constraints:
+            merged.apply_(p, None if active is None or bool(active.all()) else active)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy each member's stacked parameters and buffers into its own model."""
+        for i, model in enumerate(self.models):
+            params, bufs = dict(model.named_parameters()), dict(model.named_buffers())
+            for name, stacked in zip(self.param_names, self.params):
+                params[name].copy_(stacked[i])
+            for name, stacked in zip(self.buffer_names, self.buffers):
+                bufs[name].copy_(stacked[i])
+            model.eval()
+
+
+def _explain(exc: RuntimeError, model: nn.Module) -> Exception:
+    text = str(exc)
+    first = (text.splitlines() or [type(exc).__name__])[0]
+    if "randomness" in text or "random operation" in text:
+        return NotBatchable(f"{type(model).__name__} draws random numbers in forward() outside the layers reglab draws per "
+                            "member (nn.Dropout*, F.dropout, attention dropout, reglab.GaussianNoise/GaussianDropout); "
+                            "use those layers, or train the model with reglab.fit.")
+    if "vmap" in text or "Batching rule" in text or "data-dependent" in text or ".item()" in text:
+        return NotBatchable(f"{type(model).__name__} cannot run as a population under torch.func.vmap ({first}); "
+                            "avoid data-dependent Python control flow and .item() in forward(), or train it with reglab.fit.")
+    return exc

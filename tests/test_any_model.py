@@ -1,0 +1,355 @@
+"""Any PyTorch model in a population (the general vmap path): each member equals its standalone fit.
+
+The comparisons run in float64. There, two correct implementations of the same arithmetic that
+add in different orders (a vmapped batched matmul against the standalone's plain one) differ by
+~1e-16 per operation, and a few dozen epochs of Adam keep that far below 1e-9, so ATOL64 = 1e-9
+tests the semantics exactly: the same initialisation, shuffles, dropout masks and noise (each
+member from its own generator), BatchNorm statistics, penalties, constraints and optimizer steps.
+In float32 the same members differ by rounding that Adam amplifies where a gradient cancels
+(tests/test_population.py, ``rounding_sensitivity``); one float32 case is checked against that
+measured sensitivity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reglab
+from reglab.population import ModulePopulation, NotBatchable, engine
+
+from test_population import assert_close_within, rounding_sensitivity
+
+ATOL64 = 1e-9
+
+
+@pytest.fixture
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def tabular(n=96, d=8, seed=0):
+    g = rng(seed)
+    X = g.normal(size=(n, d))
+    y = ((X[:, 0] + X[:, 1] ** 2 + 0.5 * g.normal(size=n)) > 1).astype(float)
+    return X, y
+
+
+def images(n=48, seed=0):
+    g = rng(seed)
+    X = g.normal(size=(n, 1, 8, 8))
+    return X, (X[:, 0, :4].sum((1, 2)) > 0).astype(float)
+
+
+def sequences(n=48, steps=6, d=4, seed=0):
+    g = rng(seed)
+    X = g.normal(size=(n, steps, d))
+    return X, (X[:, :, 0].sum(1) > 0).astype(float)
+
+
+def tokens(n=64, steps=7, vocab=20, seed=0):
+    g = rng(seed)
+    X = g.integers(0, vocab, size=(n, steps))
+    return X, (X == 3).any(1).astype(float)
+
+
+def split(data, n_train):
+    X, y = data
+    return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
+
+
+# --- the model families ------------------------------------------------------------------------
+
+class ResMLP(nn.Module):
+    """A skip connection, BatchNorm, dropout and an activity penalty inside a custom forward()."""
+
+    def __init__(self, rate=0.0, l2=1e-3, activity=1e-4, width=16, bias=True):
+        super().__init__()
+        self.inp, self.bn = nn.Linear(8, width, bias=bias), nn.BatchNorm1d(width)
+        self.fc, self.drop = nn.Linear(width, width), nn.Dropout(rate)
+        self.norm, self.out = nn.LayerNorm(width), nn.Linear(width, 1)
+        reglab.regularize(self.fc, kernel=reglab.L2(l2))
+        reglab.regularize(self.norm, activity=reglab.L1(activity))
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.inp(x)))
+        h = h + self.drop(torch.relu(self.fc(h)))
+        return self.out(self.norm(h))
+
+
+class ConvNet(nn.Module):
+    """BatchNorm2d, Dropout2d, GroupNorm, pooling; an L2 penalty and a max-norm constraint."""
+
+    def __init__(self, rate=0.0, l2=1e-3):
+        super().__init__()
+        self.conv, self.bn, self.drop = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout2d(rate)
+        self.gn, self.pool, self.out = nn.GroupNorm(2, 4), nn.MaxPool2d(2), nn.Linear(64, 1)
+        reglab.regularize(self.conv, kernel=reglab.L2(l2), kernel_constraint=reglab.MaxNorm(2.0))
+
+    def forward(self, x):
+        h = self.pool(self.gn(torch.relu(self.drop(self.bn(self.conv(x))))))
+        return self.out(h.flatten(1))
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self, rate=0.0):
+        super().__init__()
+        self.conv, self.pool, self.bn = nn.Conv1d(4, 6, 3), nn.AvgPool1d(2), nn.BatchNorm1d(6)
+        self.drop, self.out = nn.Dropout1d(rate), nn.Linear(12, 1)
+
+    def forward(self, x):
+        return self.out(self.drop(self.pool(self.bn(torch.relu(self.conv(x.transpose(1, 2)))))).flatten(1))
+
+
+class Embedder(nn.Module):
+    """Integer token ids into an Embedding; an L1 penalty on the embedding table by parameter name."""
+
+    def __init__(self, rate=0.0):
+        super().__init__()
+        self.embed, self.norm = nn.Embedding(20, 8), nn.LayerNorm(8)
+        self.drop, self.out = nn.Dropout(rate), nn.Linear(8, 1)
+        reglab.regularize(self.embed, penalties={"weight": reglab.L1(1e-4)})
+
+    def forward(self, x):
+        return self.out(self.drop(self.norm(self.embed(x))).mean(1))
+
+
+class Transformer(nn.Module):
+    """A 2-layer TransformerEncoder (dropout 0.1 everywhere) and an nn.MultiheadAttention."""
+
+    def __init__(self, rate=0.0):
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(20, 16), nn.Parameter(torch.zeros(7, 16))
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.attn = nn.MultiheadAttention(16, 2, dropout=0.1, batch_first=True)
+        self.drop, self.out = nn.Dropout(rate), nn.Linear(16, 1)
+        reglab.regularize(self.out, activity=reglab.L2(1e-3))
+
+    def forward(self, x):
+        h = self.encoder(self.embed(x) + self.pos)
+        a, _ = self.attn(h, h, h)
+        return self.out(self.drop(a + h).mean(1))
+
+
+class Recurrent(nn.Module):
+    """Two stacked LSTM/GRU/RNN layers with inter-layer dropout, a bidirectional time-major GRU after
+    them, reglab's noise layers, kernel and recurrent penalties."""
+
+    def __init__(self, rate=0.0, cell="LSTM"):
+        super().__init__()
+        self.rnn = getattr(nn, cell)(4, 6, num_layers=2, dropout=0.2, batch_first=True)
+        self.gru = nn.GRU(6, 5, bidirectional=True)
+        self.noise, self.gdrop = reglab.GaussianNoise(rate), reglab.GaussianDropout(0.1)
+        self.out = nn.Linear(10, 1)
+        reglab.regularize(self.rnn, kernel=reglab.L2(1e-3), recurrent=reglab.L1(1e-4))
+
+    def forward(self, x):
+        h, _ = self.rnn(self.noise(x))
+        h2, _ = self.gru(h.transpose(0, 1))
+        return self.out(self.gdrop(h2[-1]))
+
+
+class Blocks(nn.Module):
+    """Rules attached to a container by dotted name: a penalty and a constraint inside a submodule."""
+
+    def __init__(self, rate=0.0, l2=1e-3):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Dropout(rate)) for _ in range(2)])
+        self.out = nn.Linear(8, 1)
+        reglab.regularize(self.blocks, penalties={"0.0.weight": reglab.L2(l2)}, constraints={"1.0.weight": reglab.UnitNorm()})
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+FAMILIES = {
+    "residual-batchnorm1d": (ResMLP, tabular, [dict(rate=0.0), dict(rate=0.3, l2=1e-2), dict(rate=0.5, activity=1e-3)]),
+    "conv2d-batchnorm2d-groupnorm": (ConvNet, images, [dict(rate=0.0), dict(rate=0.3, l2=1e-2)]),
+    "conv1d-pool-dropout1d": (Conv1dNet, sequences, [dict(rate=0.0), dict(rate=0.4)]),
+    "embedding-layernorm": (Embedder, tokens, [dict(rate=0.0), dict(rate=0.3)]),
+    "transformer-attention": (Transformer, tokens, [dict(rate=0.0), dict(rate=0.3)]),
+    "lstm": (lambda rate=0.0: Recurrent(rate, "LSTM"), sequences, [dict(rate=0.0), dict(rate=0.3)]),
+    "gru": (lambda rate=0.0: Recurrent(rate, "GRU"), sequences, [dict(rate=0.0), dict(rate=0.3)]),
+    "rnn": (lambda rate=0.0: Recurrent(rate, "RNN"), sequences, [dict(rate=0.0), dict(rate=0.3)]),
+    "container-rules": (Blocks, tabular, [dict(rate=0.0), dict(rate=0.2, l2=1e-2)]),
+}
+
+
+def assert_member_matches(result, i, model, history, atol=ATOL64):
+    mine, theirs = result.models[i].state_dict(), model.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in theirs:   # weights and buffers (BatchNorm statistics, num_batches_tracked)
+        torch.testing.assert_close(mine[key], theirs[key], atol=atol, rtol=0, msg=lambda m: f"member {i} {key}: {m}")
+    ran = len(history.epoch)
+    assert result.epochs_run[i] == ran
+    assert result.stopped_epoch[i] == (-1 if history.stopped_epoch is None else history.stopped_epoch)
+    assert result.best_epoch[i] == (-1 if history.best_epoch is None else history.best_epoch)
+    for key, values in history.history.items():
+        np.testing.assert_allclose(result.history[key][i, :ran], values, atol=atol, rtol=0, err_msg=f"member {i} {key}")
+
+
+def check_family(build, data, configs, seeds=(0, 1), epochs=12, batch_size=16, early_stopping=None):
+    (train, validation) = split(data, len(data[0]) * 2 // 3)
+    es = reglab.EarlyStopping(**early_stopping) if early_stopping else None
+    result = reglab.train_population(build, configs, list(seeds), train=train, validation=validation, epochs=epochs,
+                                     batch_size=batch_size, early_stopping=es, progress=False)
+    for i, member in enumerate(result.members):
+        model = build(**member["config"])
+        callbacks = [reglab.EarlyStopping(**early_stopping)] if early_stopping else []
+        history = reglab.fit(model, train, validation, epochs=epochs, batch_size=batch_size, seed=member["seed"],
+                             callbacks=callbacks, progress=False)
+        assert_member_matches(result, i, model, history)
+    return result
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_member_equals_standalone_fit(family, float64):
+    build, data, configs = FAMILIES[family]
+    result = check_family(build, data(), configs)
+    assert all(isinstance(m, nn.Module) and not m.training for m in result.models)
+
+
+def test_the_general_path_trains_them(float64):
+    """These models are not Sequentials of the stacked layers: they run as a ModulePopulation."""
+    for build, _, configs in FAMILIES.values():
+        assert isinstance(engine.make_population([build(**configs[0])]), ModulePopulation)
+
+
+def test_early_stopping_restores_weights_and_batchnorm_statistics(float64):
+    """Members stop at different epochs; a stopped member's BatchNorm statistics stay as they were,
+    and restore_best_weights restores the statistics with the weights (as Keras restores all weights)."""
+    result = check_family(ResMLP, tabular(), [dict(rate=0.0, width=32), dict(rate=0.5, width=32)], seeds=(0, 1, 2),
+                          epochs=25, early_stopping=dict(monitor="val_loss", patience=2, restore_best_weights=True))
+    assert (result.stopped_epoch >= 0).any() and len(set(result.epochs_run.tolist())) > 1
+
+
+def test_float32_member_within_rounding_sensitivity():
+    """In float32 a member differs from its fit only by rounding, bounded by the measured one-ulp
+    sensitivity (see rounding_sensitivity in tests/test_population.py).
+
+    The model has no bias before its BatchNorm: such a bias gets an identically zero gradient (the
+    normalisation removes it), so Adam moves it by lr times the sign of pure rounding noise, a
+    different walk in any two implementations, with no effect on any output."""
+    train, validation = split(tabular(), 64)
+    train = tuple(torch.as_tensor(a, dtype=torch.float32) for a in train)
+    validation = tuple(torch.as_tensor(a, dtype=torch.float32) for a in validation)
+    configs, seeds = [dict(rate=0.3, bias=False)], [0, 1]
+
+    def run(tr, va):
+        return reglab.train_population(ResMLP, configs, seeds, train=tr, validation=va, epochs=6, batch_size=16,
+                                       progress=False)
+    slack = rounding_sensitivity(run, train, validation)
+    result = run(train, validation)
+    for i, member in enumerate(result.members):
+        model = ResMLP(**member["config"])
+        reglab.fit(model, train, validation, epochs=6, batch_size=16, seed=member["seed"], progress=False)
+        for (key, mine), theirs in zip(result.models[i].state_dict().items(), model.state_dict().values()):
+            if mine.is_floating_point():
+                assert_close_within(mine, theirs, 1e-5, slack[i][key], f"member {i} {key}")
+
+
+def test_members_of_different_architectures_run_as_separate_populations(float64):
+    data = tabular()
+    check_family(ResMLP, data, [dict(width=8), dict(width=16), dict(width=8, rate=0.5)], seeds=(0,), epochs=4)
+
+
+def test_unused_parameters_are_left_alone(float64):
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Linear(8, 1), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.used(x)
+    result = check_family(Unused, tabular(), [{}], epochs=3)
+    torch.testing.assert_close(result.models[0].spare.weight, reglab.presets.initialize(Unused(), "keras", 0).spare.weight)
+
+
+def test_functional_dropout_in_forward_draws_per_member(float64):
+    """F.dropout called in a custom forward() is drawn from each member's own generator too."""
+    class Functional(nn.Module):
+        def __init__(self, rate=0.0):
+            super().__init__()
+            self.rate, self.a, self.b = rate, nn.Linear(8, 16), nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.b(F.dropout(torch.relu(self.a(x)), self.rate, self.training))
+    check_family(Functional, tabular(), [dict(rate=0.2), dict(rate=0.5)])
+
+
+# --- inputs keep their dtype -------------------------------------------------------------------
+
+def test_integer_token_ids_reach_an_embedding_in_fit_and_populations():
+    X, y = tokens()
+    seen = []
+
+    class Spy(Embedder):
+        def forward(self, x):
+            seen.append(x.dtype)
+            return super().forward(x)
+    reglab.fit(Spy(), (X, y), epochs=1, progress=False)
+    reglab.train_population(Spy, None, [0, 1], train=(X, y), epochs=1, progress=False)
+    assert set(seen) == {torch.int64}
+    assert reglab.evaluate(Spy(), (X, y))["accuracy"] >= 0
+
+
+def test_float_inputs_stay_float32_and_integer_inputs_of_other_models_become_float():
+    X, y = tabular()
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 1)
+
+        def forward(self, x):
+            seen.append(x.dtype)
+            return self.lin(x)
+    reglab.fit(Spy(), (X, y), epochs=1, progress=False)                          # float64 NumPy
+    reglab.fit(Spy(), (np.round(X * 3).astype(np.int64), y), epochs=1, progress=False)   # integer features
+    assert set(seen) == {torch.float32}
+
+
+# --- models that cannot be batched: one clear error --------------------------------------------
+
+class RandomInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.lin(x + torch.randn_like(x) * 0.1 if self.training else x)
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.lin(x)
+        return -self.lin(x)
+
+
+@pytest.mark.parametrize("build, match", [
+    (RandomInForward, "RandomInForward draws random numbers in forward\\(\\).*nn.Dropout.*reglab.fit"),
+    (DataDependent, "DataDependent cannot run as a population.*control flow.*reglab.fit"),
+], ids=["random-call", "data-dependent-branch"])
+def test_unbatchable_models_get_one_clear_error(build, match):
+    with pytest.raises(NotBatchable, match=match) as info:
+        reglab.train_population(build, None, [0, 1], train=tabular(), epochs=1, progress=False)
+    assert "\n" not in str(info.value)
