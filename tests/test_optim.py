@@ -360,3 +360,30 @@ def test_state_dict_is_a_copy():
     assert not torch.equal(saved["state"][0]["m"], opt.state[0]["m"])
     restored = copy.deepcopy(saved)
     assert torch.equal(restored["state"][0]["m"], saved["state"][0]["m"])
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_flat_update_equals_tensor_by_tensor(name):
+    """Parameters that are views of one flat tensor are updated in one pass (Optimizer.use_flat):
+    bit for bit the tensor-by-tensor update, also when a step with frozen members (the per-tensor
+    path) comes between flat steps and shares their state."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4, 5), (3, 5), (3, 2, 2)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(6)]
+    kwargs = dict(lr=1e-2, momentum=0.9) if name == "sgd" else dict(lr=1e-2)
+    plain = [t.clone() for t in start]
+    flat = torch.cat([t.reshape(-1) for t in start])
+    views, offset = [], 0
+    for t in start:
+        views.append(flat[offset:offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    a, b = optim.make(name, plain, **kwargs), optim.make(name, views, **kwargs)
+    b.use_flat(flat)
+    active = torch.tensor([True, False, True])
+    for step, gs in enumerate(grads):
+        mask = active if step == 3 else None
+        a.step(gs, active=mask)
+        b.step(gs, active=mask)
+    for p, q in zip(plain, views):
+        assert torch.equal(p, q)

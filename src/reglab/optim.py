@@ -56,6 +56,27 @@ class Optimizer:
                                               allow_tensor=False)
         self.iterations = 0
         self.state = [dict() for _ in self.params]
+        self.flat, self.flat_state = None, {}
+
+    def use_flat(self, flat: torch.Tensor) -> None:
+        """Declare that the parameters are consecutive views of the 1-D ``flat`` (in order): a step
+        with one learning rate and every gradient present then updates ``flat`` in one pass (the
+        element-wise rules give the same numbers as tensor by tensor)."""
+        if sum(p.numel() for p in self.params) != flat.numel():
+            raise ValueError("use_flat: the parameters do not cover the flat tensor.")
+        self.flat = flat
+
+    def _share_state(self) -> None:
+        """Make the per-parameter state views of the flat state (one memory, either path)."""
+        if not self.flat_state:
+            return
+        offset = 0
+        for p, state in zip(self.params, self.state):
+            n = p.numel()
+            for k, v in self.flat_state.items():
+                if k not in state:
+                    state[k] = v[offset:offset + n].view_as(p)
+            offset += n
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -72,6 +93,14 @@ class Optimizer:
         """Apply one update. ``active`` (P,) bool freezes the members where it is False."""
         self.iterations += 1
         grads = [p.grad for p in self.params] if grads is None else grads
+        if (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor)
+                and all(g is not None for g in grads) and (self.flat_state or not any(self.state))):
+            flat = self.flat
+            if self.weight_decay:
+                flat.sub_(flat * (self.lr * self.weight_decay))
+            self._update(flat, torch.cat([g.reshape(-1) for g in grads]), self.lr, self.flat_state)
+            return
+        self._share_state()
         for i, (p, g) in enumerate(zip(self.params, grads)):
             if g is None:
                 continue

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import optim as _optim
 from .. import presets as _presets
 from .. import threads as _threads
 from .. import tasks as _tasks
@@ -394,6 +395,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
     train_ctx = Context(True, [torch.Generator().manual_seed(s.noise) for s in streams])
     eval_ctx = Context(False, [])
     opt = make_optimizer(pop.params, optimizer, preset, lr, weight_decay, momentum)
+    if getattr(pop, "flat", None) is not None and isinstance(opt, _optim.Optimizer):
+        opt.use_flat(pop.flat)
     # The whole step (data loss, L1/L2 penalties, Adam) runs in one compiled loop when it can.
     fused_step = pop.fused.optimizer_plan(opt, pop.penalties) if pop.fused is not None else None
     rule = early_stopping.rule(P) if early_stopping is not None else None

@@ -260,6 +260,39 @@ def _rnn_forward(module: nn.RNNBase):
     return forward
 
 
+def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
+    """BatchNorm written with plain tensor ops for one member, which vmap batches well (its rule for
+    ``aten::batch_norm`` with per-member running statistics is many times slower). The same
+    formulas as ``F.batch_norm``: batch statistics in training (biased variance to normalise, the
+    unbiased one into ``running_var``), running statistics in eval; momentum None is the cumulative
+    average over ``num_batches_tracked``."""
+
+    def forward(x):
+        if x.dim() not in (2, 3, 4, 5):
+            raise ValueError(f"{type(m).__name__} expected 2D-5D input (got {x.dim()}D input)")
+        dims = [0] + list(range(2, x.dim()))
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        use_batch = m.training or not m.track_running_stats
+        if use_batch:
+            mean = x.mean(dims)
+            var = x.var(dims, correction=0)
+            if m.training and m.track_running_stats:
+                m.num_batches_tracked.add_(1)
+                factor = (1.0 / m.num_batches_tracked) if m.momentum is None else m.momentum
+                n = x.numel() // x.shape[1]
+                with torch.no_grad():
+                    m.running_mean.mul_(1 - factor).add_(mean.detach() * factor)
+                    m.running_var.mul_(1 - factor).add_(var.detach() * (factor * n / max(n - 1, 1)))
+        else:
+            mean, var = m.running_mean, m.running_var
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + m.eps)
+        if m.affine:
+            out = out * m.weight.view(shape) + m.bias.view(shape)
+        return out
+
+    return forward
+
+
 def _settings(module: nn.Module) -> tuple:
     """The plain attributes that change what ``module`` computes (its rate excepted for random layers)."""
     skip = {"training", "_reglab"}
@@ -317,7 +350,14 @@ class ModulePopulation:
         _strip(self.base)
         named = [dict(m.named_parameters()) for m in models]
         self.param_names = list(named[0])
-        self.params = [torch.stack([n[k].detach() for n in named]).clone().requires_grad_(True) for k in self.param_names]
+        # The stacked parameters are consecutive views of one flat tensor, so that the optimizer can
+        # update them all in one pass (Optimizer.use_flat).
+        stacked = [torch.stack([n[k].detach() for n in named]) for k in self.param_names]
+        self.flat = torch.cat([s.reshape(-1) for s in stacked]) if stacked else torch.zeros(0)
+        self.params, offset = [], 0
+        for s in stacked:
+            self.params.append(self.flat[offset:offset + s.numel()].view(s.shape).requires_grad_(True))
+            offset += s.numel()
         bufs = [dict(m.named_buffers()) for m in models]
         self.buffer_names = list(bufs[0])
         self.buffers = [torch.stack([b[k] for b in bufs]).clone() for k in self.buffer_names]
@@ -332,6 +372,8 @@ class ModulePopulation:
                 m.forward = self._site_forward(m, name)
             elif isinstance(m, nn.RNNBase):
                 m.forward = _rnn_forward(m)
+            elif type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+                m.forward = _batch_norm_forward(m)
         self._attention = any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
                               for m in self.base.modules())
         self._captured = {}
@@ -425,23 +467,42 @@ class ModulePopulation:
         return self._plans[key]
 
     def _draw_all(self, plan, generators, device):
-        """Each member's tensors for every site, drawn in call order from its own generator."""
-        per_site = [[None] * self.P for _ in plan]
-        for i, gen in enumerate(generators):
-            for k, site in enumerate(plan):
-                layer = isinstance(site.kind, type)
-                rate, kind = (site.rates[i], site.kind) if layer else (site.rates[0], nn.Dropout)
-                per_site[k][i] = draw(kind, rate, site.shape, self.params[0].dtype, gen, device, site.order)
+        """Each member's tensors for every site, drawn from its own generator in call order, as
+        :func:`draw` draws them, straight into one (P, ...) tensor per site."""
+        dtype = self.params[0].dtype
         draws, slots = [], []
-        for k, site in enumerate(plan):
-            members = per_site[k]
-            if all(d is None for d in members):
+        for site in plan:
+            layer = isinstance(site.kind, type)
+            kind = site.kind if layer else nn.Dropout
+            rates = site.rates if layer else site.rates * self.P
+            if all(r == 0 for r in rates):
                 slots.append(None)
                 continue
-            neutral = torch.zeros if site.kind is GaussianNoise else torch.ones
-            dtype = self.params[0].dtype
+            order = site.order if site.order is not None else tuple(range(len(site.shape)))
+            buf = torch.empty((self.P,) + tuple(site.shape[d] for d in order), dtype=dtype, device=device)
+            gaussian = kind in (GaussianNoise, GaussianDropout)
+            for i, (rate, gen) in enumerate(zip(rates, generators)):
+                if rate == 0:
+                    buf[i].fill_(0.0 if gaussian else 1.0)
+                elif gaussian:
+                    buf[i].normal_(generator=gen)
+                elif rate == 1:
+                    buf[i].zero_()
+                else:
+                    buf[i].bernoulli_(1 - rate, generator=gen)
+            member = (-1,) + (1,) * len(site.shape)
+            if kind is GaussianNoise:
+                buf.mul_(torch.tensor(rates, dtype=dtype, device=device).view(member))
+            elif kind is GaussianDropout:
+                std = [(r / (1.0 - r)) ** 0.5 for r in rates]
+                buf = buf.mul_(torch.tensor(std, dtype=dtype, device=device).view(member)).add_(1.0)
+            else:
+                keep = [1.0 if r in (0, 1) else 1 - r for r in rates]
+                buf.div_(torch.tensor(keep, dtype=dtype, device=device).view(member))
+            if site.order is not None:
+                buf = buf.permute((0,) + tuple(order.index(d) + 1 for d in range(len(order))))
             slots.append(len(draws))
-            draws.append(torch.stack([neutral(site.shape, dtype=dtype, device=device) if d is None else d for d in members]))
+            draws.append(buf)
         return draws, slots
 
     # -- forward ----------------------------------------------------------------------------------
