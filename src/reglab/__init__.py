@@ -22,7 +22,7 @@ _EXPORTS = {
                      "non_neg"], "constraints"),
     **dict.fromkeys(["regularize", "penalty", "weight_penalty", "activity_penalty", "apply_constraints"], "attach"),
     **dict.fromkeys(["GaussianNoise", "GaussianDropout", "InputNoise", "RNNOutput", "SequenceDropout",
-                     "ChannelsFirst"], "layers"),
+                     "ChannelsFirst", "KerasBatchNorm", "KerasLayerNorm"], "layers"),
     **dict.fromkeys(["fit", "evaluate", "History"], "training"),
     **dict.fromkeys(["train_population", "PopulationResult"], "population"),
     **dict.fromkeys(["Callback", "EarlyStopping", "PenaltySchedule"], "callbacks"),

@@ -49,7 +49,11 @@ def activation_sparsity(model: nn.Module, X) -> dict:
     was = model.training
     model.eval()
     try:
-        model(torch.as_tensor(np.asarray(X), dtype=torch.get_default_dtype()))
+        from .training import wants_integers
+
+        x = torch.as_tensor(np.asarray(X))
+        integers = wants_integers(model) and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+        model(x.long() if integers else x.to(torch.get_default_dtype()))   # token ids stay ids for an Embedding
     finally:
         model.train(was)
         for h in handles:

@@ -4,8 +4,34 @@ Every layer line of the seeds parses as written, e.g.
 ``"Dense(500, input_dim=2, activation='relu', kernel_regularizer=l2(0.001))"``. Lines are read
 with :mod:`reglab._parse` (no ``eval``). Tensors keep PyTorch's channels-first layout: image data is
 (N, C, H, W) and sequence data (N, steps, features) as Keras has it; a Conv1D transposes to
-channels-first itself. The model outputs logits: a final ``sigmoid``/``softmax`` activation is
-folded into the loss.
+channels-first itself (N, C, steps), and a recurrent layer after it transposes back. The model
+outputs logits: a final ``sigmoid``/``softmax`` activation is folded into the loss.
+
+Keras layers whose PyTorch counterparts have other defaults or another layout, as translated here:
+
+- ``BatchNormalization(axis=-1, momentum=0.99, epsilon=0.001, center=True, scale=True)`` →
+  :class:`reglab.KerasBatchNorm`: ``eps = epsilon`` (1e-3, not PyTorch's 1e-5), PyTorch's
+  ``momentum = 1 - momentum`` (0.99 → 0.01, not PyTorch's 0.1), the moving variance updated with
+  the batch's biased variance as Keras does (PyTorch's BatchNorm uses the unbiased one), beta
+  (``bias``) and gamma (``weight``) dropped separately by ``center``/``scale``. Keras normalises
+  its last axis, the features: here the last dim of flat (N, F) data and of (N, steps, features)
+  sequences (statistics over the batch and the steps), and dim 1 of images (N, C, H, W) (the
+  channels, BatchNorm2d's dim) and of Conv1D outputs (N, C, steps). ``beta_regularizer``/
+  ``gamma_regularizer`` (and the constraints) go on ``bias``/``weight``.
+- ``LayerNormalization(axis=-1, epsilon=0.001, center=True, scale=True)`` →
+  ``nn.LayerNorm(features, eps=1e-3, bias=center)`` over the last dim of flat data and sequences;
+  on images and Conv1D outputs, where Keras's last axis is our dim 1 (the channels), and when
+  ``scale=False`` → :class:`reglab.KerasLayerNorm` (``axis=1`` normalises each position's channels).
+- ``Embedding(input_dim, output_dim)`` → ``nn.Embedding(input_dim, output_dim)``, first layer only
+  (it takes integer token ids, samples of shape (steps,)); its table has Keras's layout
+  (input_dim, output_dim), so ``embeddings_regularizer`` is Keras's on the whole table and an
+  ``embeddings_constraint``'s Keras ``axis`` (default 0: each embedding dimension's column over
+  the vocabulary) is PyTorch's ``dim``. Keras's uniform(-0.05, 0.05) initialisation is the keras
+  preset's. ``mask_zero=True`` is refused.
+- ``SpatialDropout1D(rate)`` on (N, steps, features) → :class:`reglab.SequenceDropout` (one mask
+  per sample and feature, shared by every step, Keras's noise shape (N, 1, features)); after a
+  Conv1D (N, C, steps) → ``nn.Dropout1d`` (mask (N, C, 1)). ``SpatialDropout2D(rate)`` on images
+  (N, C, H, W) → ``nn.Dropout2d`` (mask (N, C, 1, 1): whole channels, Keras's (N, 1, 1, C)).
 
 >>> model = build(["Dense(8, input_dim=2, activation='relu', kernel_regularizer=l2(0.001))",
 ...                "Dense(1, activation='sigmoid')"], input_shape=(2,))
@@ -28,7 +54,8 @@ from .. import constraints as C
 from .. import penalties as R
 from .._parse import Call, ParseError, parse_call
 from ..attach import registry, regularize
-from ..layers import ChannelsFirst, GaussianDropout, GaussianNoise, RNNOutput, SequenceDropout
+from ..layers import (ChannelsFirst, GaussianDropout, GaussianNoise, KerasBatchNorm, KerasLayerNorm, RNNOutput,
+                      SequenceDropout)
 
 
 class ModelError(ValueError):
@@ -46,6 +73,10 @@ ACTIVATIONS = {
 }
 _REG_ARGS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "recurrent_regularizer")
 _CON_ARGS = ("kernel_constraint", "bias_constraint", "recurrent_constraint")
+# Regularizers and constraints of the normalisation layers' beta/gamma and of an Embedding's table.
+_NAMED_REGS = ("beta_regularizer", "gamma_regularizer", "embeddings_regularizer")
+_NAMED_CONS = ("beta_constraint", "gamma_constraint", "embeddings_constraint")
+_NORM_RULES = {"beta_regularizer", "gamma_regularizer", "beta_constraint", "gamma_constraint"}
 _COMMON = {"name", "input_dim", "input_shape", "kernel_initializer", "bias_initializer", "recurrent_initializer",
            "activity_regularizer"}
 _OWN_ACTIVITY = {"Dense", "Conv1D", "Conv2D", "LSTM", "GRU", "SimpleRNN"}
@@ -62,11 +93,19 @@ _ALLOWED = {
     "AveragePooling1D": {"pool_size", "strides", "padding"}, "AveragePooling2D": {"pool_size", "strides", "padding"},
     "Flatten": set(), "Dropout": {"rate"}, "GaussianNoise": {"stddev"}, "GaussianDropout": {"rate"},
     "Activation": {"activation"}, "ActivityRegularization": {"l1", "l2"},
+    "BatchNormalization": {"axis", "momentum", "epsilon", "center", "scale", *_NORM_RULES},
+    "LayerNormalization": {"axis", "epsilon", "center", "scale", *_NORM_RULES},
+    "Embedding": {"input_dim", "output_dim", "embeddings_regularizer", "embeddings_constraint", "mask_zero",
+                  "input_length"},
+    "SpatialDropout1D": {"rate"}, "SpatialDropout2D": {"rate"},
 }
 _POSITIONAL = {"Dense": ["units"], "Conv1D": ["filters", "kernel_size"], "Conv2D": ["filters", "kernel_size"],
                "LSTM": ["units"], "GRU": ["units"], "SimpleRNN": ["units"], "MaxPooling1D": ["pool_size"],
                "MaxPooling2D": ["pool_size"], "AveragePooling1D": ["pool_size"], "AveragePooling2D": ["pool_size"],
-               "Dropout": ["rate"], "GaussianNoise": ["stddev"], "GaussianDropout": ["rate"], "Activation": ["activation"]}
+               "Dropout": ["rate"], "GaussianNoise": ["stddev"], "GaussianDropout": ["rate"], "Activation": ["activation"],
+               "BatchNormalization": ["axis", "momentum", "epsilon", "center", "scale"],
+               "LayerNormalization": ["axis", "epsilon", "center", "scale"], "Embedding": ["input_dim", "output_dim"],
+               "SpatialDropout1D": ["rate"], "SpatialDropout2D": ["rate"]}
 _ALIASES = {"Convolution1D": "Conv1D", "Convolution2D": "Conv2D", "MaxPool1D": "MaxPooling1D",
             "MaxPool2D": "MaxPooling2D", "AvgPool1D": "AveragePooling1D", "AvgPool2D": "AveragePooling2D"}
 
@@ -98,17 +137,19 @@ def parse_line(line: str) -> tuple[str, dict]:
     for key in args:
         if key not in allowed:
             takers = [k for k in _ALLOWED if key in _ALLOWED[k]]
-            if key in (*_REG_ARGS, *_CON_ARGS) and takers:
-                hint = f": it has no {key.split('_')[0]} weight; {', '.join(takers)} take {key}"
+            if key in (*_REG_ARGS, *_CON_ARGS, *_NAMED_REGS, *_NAMED_CONS) and takers:
+                hint = f": it has no {key.split('_')[0]} weight; {', '.join(takers)} take{'' if len(takers) > 1 else 's'} {key}"
             else:
                 close = difflib.get_close_matches(key, sorted(allowed), n=1)
                 hint = (f"; did you mean {close[0]!r}?" if close else
                         f"; {kind} takes {', '.join(sorted(_ALLOWED[kind])) or 'no arguments'}")
             raise ModelError(f"{line!r}: {kind} has no argument {key!r}{hint}")
     # Names inside the line are checked here, so a study file with a typo is rejected when it is read.
-    for key in (*_REG_ARGS, *_CON_ARGS):
-        if key in args:
-            _rule(args[key], R.get if key in _REG_ARGS else C.get, f"{line!r}: {key}")
+    for key in (*_REG_ARGS, *_CON_ARGS, *_NAMED_REGS, *_NAMED_CONS):
+        if key in args and key == "embeddings_constraint":
+            _embedding_constraint(args[key], f"{line!r}: {key}")
+        elif key in args:
+            _rule(args[key], R.get if key in (*_REG_ARGS, *_NAMED_REGS) else C.get, f"{line!r}: {key}")
     if "activation" in args and kind != "SimpleRNN":
         _activation(args["activation"], f"{line!r}")
     if "input_dim" in args:
@@ -170,6 +211,8 @@ def build(lines: list[str], input_shape: tuple[int, ...], *, task: str | None = 
         where = f"layer {index} {line!r}"
         last = index == len(lines) - 1
         for key in ("input_dim", "input_shape"):
+            if key == "input_dim" and kind == "Embedding":
+                continue   # an Embedding's input_dim is its vocabulary size
             if key in args and index == 0:
                 given = (args[key],) if key == "input_dim" else tuple(args[key])
                 if tuple(given) != shape[-len(given):] and tuple(given) != shape:
@@ -224,8 +267,9 @@ def _add(kind, args, shape, modules, where, last, task, convention):
         if kind == "Conv1D":
             if len(shape) != 2:
                 raise ModelError(f"{where}: Conv1D needs samples of shape (steps, features); these have shape {shape}.")
-            modules.append(ChannelsFirst())
-            shape = (shape[1], shape[0])
+            if _layout(shape, modules) == "steps":   # after another Conv1D it is channels-first already
+                modules.append(ChannelsFirst())
+                shape = (shape[1], shape[0])
         elif len(shape) != 3:
             raise ModelError(f"{where}: Conv2D needs samples of shape (channels, height, width); these have shape {shape}.")
         _fits(shape[0] * filters * _prod(ksize), where, "filters or kernel_size")
@@ -236,6 +280,9 @@ def _add(kind, args, shape, modules, where, last, task, convention):
         if len(shape) != 2:
             raise ModelError(f"{where}: {kind} needs samples of shape (steps, features); these have shape {shape}.")
         units = _positive(args.get("units"), where, "units")
+        if _layout(shape, modules) == "channels":   # a Conv1D's (C, steps) output: back to (steps, C)
+            modules.append(ChannelsFirst())
+            shape = (shape[1], shape[0])
         _fits(4 * units * (shape[1] + units), where, "units")
         rate = _fraction(args.get("dropout", 0.0), where, "dropout")
         if rate:
@@ -264,7 +311,7 @@ def _add(kind, args, shape, modules, where, last, task, convention):
         cls = {("Max", 1): nn.MaxPool1d, ("Max", 2): nn.MaxPool2d, ("Ave", 1): nn.AvgPool1d, ("Ave", 2): nn.AvgPool2d}[(kind[:3], n)]
         if n == 2 and len(shape) != 3:
             raise ModelError(f"{where}: {kind} needs samples of shape (channels, height, width); these have shape {shape}.")
-        if n == 1 and (not modules or not _channels_first(modules)):
+        if n == 1 and _layout(shape, modules) != "channels":
             if len(shape) != 2:
                 raise ModelError(f"{where}: {kind} needs samples of shape (steps, features); these have shape {shape}.")
             modules.append(ChannelsFirst())
@@ -286,6 +333,28 @@ def _add(kind, args, shape, modules, where, last, task, convention):
         return shape
     elif kind == "GaussianDropout":
         modules.append(GaussianDropout(_fraction(args.get("rate"), where, "rate")))
+        return shape
+    elif kind in ("BatchNormalization", "LayerNormalization"):
+        return _normalization(kind, args, shape, modules, where, convention)
+    elif kind == "Embedding":
+        return _embedding(args, shape, modules, where, convention)
+    elif kind == "SpatialDropout1D":
+        rate = _fraction(args.get("rate"), where, "rate")
+        layout = _layout(shape, modules)
+        if layout not in ("steps", "channels"):
+            raise ModelError(f"{where}: SpatialDropout1D needs samples of shape (steps, features); these have shape "
+                             f"{shape}; use Dropout, or SpatialDropout2D for images.")
+        # Keras drops whole features with one mask per sample shared by every step (noise shape
+        # (N, 1, features)): SequenceDropout on (N, steps, features), nn.Dropout1d on a Conv1D's (N, C, steps).
+        modules.append(SequenceDropout(rate) if layout == "steps" else nn.Dropout1d(rate))
+        return shape
+    elif kind == "SpatialDropout2D":
+        rate = _fraction(args.get("rate"), where, "rate")
+        if len(shape) != 3:
+            raise ModelError(f"{where}: SpatialDropout2D needs samples of shape (channels, height, width); these have "
+                             f"shape {shape}; use Dropout, or SpatialDropout1D for sequences.")
+        # Keras's channels-last mask (N, 1, 1, C) is nn.Dropout2d's (N, C, 1, 1) on (N, C, H, W).
+        modules.append(nn.Dropout2d(rate))
         return shape
     elif kind == "Activation":
         act = _activation(args.get("activation"), where)
@@ -310,8 +379,132 @@ def _add(kind, args, shape, modules, where, last, task, convention):
     return shape
 
 
-def _channels_first(modules):
-    return any(isinstance(m, ChannelsFirst) for m in modules)
+def _normalization(kind, args, shape, modules, where, convention):
+    """BatchNormalization / LayerNormalization with Keras's defaults (see the module's docstring)."""
+    if "axis" in args and (isinstance(args["axis"], bool) or args["axis"] != -1):
+        raise ModelError(f"{where}: only axis=-1 (Keras's default: the features, or an image's channels) is "
+                         f"supported; remove axis={args['axis']!r}.")
+    eps = _positive_number(args.get("epsilon", 1e-3), where, "epsilon")
+    center, scale = _flag(args.get("center", True), where, "center"), _flag(args.get("scale", True), where, "scale")
+    rules = {}
+    for name, param, on in (("beta", "bias", center), ("gamma", "weight", scale)):
+        for suffix, getter in (("regularizer", R.get), ("constraint", C.get)):
+            value = _rule(args.get(f"{name}_{suffix}"), getter, where)
+            if value is not None and not on:
+                flag = "center" if name == "beta" else "scale"
+                raise ModelError(f"{where}: {name}_{suffix} needs {flag}=True ({flag}=False drops {name}); "
+                                 f"remove one of them.")
+            rules.setdefault(suffix, {})[param] = value
+    layout = _layout(shape, modules)
+    if layout == "other":
+        raise ModelError(f"{where}: {kind} needs samples of shape (features,), (steps, features) or (channels, "
+                         f"height, width); these have shape {shape}.")
+    # Keras normalises its last axis (the features; an image's channels): here dim 1 of images
+    # (N, C, H, W) and Conv1D outputs (N, C, steps), the last dim of flat (N, F) and (N, steps, features).
+    dim = 1 if layout in ("image", "channels") else -1
+    features = shape[-1] if dim == -1 else shape[0]   # shape has no batch dim: PyTorch dim 1 is shape[0]
+    if kind == "BatchNormalization":
+        momentum = _unit(args.get("momentum", 0.99), where, "momentum")
+        # PyTorch's momentum weighs the new batch: 1 - Keras's (0.99 -> 0.01, written without the
+        # float noise of 1 - 0.99); eps = Keras's epsilon (1e-3, not PyTorch's 1e-5).
+        module = KerasBatchNorm(features, eps=eps, momentum=float(f"{1.0 - momentum:.12g}"), center=center,
+                                scale=scale, axis=dim)
+    elif dim == -1 and scale:
+        module = nn.LayerNorm(features, eps=eps, bias=center)     # eps = Keras's epsilon (1e-3, not 1e-5)
+    else:   # channels-first (Keras's last axis is our dim 1), or gamma dropped while beta stays
+        module = KerasLayerNorm(features, eps=eps, center=center, scale=scale, axis=dim)
+    _attach_named(module, rules["regularizer"], rules["constraint"], where, convention)
+    modules.append(module)
+    return shape
+
+
+def _embedding(args, shape, modules, where, convention):
+    """Embedding(input_dim, output_dim): nn.Embedding, the first layer, on token ids of shape (steps,)."""
+    if modules:
+        raise ModelError(f"{where}: Embedding must be the first layer: it takes integer token ids, and the layers "
+                         f"before it give floats; move it first.")
+    vocab = _positive(args.get("input_dim"), where, "input_dim")
+    dim = _positive(args.get("output_dim"), where, "output_dim")
+    mask = args.get("mask_zero", False)
+    if not isinstance(mask, bool):
+        raise ModelError(f"{where}: mask_zero must be True or False. Got {mask!r}.")
+    if mask:
+        raise ModelError(f"{where}: mask_zero=True is not supported (PyTorch layers take no Keras mask); remove it, "
+                         f"and token id 0 is embedded like any other.")
+    if len(shape) != 1:
+        raise ModelError(f"{where}: Embedding needs samples of token ids of shape (steps,); these have shape {shape}.")
+    if "input_length" in args and _positive(args["input_length"], where, "input_length") != shape[0]:
+        raise ModelError(f"{where}: input_length={args['input_length']} does not fit the data, whose samples have "
+                         f"{shape[0]} steps; write input_length={shape[0]} or leave it out.")
+    _fits(vocab * dim, where, "input_dim or output_dim")
+    module = nn.Embedding(vocab, dim)
+    _attach_named(module, {"weight": _rule(args.get("embeddings_regularizer"), R.get, where)},
+                  {"weight": _embedding_constraint(args.get("embeddings_constraint"), where)}, where, convention)
+    modules.append(module)
+    return (shape[0], dim)
+
+
+def _embedding_constraint(value, where):
+    """An embeddings_constraint with Keras's axis as PyTorch's dim.
+
+    nn.Embedding's table is (input_dim, output_dim), Keras's own layout, so Keras's ``axis`` is the
+    dim to reduce over as it stands: the default axis=0 takes each embedding dimension's norm over
+    the vocabulary (reglab's default for a 2-D weight, each row, would be Keras's axis=1)."""
+    if value is None:
+        return None
+    axis = 0
+    if isinstance(value, Call):
+        plain = _rule(value.name, C.get, where)
+        args, kwargs = list(value.args), dict(value.kwargs)
+        if "axis" in kwargs:
+            axis = kwargs.pop("axis")
+        elif len(args) > len(type(plain).bounds):
+            axis = args.pop()
+        if isinstance(axis, list):
+            axis = tuple(axis)
+        value = Call(value.name, tuple(args), kwargs)
+    constraint = _rule(value, C.get, where)
+    if isinstance(axis, bool) or not (isinstance(axis, int) or (
+            isinstance(axis, tuple) and axis and all(isinstance(a, int) and not isinstance(a, bool) for a in axis))):
+        raise ModelError(f"{where}: a constraint's axis must be an int or a tuple of ints. Got {axis!r}.")
+    if any(not -2 <= a <= 1 for a in ((axis,) if isinstance(axis, int) else axis)):
+        raise ModelError(f"{where}: axis={axis!r} does not fit the 2-D embedding table; use axis=0 (each embedding "
+                         f"dimension, Keras's default) or axis=1 (each token's vector).")
+    if hasattr(constraint, "dim"):
+        constraint.dim = (axis,) if isinstance(axis, int) else axis
+    return constraint
+
+
+def _flag(value, where, what):
+    if not isinstance(value, bool):
+        raise ModelError(f"{where}: {what} must be True or False. Got {value!r}.")
+    return value
+
+
+def _unit(value, where, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ModelError(f"{where}: {what} must be a number in [0, 1]. Got {value!r}.")
+    return float(value)
+
+
+def _positive_number(value, where, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ModelError(f"{where}: {what} must be a finite number > 0. Got {value!r}.")
+    return float(value)
+
+
+def _layout(shape, modules):
+    """How the samples of ``shape`` are laid out after ``modules``: "flat" (features,), "image"
+    (C, H, W), "steps" (steps, features), Keras's sequence layout, or "channels" (C, steps): a
+    Conv1D's output, until a recurrent layer transposes it back."""
+    if len(shape) != 2:
+        return {1: "flat", 3: "image"}.get(len(shape), "other")
+    for m in reversed(modules):
+        if isinstance(m, ChannelsFirst):
+            return "channels"
+        if isinstance(m, (RNNOutput, nn.Embedding)):
+            return "steps"
+    return "steps"
 
 
 def _activation_module(name, last, task):
@@ -332,6 +525,20 @@ def _attach(module, regs, cons, activity, where, convention):
                    recurrent_constraint=cons.get("recurrent_constraint"), activity_convention=convention)
     except (ValueError, TypeError) as exc:
         raise ModelError(f"{where}: {exc}") from None
+    _try_rules(module, where)
+
+
+def _attach_named(module, penalties, constraints, where, convention):
+    """Penalties and constraints by parameter name (``{"weight": ..., "bias": ...}``; None: nothing)."""
+    try:
+        regularize(module, penalties={k: v for k, v in penalties.items() if v is not None},
+                   constraints={k: v for k, v in constraints.items() if v is not None}, activity_convention=convention)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{where}: {exc}") from None
+    _try_rules(module, where)
+
+
+def _try_rules(module, where):
     reg = registry(module)
     if reg is None:
         return

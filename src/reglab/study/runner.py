@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import data as data_mod
 from .. import diagnose, stats
@@ -64,6 +65,8 @@ def prepare(study: S.Study):
                                f"study does not log; choose one of {', '.join(logged)}.")
         model = build(v.name)
         integers = wants_integers(model)
+        if integers and dataset.info.get("integer_inputs"):
+            _check_token_ids(model, dataset, f"variants.{v.name}")
         try:
             with torch.no_grad():
                 sample = as_tensors((dataset.X_train[:2], dataset.y_train[:2]), "train", dataset.task, integers)[0]
@@ -87,6 +90,23 @@ def prepare(study: S.Study):
             where = f"model.factory {study.model['factory']!r}" if "factory" in study.model else f"variants.{v.name}"
             raise S.StudyError(f"{where}: {str(exc).splitlines()[0]}") from None
     return dataset
+
+
+def _check_token_ids(model, dataset, where):
+    """A layer-line model's first layer, an Embedding, takes every token id of the data (an id out of
+    its vocabulary would fail in training, or in the first evaluation of the test part)."""
+    first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
+    if not isinstance(first, nn.Embedding):
+        return
+    parts = [a for a in (dataset.X_train, dataset.X_val, dataset.X_test) if a is not None and a.size]
+    low, high = min(int(a.min()) for a in parts), max(int(a.max()) for a in parts)
+    n = first.num_embeddings
+    if low < 0:
+        raise S.StudyError(f"{where}: the data holds token id {low}, but an Embedding takes ids 0 to {n - 1}; "
+                           f"map the tokens to ids >= 0.")
+    if high >= n:
+        raise S.StudyError(f"{where}: the data holds token id {high}, but Embedding(input_dim={n}) takes ids 0 to "
+                           f"{n - 1}; raise input_dim to at least {high + 1}.")
 
 
 def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=None, echo=None,
@@ -289,7 +309,8 @@ def _record(variant: S.Variant, seed: int, i: int, result, dataset, study: S.Stu
         history[key] = [float(v) for v in kept]
     history["epoch"] = [int(e) for e in (idx if idx is not None else [])]
     with torch.no_grad():
-        out = model(torch.as_tensor(dataset.X_test))
+        # integer columns stay ids for an Embedding and become floats for any other model, as in training
+        out = model(as_tensors((dataset.X_test, dataset.y_test), "test", dataset.task, wants_integers(model))[0])
         proba = np.asarray(dataset.to_original_units(task.predict(out).numpy())).round(5).tolist()
     metrics = {f"train_{metric}": train_eval[metric], f"test_{metric}": test_eval[metric],
                "train_loss": train_eval["loss"], "test_loss": test_eval["loss"],

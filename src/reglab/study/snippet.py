@@ -184,8 +184,23 @@ def _leaf_code(m: nn.Module) -> str:
         if kind is nn.AvgPool2d:
             defaults["divisor_override"] = None
         return _call(f"nn.{kind.__name__}", m.kernel_size, stride=m.stride, **_options(m, defaults))
-    if kind is nn.Dropout:
-        return _call("nn.Dropout", p=m.p, **({"inplace": True} if m.inplace else {}))
+    if kind in (nn.Dropout, nn.Dropout1d, nn.Dropout2d):
+        return _call(f"nn.{kind.__name__}", p=m.p, **({"inplace": True} if m.inplace else {}))
+    if kind is nn.Embedding:
+        if m.padding_idx is not None or m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
+            raise TypeError("an nn.Embedding with options cannot be written as code")
+        return _call("nn.Embedding", m.num_embeddings, m.embedding_dim)
+    if kind is nn.LayerNorm and len(m.normalized_shape) == 1:
+        extra = {} if m.elementwise_affine else {"elementwise_affine": False}
+        if m.elementwise_affine and m.bias is None:
+            extra["bias"] = False
+        return _call("nn.LayerNorm", m.normalized_shape[0], eps=m.eps, **extra)
+    if kind is L.KerasBatchNorm:
+        return _call("reglab.KerasBatchNorm", m.num_features, eps=m.eps, momentum=m.momentum,
+                     **_options(m, {"center": True, "scale": True, "axis": 1}))
+    if kind is L.KerasLayerNorm:
+        return _call("reglab.KerasLayerNorm", m.normalized_shape[0], eps=m.eps,
+                     **_options(m, {"center": True, "scale": True, "axis": -1}))
     if kind in _PLAIN:
         return _call(f"nn.{kind.__name__}", **_options(m, _PLAIN_DEFAULTS.get(kind, {})))
     if kind is L.SequenceDropout:
