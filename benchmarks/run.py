@@ -15,6 +15,17 @@ digits_cnn     load_digits as 1×8×8 images, Conv2d(16,3×3)-ReLU-MaxPool-Flatt
                Linear(10), 3 (L2, dropout) configs × seeds; population against a PyTorch loop.
 sequence_lstm  load_digits as 8 steps × 8 features, LSTM(32)-last step-Linear(10), 3 L2 configs × seeds;
                population against a PyTorch loop with nn.LSTM.
+tabular_mlp    any nn.Module (issue 12; models and peers in benchmarks/models.py): make_classification(6000, 8),
+               MLP 8-256-256-1 (ReLU), binary, L2 on the hidden kernels, 2 L2 × 5 seeds; reglab.train_population
+               against the PyTorch loop (one member after another) and a torch.func ensemble (stack_module_state +
+               vmap(functional_call), one stacked Adam). Targets: ≥ 4× the loop, ≥ 2× torch.func.
+residual_mlp   the same data, a residual MLP with BatchNorm1d and Dropout in a custom forward(), members differing
+               in dropout rate and L2 (torch.func: one ensemble per dropout rate). ≥ 3× the loop, ≥ 1.5× torch.func.
+transformer    token sequences (vocab 50, length 16, is the 7 before the 9), Embedding + learned positions + a 2-layer
+               TransformerEncoder (d_model 32, 4 heads, dropout 0.1) + mean + Linear; 2 L2 × 5 seeds. ≥ 3× the loop,
+               ≥ 1.5× torch.func.
+module_scaling residual_mlp and transformer as the population grows (1 → 20 members, one config): reglab, torch.func
+               and the loop's rate at each size; target: reglab never slower than the loop.
 scaling        model-epochs/s of the seed-MLP population as members grow 1 → 1000 and as training rows
                grow 30 → 10,000, with the PyTorch loop (one model) for reference.
 memory         peak RSS of a 1000-member seed-MLP population, measured in a fresh subprocess.
@@ -38,6 +49,7 @@ end is recorded, and --threads pins torch's and numba's thread counts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -50,6 +62,10 @@ import time
 import warnings
 from pathlib import Path
 
+# As `import reglab` does before PyTorch loads: OpenMP threads sleep at barriers instead of spinning
+# (this script imports torch first; without it a busy machine slows the PyTorch loop many-fold).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import sklearn
 import torch
@@ -61,6 +77,9 @@ from torch import nn
 import reglab
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import models  # noqa: E402  (benchmarks/models.py: the any-model cases' models, data and peers)
+
 LAMBDAS = [10.0 ** -k for k in range(1, 7)]   # 1e-1 … 1e-6
 BATCH = 32
 STUDY_MODELS, STUDY_EPOCHS = 180, 4000        # the seeds' full protocol: 720,000 model-epochs
@@ -71,6 +90,10 @@ SIZES = {
         "seed_mlp": dict(seeds=30, epochs=STUDY_EPOCHS, peer_models=12, peer_epochs=1000, warm_epochs=2, repeat=1),
         "digits_cnn": dict(seeds=10, configs=3, epochs=20, peer_models=3, repeat=1),
         "sequence_lstm": dict(seeds=10, configs=3, epochs=20, peer_models=3, repeat=1),
+        "tabular_mlp": dict(seeds=5, configs=2, epochs=5, peer_models=4, repeat=1),
+        "residual_mlp": dict(seeds=5, configs=2, epochs=4, peer_models=4, repeat=1),
+        "transformer": dict(seeds=5, configs=2, epochs=3, peer_models=4, repeat=1),
+        "module_scaling": dict(members=[1, 2, 5, 10, 20], epochs=1, peer_models=2, repeat=1),
         "scaling": dict(members=[1, 10, 100, 1000], member_epochs=200,
                         rows={30: 200, 300: 50, 3000: 10, 10000: 4}, row_members=30, repeat=3),
         "memory": dict(members=1000, epochs=100),
@@ -80,6 +103,10 @@ SIZES = {
         "seed_mlp": dict(seeds=30, epochs=200, peer_models=2, peer_epochs=200, warm_epochs=2, repeat=3),
         "digits_cnn": dict(seeds=5, configs=2, epochs=3, peer_models=2, repeat=3),
         "sequence_lstm": dict(seeds=5, configs=2, epochs=3, peer_models=2, repeat=3),
+        "tabular_mlp": dict(seeds=5, configs=2, epochs=1, peer_models=2, repeat=1),
+        "residual_mlp": dict(seeds=5, configs=2, epochs=1, peer_models=2, repeat=1),
+        "transformer": dict(seeds=5, configs=2, epochs=1, peer_models=2, repeat=1),
+        "module_scaling": dict(members=[1, 4], epochs=1, peer_models=1, repeat=1),
         "scaling": dict(members=[1, 10, 100, 1000], member_epochs=20,
                         rows={30: 20, 300: 5, 3000: 1, 10000: 1}, row_members=30, repeat=3),
         "memory": dict(members=1000, epochs=5),
@@ -87,7 +114,11 @@ SIZES = {
     },
 }
 TARGETS = {("seed_mlp", "sklearn"): 25.0, ("seed_mlp", "torch_loop"): 50.0,
-           ("digits_cnn", "torch_loop"): 5.0, ("sequence_lstm", "torch_loop"): 5.0}
+           ("digits_cnn", "torch_loop"): 5.0, ("sequence_lstm", "torch_loop"): 5.0,
+           ("tabular_mlp", "torch_loop"): 4.0, ("tabular_mlp", "torch_func"): 2.0,
+           ("residual_mlp", "torch_loop"): 3.0, ("residual_mlp", "torch_func"): 1.5,
+           ("transformer", "torch_loop"): 3.0, ("transformer", "torch_func"): 1.5}
+SCALING_TARGET = 1.0   # module_scaling: reglab never slower than the loop at any population size
 MEMORY_TARGET_GIB = 2.0
 
 
@@ -174,6 +205,29 @@ def reglab_population(build, configs, seeds, X, y, epochs, task, **kwargs):
         raise RuntimeError(f"reglab population ran {done} model-epochs (expected {len(result) * epochs}); "
                            f"{int(result.diverged.sum())} diverged")
     return wall, result
+
+
+@contextlib.contextmanager
+def general_path():
+    """Send every model down reglab's general (vmap) population path, the stacked-layer path's
+    alternative: the rows ``reglab_general`` show what the stacked layers and the fused kernel buy."""
+    before = os.environ.get("REGLAB_POPULATION")
+    os.environ["REGLAB_POPULATION"] = "general"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["REGLAB_POPULATION"]
+        else:
+            os.environ["REGLAB_POPULATION"] = before
+
+
+def general_row(build, configs, seeds, X, y, epochs, task, repeat, members):
+    """The same population through the general path: one measurement (first a 1-epoch warm-up)."""
+    with general_path():
+        reglab_population(build, configs, seeds, X, y, 1, task)
+        walls = repeated(repeat, lambda: reglab_population(build, configs, seeds, X, y, epochs, task)[0])
+    return measurement("reglab_general", members, epochs, walls)
 
 
 def sklearn_mlp(X, y, lam, seed, epochs):
@@ -284,7 +338,10 @@ def case_seed_mlp(s):
     torch_mlp(Xt, yt, jobs[0]["lam"], 0, 2)
     tl = one_at_a_time("torch_loop", lambda **kw: torch_mlp(Xt, yt, **kw), jobs, s["peer_epochs"], s["repeat"])
 
-    rows = [pop, sk, tl]
+    log(f"seed_mlp: reglab's general path, {members} members × {s['epochs']} epochs")
+    gen = general_row(build_mlp, configs, seeds, X, y, s["epochs"], "binary", s["repeat"], members)
+
+    rows = [pop, sk, tl, gen]
     for r in rows:   # the whole 180-member 4000-epoch study at this rate
         r["study_wall_s"] = STUDY_MODELS * STUDY_EPOCHS / r["model_epochs_per_s"]
         r["study_wall_measured"] = r["impl"] == "reglab" and members == STUDY_MODELS and s["epochs"] == STUDY_EPOCHS
@@ -314,7 +371,9 @@ def _population_case(case, build, configs_all, layout, peer_fn, s):
     log(f"{case}: PyTorch loop {len(jobs)} models × {s['epochs']} epochs")
     peer_fn(Xt[:64], yt[:64], epochs=1, **jobs[0])
     tl = one_at_a_time("torch_loop", lambda **kw: peer_fn(Xt, yt, **kw), jobs, s["epochs"], s["repeat"])
-    rows = [pop, tl]
+    log(f"{case}: reglab's general path, {members} members × {s['epochs']} epochs")
+    gen = general_row(build, configs, seeds, X, y, s["epochs"], "multiclass", s["repeat"], members)
+    rows = [pop, tl, gen]
     targets = with_ratios(case, rows)
     return {"rows": rows, "targets": targets, "configs": configs}
 
@@ -331,6 +390,126 @@ def case_sequence_lstm(s):
     out["description"] = ("load_digits 1000 rows as 8 steps × 8 features, LSTM(32)-last step-Linear(10), "
                           "L2 on input and recurrent kernels, Adam, batch 32")
     return out
+
+
+def timed_runs(repeat: int, fn):
+    """``repeat`` calls of ``fn()``, which returns (wall seconds, output): (the walls, the last output)."""
+    walls, out = [], None
+    for _ in range(repeat):
+        wall, out = fn()
+        walls.append(wall)
+    return walls, out
+
+
+def _accuracy_fields(accuracies) -> dict:
+    return {"train_accuracy": float(np.mean(accuracies)), "train_accuracy_range": [min(accuracies), max(accuracies)]}
+
+
+def _loop_models(spec, jobs, Xt, yt, epochs):
+    """Wall seconds and models of the PyTorch loop over ``jobs``, one member after another."""
+    start = time.perf_counter()
+    trained = [models.torch_loop(spec["model"], job["config"], job["seed"], Xt, yt, epochs) for job in jobs]
+    return time.perf_counter() - start, trained
+
+
+def _warm_up(spec, configs, seeds, X, y, Xt, yt):
+    """One short call of each implementation (lazy initialisation, reglab's kernels and probes)."""
+    reglab_population(spec["build"], configs, seeds, X[:256], y[:256], 1, "binary")
+    models.torch_func(spec["model"], configs, seeds, Xt[:256], yt[:256], 1)
+    models.torch_loop(spec["model"], configs[0], seeds[0], Xt[:64], yt[:64], 1)
+
+
+def _any_model_case(case, s):
+    spec = models.CASES[case]
+    X, y = spec["data"]()
+    Xt, yt = models.torch_data(X, y)
+    configs = spec["configs"][:s["configs"]]
+    seeds = list(range(s["seeds"]))
+    members = len(configs) * len(seeds)
+    jobs = [dict(config=cfg, seed=i) for i, cfg in enumerate((configs * s["peer_models"])[:s["peer_models"]])]
+    E, k = s["epochs"], s["repeat"]
+
+    log(f"{case}: warm-up (each implementation once, 1 epoch on a few rows)")
+    _warm_up(spec, configs, seeds, X, y, Xt, yt)
+
+    log(f"{case}: reglab {members} members × {E} epochs")
+    walls, result = timed_runs(k, lambda: reglab_population(spec["build"], configs, seeds, X, y, E, "binary"))
+    pop = measurement("reglab", members, E, walls,
+                      **_accuracy_fields([models.model_accuracy(m, Xt, yt) for m in result.models]))
+
+    log(f"{case}: PyTorch loop {len(jobs)} models × {E} epochs")
+    walls, trained = timed_runs(k, lambda: _loop_models(spec, jobs, Xt, yt, E))
+    loop = measurement("torch_loop", len(jobs), E, walls,
+                       **_accuracy_fields([models.model_accuracy(m, Xt, yt) for m in trained]))
+
+    groups = len(models.group_members(configs, seeds))
+    log(f"{case}: torch.func {members} members × {E} epochs ({groups} stacked ensemble(s))")
+    walls, ensembles = timed_runs(k, lambda: timed(models.torch_func, spec["model"], configs, seeds, Xt, yt, E))
+    func = measurement("torch_func", members, E, walls, ensembles=groups,
+                       **_accuracy_fields(models.ensemble_accuracies(ensembles, Xt, yt)))
+
+    rows = [pop, loop, func]
+    if isinstance(spec["build"](**configs[0]), torch.nn.Sequential):
+        log(f"{case}: reglab's general path, {members} members × {E} epochs")
+        rows.append(general_row(spec["build"], configs, seeds, X, y, E, "binary", k, members))
+    return {"rows": rows, "targets": with_ratios(case, rows), "configs": configs}
+
+
+def case_tabular_mlp(s):
+    out = _any_model_case("tabular_mlp", s)
+    out["description"] = ("make_classification(6000, 8, n_informative=5, flip_y=0.2), standardised; MLP 8-256-256-1 "
+                          "(ReLU), L2 on both hidden kernels, binary, Adam, batch 32")
+    return out
+
+
+def case_residual_mlp(s):
+    out = _any_model_case("residual_mlp", s)
+    out["description"] = ("make_classification(6000, 8) as tabular_mlp; Linear(8,128)-BatchNorm1d-ReLU, 2 residual blocks "
+                          "h + Dropout(ReLU(BatchNorm1d(Linear(128,128)(h)))), Linear(128,1) in a custom forward(); "
+                          "L2 on the blocks' kernels; configs differ in dropout rate and L2 (torch.func: one stacked "
+                          "ensemble per dropout rate)")
+    return out
+
+
+def case_transformer(s):
+    out = _any_model_case("transformer", s)
+    out["description"] = (f"{models.VOCAB}-token sequences of length {models.LENGTH}, 4000 rows, label: the 7 comes "
+                          "before the 9; Embedding(50,32) + learned positions, 2-layer TransformerEncoder (d_model 32, "
+                          "4 heads, feed-forward 64, dropout 0.1, batch_first), mean over positions, Linear(32,1); "
+                          "L2 on the feed-forward kernels")
+    return out
+
+
+def case_module_scaling(s):
+    rows, targets = [], []
+    E, k = s["epochs"], s["repeat"]
+    for case in ("residual_mlp", "transformer"):
+        spec = models.CASES[case]
+        X, y = spec["data"]()
+        Xt, yt = models.torch_data(X, y)
+        configs = spec["configs"][:1]
+        _warm_up(spec, configs, [0], X, y, Xt, yt)
+        jobs = [dict(config=configs[0], seed=i) for i in range(s["peer_models"])]
+        log(f"module_scaling: {case}, PyTorch loop {len(jobs)} models × {E} epochs")
+        walls, _ = timed_runs(k, lambda: _loop_models(spec, jobs, Xt, yt, E))
+        loop = measurement("torch_loop", len(jobs), E, walls, model=case)
+        rows.append(loop)
+        for P in s["members"]:
+            seeds = list(range(P))
+            log(f"module_scaling: {case}, reglab and torch.func {P} member(s) × {E} epochs")
+            walls, _ = timed_runs(k, lambda: reglab_population(spec["build"], configs, seeds, X, y, E, "binary"))
+            pop = measurement("reglab", P, E, walls, model=case)
+            walls, _ = timed_runs(k, lambda: timed(models.torch_func, spec["model"], configs, seeds, Xt, yt, E))
+            func = measurement("torch_func", P, E, walls, model=case)
+            pop["loop_speedup"] = pop["model_epochs_per_s"] / loop["model_epochs_per_s"]
+            pop["func_speedup"] = pop["model_epochs_per_s"] / func["model_epochs_per_s"]
+            rows += [pop, func]
+            targets.append({"case": "module_scaling", "versus": f"torch_loop, {case}, {P} member(s)",
+                            "target": SCALING_TARGET, "speedup": pop["loop_speedup"],
+                            "met": pop["loop_speedup"] >= SCALING_TARGET})
+    return {"description": "residual_mlp and transformer (first config) as the population grows; the loop's rate "
+                           "(one member after another) does not depend on the population size",
+            "rows": rows, "targets": targets}
 
 
 def case_scaling(s):
@@ -516,7 +695,9 @@ def machine_info(mode: str) -> dict:
 
 # ---------------------------------------------------------------------------------------- reporting
 
-NAMES = {"reglab": "reglab population", "sklearn": "scikit-learn MLPClassifier", "torch_loop": "PyTorch loop"}
+NAMES = {"reglab": "reglab population", "sklearn": "scikit-learn MLPClassifier", "torch_loop": "PyTorch loop",
+         "torch_func": "torch.func ensemble", "reglab_general": "reglab, general (vmap) path"}
+ANY_MODEL = ("tabular_mlp", "residual_mlp", "transformer")
 
 
 def _fmt_s(seconds: float) -> str:
@@ -567,6 +748,40 @@ def markdown(results: dict) -> str:
     if overhead:
         lines += ["First-call overhead of reglab (numba compiles or loads its kernels; excluded above): "
                   + ", ".join(f"{c} {_fmt_s(v)}" for c, v in overhead) + ".", ""]
+    any_model = [c for c in ANY_MODEL if c in cases]
+    if any_model:
+        lines += ["Any nn.Module (models and peers in benchmarks/models.py): the PyTorch loop trains one member after "
+                  "another, the torch.func ensemble every member at once (stack_module_state, vmap(functional_call), "
+                  "one Adam over the stacked tensors). Train accuracy: the mean over the members each implementation "
+                  "trained, in eval mode on the training set.", "",
+                  "| Case | Implementation | Timed (models × epochs) | Wall | Model-epochs/s | reglab speed-up | Target "
+                  "| Train accuracy |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for case in any_model:
+            for r in cases[case]["rows"]:
+                target = next((t for t in cases[case]["targets"] if t["versus"] == r["impl"]), None)
+                speedup = _fmt_x(r["reglab_speedup"]) if "reglab_speedup" in r else "—"
+                verdict = (f"≥ {target['target']:g}×: {'met' if target['met'] else 'NOT met'}" if target else "")
+                accuracy = f"{r['train_accuracy']:.3f}" if "train_accuracy" in r else "—"
+                lines.append(f"| {case} | {NAMES[r['impl']]} | {r['members']} × {r['epochs']} | {_fmt_s(r['wall_s'])} | "
+                             f"{_fmt_rate(r['model_epochs_per_s'])} | {speedup} | {verdict} | {accuracy} |")
+        lines.append("")
+    if "module_scaling" in cases:
+        rows = cases["module_scaling"]["rows"]
+        lines += ["Any nn.Module, scaling with members (first config; the loop's rate, one member after another, is "
+                  f"the same at every size; target: reglab ≥ {SCALING_TARGET:g}× the loop at every size):", "",
+                  "| Model | Members | Epochs | reglab wall | reglab model-epochs/s | torch.func model-epochs/s "
+                  "| PyTorch loop model-epochs/s | reglab ÷ loop | reglab ÷ torch.func |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for model in dict.fromkeys(r["model"] for r in rows):
+            loop = next(r for r in rows if r["model"] == model and r["impl"] == "torch_loop")
+            func = {r["members"]: r for r in rows if r["model"] == model and r["impl"] == "torch_func"}
+            for r in (r for r in rows if r["model"] == model and r["impl"] == "reglab"):
+                lines.append(f"| {model} | {r['members']} | {r['epochs']} | {_fmt_s(r['wall_s'])} | "
+                             f"{_fmt_rate(r['model_epochs_per_s'])} | {_fmt_rate(func[r['members']]['model_epochs_per_s'])} | "
+                             f"{_fmt_rate(loop['model_epochs_per_s'])} | {_fmt_x(r['loop_speedup'])} | "
+                             f"{_fmt_x(r['func_speedup'])} |")
+        lines.append("")
     if "scaling" in cases:
         rows = cases["scaling"]["rows"]
         mem_rows = [r for r in rows if r["axis"] == "members"]
@@ -606,7 +821,7 @@ def markdown(results: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ main
 
-CASES = ["seed_mlp", "digits_cnn", "sequence_lstm", "scaling", "memory", "contention"]
+CASES = ["seed_mlp", "digits_cnn", "sequence_lstm", *ANY_MODEL, "module_scaling", "scaling", "memory", "contention"]
 
 
 def main(argv=None) -> int:

@@ -353,3 +353,16 @@ def test_unbatchable_models_get_one_clear_error(build, match):
     with pytest.raises(NotBatchable, match=match) as info:
         reglab.train_population(build, None, [0, 1], train=tabular(), epochs=1, progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_a_population_of_one_equals_its_fit(float64):
+    """One member runs without vmap after its first step (same arithmetic): still equal to fit."""
+    build, data, configs = FAMILIES["residual-batchnorm1d"]
+    check_family(build, data(), [configs[1]], seeds=(3,), epochs=5)
+    build, data, configs = FAMILIES["transformer-attention"]
+    check_family(build, data(), [configs[1]], seeds=(3,), epochs=3)
+
+
+def test_a_population_of_one_still_refuses_what_cannot_batch():
+    with pytest.raises(NotBatchable, match="draws random numbers"):
+        reglab.train_population(RandomInForward, None, [0], train=tabular(), epochs=2, progress=False)

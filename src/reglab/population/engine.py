@@ -91,8 +91,10 @@ def signature(model: nn.Module) -> tuple:
 
 def make_population(models: list[nn.Module]):
     """The population for ``models``: the stacked-layer path (with the fused MLP kernel) for an
-    nn.Sequential of the layers it runs, else the general vmap path (:class:`ModulePopulation`)."""
-    if _sequential(models[0]):
+    nn.Sequential of the layers it runs, else the general vmap path (:class:`ModulePopulation`).
+    ``REGLAB_POPULATION=general`` sends every model down the general path (the benchmarks compare
+    the two on the models both run)."""
+    if _sequential(models[0]) and os.environ.get("REGLAB_POPULATION", "auto") != "general":
         try:
             return Population(models)
         except ValueError:

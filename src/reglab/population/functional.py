@@ -380,6 +380,7 @@ class ModulePopulation:
         for name in self.activity:
             self.base.get_submodule(name).register_forward_hook(self._capture(name))
         self._plans = {}
+        self._checked = set()   # (shared, mode, shape, training) that ran under vmap
         self._draws = None
         self._cursor = 0
         self._fns = {}
@@ -517,8 +518,18 @@ class ModulePopulation:
             self._fns[key] = torch.func.vmap(self._member_fn(uses_mode), in_dims=(0, 0, None if shared else 0, 0),
                                              randomness="error")
         self._draws, self._slot, self._plan_now, self._cursor = draws, slots, plan, 0
+        checked = key + (tuple(x.shape), ctx.training)
         try:
-            out, acts = self._fns[key](self.params, self.buffers, x, draws)
+            if self.P == 1 and checked in self._checked:
+                # One member runs as the plain model (vmap's per-op cost buys nothing): the same
+                # arithmetic, once the first call of this kind has shown under vmap that it batches.
+                out, acts = self._member_fn(uses_mode)([p[0] for p in self.params], [b[0] for b in self.buffers],
+                                                       x if shared else x[0], [d[0] for d in draws])
+                out = out.unsqueeze(0)
+                acts = [a.unsqueeze(0) for a in acts]
+            else:
+                out, acts = self._fns[key](self.params, self.buffers, x, draws)
+                self._checked.add(checked)
         except RuntimeError as exc:
             raise _explain(exc, self.base) from None
         finally:
