@@ -243,7 +243,11 @@ def test_an_older_database_gains_the_progress_indexes_and_keeps_its_results(tmp_
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
     with Store(path) as store:
         sid = store.open_study("s", SPEC)
-        store.save(sid, [record("none", s, params={}, diverged=s == 1) for s in range(3)])
+    con = raw(path)   # rows as that schema's reglab wrote them (today's save writes a split column too)
+    con.executemany("INSERT INTO results (study_id, config_key, seed, variant, params, metrics, epochs_run, diverged, "
+                    "history, extra, saved) VALUES (?, 'none', ?, 'none', '{}', '{}', 3, ?, '{}', '{}', 'then')",
+                    [(sid, s, int(s == 1)) for s in range(3)])
+    con.close()
     monkeypatch.undo()
     with Store(path) as store:
         assert store.progress(sid)["configs"] == [{"config_key": "none", "variant": "none", "params": {},
@@ -251,8 +255,9 @@ def test_an_older_database_gains_the_progress_indexes_and_keeps_its_results(tmp_
     con = raw(path)
     indexes = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"results_seeds", "results_diverged"} <= indexes
-    assert [row[0] for row in con.execute("SELECT name FROM migrations ORDER BY rowid")][-1] == "0003_progress_indexes"
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    applied = [row[0] for row in con.execute("SELECT name FROM migrations ORDER BY rowid")]
+    assert applied == [name for name, _ in MIGRATIONS] and "0003_progress_indexes" in applied
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == len(MIGRATIONS)
     con.close()
 
 

@@ -27,9 +27,10 @@ _EXPORTS = {
     **dict.fromkeys(["train_population", "PopulationResult"], "population"),
     **dict.fromkeys(["Callback", "EarlyStopping", "PenaltySchedule"], "callbacks"),
     "initialize": "presets",
+    "Study": "notebook",
 }
 _SUBMODULES = ("penalties", "constraints", "optim", "presets", "tasks", "threads", "attach", "callbacks", "layers",
-               "training", "population", "data", "diagnose", "stats", "store", "study", "report", "cli")
+               "training", "population", "data", "diagnose", "stats", "store", "study", "report", "notebook", "cli")
 
 __all__ = [*_EXPORTS, "penalties", "constraints", "optim", "presets", "tasks", "threads"]
 

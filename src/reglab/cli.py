@@ -104,14 +104,7 @@ def _open_store(db, create=True):
 def _print_run(run_, published=None):
     from reglab.study import text
 
-    s = run_.summary
-    click.echo(f"\n== {s['study']} ({s['protocol']}, {s['seeds']} seeds, metric: {s['metric']}) ==")
-    if s.get("question"):
-        click.echo(s["question"])
-    click.echo(text.table(s, published))
-    click.echo(text.diagnosis(s))
-    if s.get("snippet"):
-        click.echo("\nwinning configuration, as PyTorch code:\n" + s["snippet"])
+    click.echo("\n" + text.console(run_.summary, published))
 
 
 @main.command()
@@ -235,18 +228,26 @@ def status(study_name, db):
     if run_seeds:
         seeds |= set(run_seeds)
     rows, declared, refining = _status_rows(row["spec"], progress["configs"])
-    expected = len(rows) * len(seeds)
+    splits = _splits(row["spec"])   # a study over K train/test splits runs every seed on each
+    expected = len(rows) * len(seeds) * splits
     finished = sum(progress["seeds"].values())
+    over = f"{splits} splits × {len(seeds)} seed(s)" if splits > 1 else f"{len(seeds)} seed(s)"
     if live:
         members = planned.get("members", expected)
-        done = _finished_in_run(in_run["configs"], declared, members, len(run_seeds or seeds))
+        done = _finished_in_run(in_run["configs"], declared, members, len(run_seeds or seeds) * splits)
         click.echo(f"{study_name}: running{holder(live)}: {done} of {members} members finished")
     else:
-        click.echo(f"{study_name}: {finished} of {expected} results over the {len(seeds)} seed(s) run so far"
+        click.echo(f"{study_name}: {finished} of {expected} results over the {over} run so far"
                    + (" (grid refinement may add more)" if refining else ""))
     for name, note, count, diverged in rows:
         label = f"{name} ({note})" if note else name
-        click.echo(f"  {label:<24} {count:>4}/{len(seeds)}" + (f"  ({diverged} diverged)" if diverged else ""))
+        click.echo(f"  {label:<24} {count:>4}/{len(seeds) * splits}" + (f"  ({diverged} diverged)" if diverged else ""))
+
+
+def _splits(stored_spec) -> int:
+    """The train/test splits of a stored study (``splits``; 1 when absent or not a count)."""
+    splits = stored_spec.get("splits", 1) if isinstance(stored_spec, dict) else 1
+    return splits if isinstance(splits, int) and not isinstance(splits, bool) and splits >= 1 else 1
 
 
 def _status_rows(stored_spec, configs):

@@ -16,6 +16,16 @@ Regression targets are standardised with the training part's mean and std (``sta
 default true): models train on ``(y - mean) / std``, and :meth:`Dataset.to_original_units` and
 :meth:`Dataset.metrics_in_original_units` bring predictions, MAE and losses back to the target's units.
 
+Several train/test splits (``load(spec, splits=K)``, a study's ``splits = K``): ``cv = "shuffle"``
+(the default) draws split ``k`` as the one split would be drawn with ``split_seed + k`` (split 0
+is the one split); ``cv = "kfold"`` cuts the rows into K folds (stratified for classes, shuffled
+with ``split_seed``) and fold ``k`` is the test part of split ``k``. The first-n protocol
+(``train = n``, the generators' default) has only one split of its own: with ``splits > 1`` each
+split draws ``n`` training rows at random (stratified for classes, ``split_seed + k``). Each
+split carves its own validation part (``split_seed + k``) and fits its own standardisation on its
+training rows. The returned dataset is split 0; ``dataset.splits`` lists all K
+(:meth:`Dataset.for_split`).
+
 >>> ds = load({"name": "moons"})
 >>> ds.task, ds.X_train.shape, ds.X_test.shape, ds.info["split"], ds.optimistic
 ('binary', (30, 2), (70, 2), 'first 30 rows train, remaining 70 test', True)
@@ -53,6 +63,8 @@ NAMES = (*GENERATORS, *BUILTINS, *FILES)
 TASKS = ("binary", "multiclass", "regression")
 SHAPES = ("flat", "image", "sequence")
 GENERATOR_TRAIN_ROWS = 30          # the seeds train on the first 30 generated points
+CV = ("shuffle", "kfold")          # how several train/test splits are drawn (a study's splits = K)
+MAX_SPLITS = 1000
 TEST_FRACTION = 0.3
 VALIDATION_FRACTION = 0.2          # of the training part, carved as validation unless validation = "test"
 # the seeds' generators validate on the test part by default (the seeds' protocol and figures)
@@ -83,6 +95,16 @@ class Dataset:
     y_val: np.ndarray | None = None
     feature_names: list[str] | None = None
     info: dict = field(default_factory=dict)   # JSON-serialisable: source, rows, split, scaling, shapes, classes
+    # with several train/test splits: every split's dataset, this one (split 0) first; else None
+    splits: list | None = field(default=None, repr=False, compare=False)
+
+    def for_split(self, k: int) -> Dataset:
+        """The dataset of train/test split ``k`` (``0 <= k < len(splits)``); split 0 is this one."""
+        if self.splits is None:
+            if k != 0:
+                raise ValueError(f"this dataset has one train/test split (split 0); there is no split {k!r}")
+            return self
+        return self.splits[k]
 
     def validation(self) -> tuple[np.ndarray, np.ndarray]:
         """The validation data: the carved validation part, else the test part (as the seeds do)."""
@@ -180,6 +202,7 @@ _RULES = {
     "train": (NAMES, (lambda v: _is_int(v) and v >= 1, "an int >= 1")),
     "test_fraction": (NAMES, (lambda v: _is_real(v) and 0 < v < 1, "a float in (0, 1)")),
     "stratify": (NAMES, (lambda v: isinstance(v, bool), "true or false")),
+    "cv": (NAMES, CV),
     "split_seed": (NAMES, (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)")),
     "validation": (NAMES, (lambda v: (isinstance(v, str) and v == "test") or (_is_real(v) and 0 < v < 1),
                            '"test" or a float in (0, 1)')),
@@ -231,6 +254,11 @@ def _check_spec(spec) -> dict:
                             f"{', '.join(applies)}; remove it")
     if "train" in spec and "test_fraction" in spec:
         raise DataError("[data] gives both 'train' (first-n rows) and 'test_fraction'; keep one of them")
+    if spec.get("cv") == "kfold":
+        for key in ("train", "test_fraction"):
+            if key in spec:
+                raise DataError(f"[data] cv = \"kfold\" makes each of the K folds the test part once (1/K of the "
+                                f"rows); remove {key!r} or use cv = \"shuffle\"")
     return dict(spec)
 
 
@@ -520,8 +548,8 @@ def _rows_needed(fraction: float, per_part: int) -> int:
     return n
 
 
-def _fraction_split(y, fraction, stratify, seed, *, what: str, part: str, class_labels):
-    """Indices (keep, held_out) of a shuffled split; ceil(fraction * n) rows are held out."""
+def _fraction_split(y, fraction, stratify, seed, *, what: str, part: str, class_labels, held: int | None = None):
+    """Indices (keep, held_out) of a shuffled split; ceil(fraction * n) rows (or ``held``) are held out."""
     from sklearn.model_selection import train_test_split
     n = len(y)
     per_part = 1
@@ -532,6 +560,13 @@ def _fraction_split(y, fraction, stratify, seed, *, what: str, part: str, class_
             raise DataError(f"{part}: class {rare!r} has only 1 row, but the stratified "
                             f"split {what} needs at least 2 per class; add rows or set stratify = false")
         per_part = len(classes)
+    if held is not None:
+        if held < per_part or n - held < per_part:
+            over = f" stratified over {per_part} classes" if stratify else ""
+            raise DataError(f"{part}: the split {what}{over} needs at least {per_part} rows in each part, but it "
+                            f"has {n - held} and {held}; add rows or change the split")
+        return train_test_split(np.arange(n), test_size=held, random_state=seed, shuffle=True,
+                                stratify=y if stratify else None)
     held = math.ceil(fraction * n)
     if held < per_part or n - held < per_part:
         needed = _rows_needed(fraction, per_part)
@@ -590,12 +625,18 @@ def _standardized_targets(y: np.ndarray, train: np.ndarray):
 # ---------------------------------------------------------------------------------------------- load
 
 
-def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
+def load(spec: dict, *, base_dir: str | Path | None = None, splits: int = 1) -> Dataset:
     """Load the dataset described by a study file's ``[data]`` table; see the module docstring.
 
     Relative paths are resolved against ``base_dir`` (the study file's folder), else the working directory.
+    ``splits = K > 1`` draws K train/test splits (``cv``, see the module docstring): the dataset
+    returned is split 0 and its ``splits`` lists all K.
     """
     spec = _check_spec(spec)
+    if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or not 1 <= splits <= MAX_SPLITS:
+        raise DataError(f"splits must be an int from 1 to {MAX_SPLITS} (the number of train/test splits). "
+                        f"Got {splits!r} instead.")
+    splits = int(splits)
     name = spec["name"]
     class_names = None
     if name in FILES:
@@ -610,28 +651,83 @@ def load(spec: dict, *, base_dir: str | Path | None = None) -> Dataset:
     part = source if name in FILES else f"dataset {name!r}"
     y, task, classes = _labels(raw_y, spec.get("task", default_task), infer_strictly, where, whole)
     classify = task != "regression"
-    n = len(y)
     stratify = spec.get("stratify", classify)
     if stratify and not classify:
         raise DataError(f"{part}: stratify = true needs class labels, but the task is regression; remove stratify")
     seed = spec.get("split_seed", 0)
+    common = dict(spec=spec, name=name, X=X, y=y, task=task, classes=classes, class_names=class_names,
+                  feature_names=feature_names, source=source, part=part, stratify=stratify)
+    datasets = [_assemble(**common, train=train, test=test, split=split, seed=split_seed)
+                for train, test, split, split_seed in _splits(spec, name, y, stratify, seed, splits, part, classes)]
+    if splits > 1:
+        cv = spec.get("cv", "shuffle")
+        for k, ds in enumerate(datasets):
+            ds.splits = datasets
+            ds.info.update({"split_index": k, "splits": splits, "cv": cv})
+    return datasets[0]
 
+
+def _splits(spec, name, y, stratify, seed, splits, part, classes):
+    """(train rows, test rows, description, seed of the split's validation carve) for each split."""
+    n = len(y)
+    cv = spec.get("cv", "shuffle")
+    of = f"split {{k}} of {splits}: " if splits > 1 else ""
+    if cv == "kfold":
+        if splits < 2:
+            raise DataError(f"{part}: cv = \"kfold\" needs at least 2 splits (the number of folds); set the "
+                            f"study's splits = 5, say, or use cv = \"shuffle\"")
+        from sklearn.model_selection import KFold, StratifiedKFold
+        if stratify:
+            labels, counts = np.unique(y, return_counts=True)
+            if counts.min() < splits:
+                rare = classes[int(labels[counts.argmin()])]
+                raise DataError(f"{part}: cv = \"kfold\" with splits = {splits} puts every class in each fold's test "
+                                f"part, but class {rare!r} has only {int(counts.min())} rows; lower splits to at most "
+                                f"{int(counts.min())}, set stratify = false, or use cv = \"shuffle\"")
+            folds = StratifiedKFold(splits, shuffle=True, random_state=seed).split(np.zeros(n), y)
+        else:
+            if n < 2 * splits:
+                raise DataError(f"{part}: cv = \"kfold\" with splits = {splits} needs at least {2 * splits} rows (each "
+                                f"fold's training part holds the other folds), but there are {n}; lower splits or "
+                                f"add rows")
+            folds = KFold(splits, shuffle=True, random_state=seed).split(np.zeros(n))
+        for k, (train, test) in enumerate(folds):
+            yield (train, test, f"split {k} of {splits}: fold {k} of a {splits}-fold partition tests (split_seed "
+                                f"{seed}{', stratified' if stratify else ''}): {len(train)} train, {len(test)} test",
+                   (seed + k) % 2**32)
+        return
     if "train" in spec or (name in GENERATORS and "test_fraction" not in spec):
         n_train = spec.get("train", GENERATOR_TRAIN_ROWS)
         if n_train >= n:
             raise DataError(f"{part}: train = {n_train} needs at least {n_train + 1} rows (the rest are the test "
                             f"part), but there are {n}; lower `train` or add rows")
-        train, test = np.arange(n_train), np.arange(n_train, n)
-        split = f"first {n_train} rows train, remaining {n - n_train} test"
-    else:
-        fraction = spec.get("test_fraction", TEST_FRACTION)
-        train, test = _fraction_split(y, fraction, stratify, seed, what=f"test_fraction = {fraction}", part=part,
+        if splits == 1:
+            yield (np.arange(n_train), np.arange(n_train, n),
+                   f"first {n_train} rows train, remaining {n - n_train} test", seed)
+            return
+        for k in range(splits):
+            k_seed = (seed + k) % 2**32
+            train, test = _fraction_split(y, None, stratify, k_seed, what=f"train = {n_train} (split {k} of {splits})",
+                                          part=part, class_labels=classes, held=n - n_train)
+            yield (train, test, f"split {k} of {splits}: {n_train} rows drawn to train (split_seed {k_seed}"
+                                f"{', stratified' if stratify else ''}), remaining {n - n_train} test", k_seed)
+        return
+    fraction = spec.get("test_fraction", TEST_FRACTION)
+    for k in range(splits):
+        k_seed = (seed + k) % 2**32
+        train, test = _fraction_split(y, fraction, stratify, k_seed, what=f"test_fraction = {fraction}", part=part,
                                       class_labels=classes)
-        split = (f"shuffled (split_seed {seed}){', stratified' if stratify else ''}: "
-                 f"{len(train)} train, {len(test)} test (test_fraction {fraction})")
+        yield (train, test, (f"{of.format(k=k)}shuffled (split_seed {k_seed}){', stratified' if stratify else ''}: "
+                             f"{len(train)} train, {len(test)} test (test_fraction {fraction})"), k_seed)
+
+
+def _assemble(*, spec, name, X, y, task, classes, class_names, feature_names, source, part, stratify, train, test,
+              split, seed) -> Dataset:
+    """One train/test split's dataset: its validation part carved, standardisation (and the target's)
+    fitted on its training rows."""
+    n = len(y)
     # A training part of a single class is not refused: the study trains and its summary says so
     # (reglab.study.runner: the diagnosis "one class in training" and a warning with the fix).
-
     train, val, validation = _validation(spec, name, y, train, stratify, seed, part, classes)
     standardize = spec.get("standardize", name in STANDARDIZED_BY_DEFAULT)
     flat = X.reshape(n, -1)

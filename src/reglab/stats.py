@@ -6,6 +6,11 @@ that both share cancels. Intervals are 95% Student t intervals; several variants
 one baseline are corrected with Holm's step-down method; a penalty strength is reported as the
 best one and the largest one within one standard error of it (glmnet's 1-SE rule).
 
+A study over several train/test splits (``splits = K``) pairs its runs by (split, seed); their
+training sets overlap, so the runs are not independent and the plain t interval is too narrow.
+:func:`paired` and :func:`describe` then take ``test_train_ratio = n_test / n_train`` and use
+Nadeau and Bengio's corrected resampled t statistic instead (see :func:`paired`).
+
 Pure NumPy/SciPy; every function takes plain arrays (lists work) of per-seed values. NaN and
 ±inf mark a missing or diverged run: they are dropped, and ``n`` says how many values remain.
 """
@@ -25,7 +30,7 @@ _EPS = np.finfo(np.float64).eps
 # ---------------------------------------------------------------- summaries
 
 
-def describe(values) -> dict:
+def describe(values, *, test_train_ratio: float | None = None) -> dict:
     """Mean, spread and 95% confidence interval of one metric over seeds.
 
     With the ``n`` finite values ``x_i`` (NaN and inf are dropped)::
@@ -34,6 +39,10 @@ def describe(values) -> dict:
         std  = sqrt(sum((x_i - mean) ** 2) / (n - 1))      # ddof = 1
         sem  = std / sqrt(n)
         ci   = mean -/+ t.ppf(0.975, n - 1) * sem           # ci_low, ci_high
+
+    With ``test_train_ratio`` (``n_test / n_train``: the values are test scores of runs on
+    resampled train/test splits whose training sets overlap) the standard error is Nadeau and
+    Bengio's corrected one, ``sem = std * sqrt(1 / n + n_test / n_train)`` (see :func:`paired`).
 
     ``n == 1`` leaves std, sem and the interval NaN; ``n == 0`` leaves everything but ``n`` NaN.
 
@@ -44,6 +53,7 @@ def describe(values) -> dict:
     (0.726, 0.974)
     """
     x = _vector(values, "values", "describe")
+    ratio = _check_ratio(test_train_ratio, "describe")
     x = x[np.isfinite(x)]
     n = x.size
     nan = math.nan
@@ -53,12 +63,12 @@ def describe(values) -> dict:
     if n == 1:
         return {"n": 1, "mean": mean, "std": nan, "sem": nan, "ci_low": nan, "ci_high": nan}
     std = float(x.std(ddof=1))
-    sem = std / math.sqrt(n)
+    sem = _sem(std, n, ratio)
     half = _t_half_width(sem, n)
     return {"n": n, "mean": mean, "std": std, "sem": sem, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def paired(variant, baseline, higher_is_better: bool = True) -> dict:
+def paired(variant, baseline, higher_is_better: bool = True, *, test_train_ratio: float | None = None) -> dict:
     """Compare a variant with the baseline on the same seeds (paired t).
 
     ``variant[i]`` and ``baseline[i]`` come from seed ``i``; a pair with a NaN or inf on
@@ -83,11 +93,30 @@ def paired(variant, baseline, higher_is_better: bool = True) -> dict:
     seeds on which the variant did better, worse, or the same (within that rounding).
     ``n < 2`` leaves everything but ``n``, the counts and (for ``n == 1``) ``mean_diff`` NaN.
 
+    **Overlapping training sets** (``test_train_ratio`` given): when the ``n = J`` pairs come from
+    ``K`` resampled train/test splits of one data set (times ``S`` seeds each, ``J = K * S``), the
+    training sets overlap, the differences are correlated and ``std_diff / sqrt(J)`` underestimates
+    the standard error: the plain paired t-test then rejects a true null far more often than 5%.
+    Nadeau and Bengio's corrected resampled t-test replaces the variance of the mean by::
+
+        sem = std_diff * sqrt(1 / J + n_test / n_train)     # test_train_ratio = n_test / n_train
+        t   = mean_diff / sem,   J - 1 degrees of freedom
+
+    and the interval, ``p_value``, ``p_better`` and ``mde`` above use this ``sem`` (C. Nadeau and
+    Y. Bengio, "Inference for the Generalization Error", Machine Learning 52:239-281, 2003; the same
+    correction for repeated K-fold cross-validation with ``n_test / n_train = 1 / (K - 1)``:
+    R. Bouckaert and E. Frank, "Evaluating the Replicability of Significance Tests for Comparing
+    Learning Algorithms", PAKDD 2004). The result then also holds ``test_train_ratio``.
+    ``test_train_ratio = None`` (the default) is the plain paired t-test above.
+
     >>> r = paired([0.90, 0.88, 0.93, 0.91, 0.92], [0.85, 0.86, 0.88, 0.90, 0.87])
     >>> r["n"], round(r["mean_diff"], 3), r["wins"], r["losses"], r["ties"]
     (5, 0.036, 5, 0, 0)
     >>> round(r["ci_low"], 4), round(r["ci_high"], 4), round(r["p_value"], 4), round(r["p_better"], 4)
     (0.0118, 0.0602, 0.0145, 0.9928)
+    >>> c = paired([0.90, 0.88, 0.93, 0.91, 0.92], [0.85, 0.86, 0.88, 0.90, 0.87], test_train_ratio=0.25)
+    >>> round(c["ci_low"], 4), round(c["ci_high"], 4), round(c["p_value"], 4), c["test_train_ratio"]
+    (-0.0003, 0.0723, 0.0512, 0.25)
     """
     owner = "paired"
     v = _vector(variant, "variant", owner)
@@ -96,6 +125,7 @@ def paired(variant, baseline, higher_is_better: bool = True) -> dict:
         raise ValueError(f"The 'variant' and 'baseline' parameters of {owner} must hold one value per seed, "
                          f"for the same seeds. Got {v.size} and {b.size} values instead.")
     _check_bool(higher_is_better, "higher_is_better", owner)
+    ratio = _check_ratio(test_train_ratio, owner)
     keep = np.isfinite(v) & np.isfinite(b)
     v, b = v[keep], b[keep]
     d = v - b
@@ -107,6 +137,8 @@ def paired(variant, baseline, higher_is_better: bool = True) -> dict:
               "p_value": nan, "p_better": nan, "mde": nan,
               "wins": int(np.sum(sign * d > tol)), "losses": int(np.sum(sign * d < -tol)),
               "ties": int(np.sum(np.abs(d) <= tol))}
+    if ratio is not None:
+        result["test_train_ratio"] = ratio
     if n == 0:
         return result
     mean = float(d.mean())
@@ -120,7 +152,7 @@ def paired(variant, baseline, higher_is_better: bool = True) -> dict:
         result.update(ci_low=mean, ci_high=mean, p_value=1.0 if favour == 0.0 else 0.0,
                       p_better=0.5 if favour == 0.0 else float(favour > 0), mde=0.0)
         return result
-    sem = std / math.sqrt(n)
+    sem = _sem(std, n, ratio)
     half = _t_half_width(sem, n)
     t_stat = mean / sem
     result.update(ci_low=mean - half, ci_high=mean + half,
@@ -327,6 +359,26 @@ def ensemble_accuracy(probabilities, y) -> float:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _sem(std: float, n: int, ratio: float | None) -> float:
+    """The standard error of a mean of ``n`` values: ``std / sqrt(n)``, or Nadeau and Bengio's
+    corrected ``std * sqrt(1 / n + ratio)`` for runs on overlapping training sets."""
+    if ratio is None:
+        return std / math.sqrt(n)
+    return std * math.sqrt(1.0 / n + ratio)
+
+
+def _check_ratio(value, owner: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"The 'test_train_ratio' parameter of {owner} must be a finite float >= 0 "
+                        f"(n_test / n_train) or None. Got {value!r} of type {type(value).__name__} instead.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"The 'test_train_ratio' parameter of {owner} must be a finite float >= 0 "
+                         f"(n_test / n_train) or None. Got {value!r} instead.")
+    return float(value)
 
 
 def _t_half_width(sem: float, n: int) -> float:

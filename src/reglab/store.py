@@ -11,8 +11,11 @@ One file (``reglab.db`` by default) holds any number of studies. The rules, afte
 - The schema is a list of named migrations (``MIGRATIONS``), each applied in its own transaction
   and recorded in the ``migrations`` table; ``PRAGMA user_version`` holds the schema version.
   A database from a newer reglab is refused rather than guessed at.
-- One stable key per task, ``UNIQUE (study_id, config_key, seed)``. Saving a finished task again is
-  a no-op (``INSERT OR IGNORE``, the first save wins), so a resumed study never duplicates a row.
+- One stable key per task, ``UNIQUE (study_id, config_key, split, seed)``. Saving a finished task
+  again is a no-op (``INSERT OR IGNORE``, the first save wins), so a resumed study never duplicates a
+  row. ``split`` is the train/test split of a study with several (``splits = K``); a study of one
+  split, and every row saved before splits existed, is split 0 (migration ``0004_results_split``).
+  A record carries ``"split"`` only when it is not 0, so records of one-split studies are as before.
 
 Resuming: ``open_study(name, spec)`` stores the study spec as canonical JSON with its sha256. The
 same name with the same spec resumes the study (same id). The same name with a *different* spec is
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import operator
 import os
 import socket
@@ -171,11 +175,39 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
         "CREATE INDEX results_seeds ON results (study_id, seed)",
         "CREATE INDEX results_diverged ON results (study_id, config_key, seed) WHERE diverged = 1",
     )),
+    # Studies over several train/test splits (a study's `splits = K`): a result is one (configuration,
+    # split, seed). SQLite cannot change a table's UNIQUE constraint, so the table is rebuilt (ids,
+    # hence the saving order, kept) with every existing row as split 0, and the indexes made again.
+    ("0004_results_split", (
+        """CREATE TABLE results_0004 (
+            id INTEGER PRIMARY KEY,      -- insertion order
+            study_id INTEGER NOT NULL REFERENCES studies (id),
+            config_key TEXT NOT NULL,    -- stable key of the configuration, e.g. 'l2/lam=0.001'
+            split INTEGER NOT NULL DEFAULT 0,   -- the train/test split (0 in a study of one split)
+            seed INTEGER NOT NULL,
+            variant TEXT NOT NULL,
+            params TEXT NOT NULL,        -- JSON
+            metrics TEXT NOT NULL,       -- JSON, NaN/Infinity allowed
+            epochs_run INTEGER NOT NULL,
+            diverged INTEGER NOT NULL,   -- 0 or 1
+            history TEXT NOT NULL,       -- JSON: name -> per-epoch list
+            extra TEXT NOT NULL,         -- JSON: weight norms, sparsity, ...
+            saved TEXT NOT NULL,         -- ISO 8601, UTC
+            UNIQUE (study_id, config_key, split, seed)
+        )""",
+        "INSERT INTO results_0004 (id, study_id, config_key, split, seed, variant, params, metrics, epochs_run, "
+        "diverged, history, extra, saved) SELECT id, study_id, config_key, 0, seed, variant, params, metrics, "
+        "epochs_run, diverged, history, extra, saved FROM results ORDER BY id",
+        "DROP TABLE results",
+        "ALTER TABLE results_0004 RENAME TO results",
+        "CREATE INDEX results_seeds ON results (study_id, seed)",
+        "CREATE INDEX results_diverged ON results (study_id, config_key, split, seed) WHERE diverged = 1",
+    )),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _RECORD_KEYS = ("variant", "config_key", "params", "seed", "metrics", "epochs_run", "diverged", "history")
-_OPTIONAL_KEYS = ("extra",)
+_OPTIONAL_KEYS = ("extra", "split")
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -436,10 +468,16 @@ class Store:
 
     # -- results -------------------------------------------------------------------------------
 
-    def done_keys(self, study_id: int) -> set[tuple[str, int]]:
-        """The ``(config_key, seed)`` pairs of the study that are finished (saved)."""
+    def done_keys(self, study_id: int, *, splits: bool = False) -> set[tuple]:
+        """The finished (saved) tasks of the study: ``(config_key, seed)`` pairs of split 0 -- every
+        task of a study of one split -- or, with ``splits=True``, ``(config_key, split, seed)`` for
+        every split."""
         with self._operation("reading finished tasks"):
-            rows = self._conn.execute("SELECT config_key, seed FROM results WHERE study_id = ?", (study_id,))
+            if splits:
+                rows = self._conn.execute("SELECT config_key, split, seed FROM results WHERE study_id = ?", (study_id,))
+                return {(key, split, seed) for key, split, seed in rows}
+            rows = self._conn.execute("SELECT config_key, seed FROM results WHERE study_id = ? AND split = 0",
+                                      (study_id,))
             return {(key, seed) for key, seed in rows}
 
     def progress(self, study_id: int, seeds=None) -> dict:
@@ -484,9 +522,9 @@ class Store:
 
         Each record has ``variant`` (str), ``config_key`` (str), ``params`` (dict), ``seed`` (int),
         ``metrics`` (dict), ``epochs_run`` (int), ``diverged`` (bool), ``history`` (dict of lists)
-        and optionally ``extra`` (dict). A task already saved under the same (config_key, seed) is
-        left as it is. If any record is malformed (TypeError/ValueError) or the write fails
-        (StoreError), nothing of the batch is saved.
+        and optionally ``extra`` (dict) and ``split`` (int >= 0, default 0). A task already saved
+        under the same (config_key, split, seed) is left as it is. If any record is malformed
+        (TypeError/ValueError) or the write fails (StoreError), nothing of the batch is saved.
         """
         records = list(records)
         if not records:
@@ -500,21 +538,23 @@ class Store:
                 row = _encode(index, record)
                 cursor = self._conn.execute(
                     "INSERT OR IGNORE INTO results (study_id, config_key, seed, variant, params, metrics, "
-                    "epochs_run, diverged, history, extra, saved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "epochs_run, diverged, history, extra, split, saved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (study_id, *row, saved))
                 inserted += cursor.rowcount
         return inserted
 
     def results(self, study_id: int) -> list[dict]:
-        """The saved records of the study in the order they were saved, dicts decoded."""
+        """The saved records of the study in the order they were saved, dicts decoded; a record of a
+        split other than 0 has its ``split``."""
         with self._operation("reading results"):
             rows = self._conn.execute(
-                "SELECT variant, config_key, params, seed, metrics, epochs_run, diverged, history, extra "
+                "SELECT variant, config_key, params, seed, metrics, epochs_run, diverged, history, extra, split "
                 "FROM results WHERE study_id = ? ORDER BY id", (study_id,)).fetchall()
         return [{"variant": variant, "config_key": key, "params": json.loads(params), "seed": seed,
+                 **({"split": split} if split else {}),
                  "metrics": json.loads(metrics), "epochs_run": epochs, "diverged": bool(diverged),
                  "history": json.loads(history), "extra": json.loads(extra)}
-                for variant, key, params, seed, metrics, epochs, diverged, history, extra in rows]
+                for variant, key, params, seed, metrics, epochs, diverged, history, extra, split in rows]
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -535,7 +575,7 @@ class Store:
 
 
 def _encode(index: int, record: Mapping) -> tuple:
-    """A record as the column values (config_key, seed, variant, params, ..., extra), checked."""
+    """A record as the column values (config_key, seed, variant, params, ..., extra, split), checked."""
     if not isinstance(record, Mapping):
         raise TypeError(f"record {index} must be a dict. Got {type(record).__name__} instead.")
     missing = [key for key in _RECORD_KEYS if key not in record]
@@ -556,12 +596,15 @@ def _encode(index: int, record: Mapping) -> tuple:
         seed, epochs_run = operator.index(record["seed"]), operator.index(record["epochs_run"])
     except TypeError as e:
         raise TypeError(f"seed and epochs_run of {where} must be ints: {e}") from None
+    split = record.get("split", 0)
+    if isinstance(split, bool) or not isinstance(split, numbers.Integral) or split < 0:
+        raise TypeError(f"split of {where} must be an int >= 0. Got {split!r} instead.")
     return (record["config_key"], seed, record["variant"],
             _dumps(dict(record["params"]), f"params of {where}"),
             _dumps(dict(record["metrics"]), f"metrics of {where}"),
             epochs_run, int(bool(record["diverged"])),
             _dumps(dict(record["history"]), f"history of {where}"),
-            _dumps(dict(extra), f"extra of {where}"))
+            _dumps(dict(extra), f"extra of {where}"), int(split))
 
 
 def _first_difference(stored, new, path: str = "") -> str:

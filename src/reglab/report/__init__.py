@@ -26,9 +26,24 @@ def write_report(study_name: str, db, out) -> list[Path]:
     from ..store import Store
 
     with Store(db) as store:
-        loaded = runner.from_store(store, study_name)
-        entry = store.study(study_name) or {}
-        created, live = entry.get("created"), store.running(entry["id"]) if entry else None
+        loaded, created, live = _load(store, study_name)
+    return _write_report(loaded, out, db, created, live)
+
+
+def write_from_store(store, study_name: str, out, db=None) -> list[Path]:
+    """:func:`write_report` from an open :class:`reglab.store.Store` (an in-memory one too, as
+    :class:`reglab.Study` keeps); ``db`` names the database on the page (default: the store's path)."""
+    loaded, created, live = _load(store, study_name)
+    return _write_report(loaded, out, store.path if db is None else db, created, live)
+
+
+def _load(store, study_name: str):
+    loaded = runner.from_store(store, study_name)
+    entry = store.study(study_name) or {}
+    return loaded, entry.get("created"), store.running(entry["id"]) if entry else None
+
+
+def _write_report(loaded, out, db, created, live) -> list[Path]:
     out = Path(out)
     try:
         (out / "figures").mkdir(parents=True, exist_ok=True)

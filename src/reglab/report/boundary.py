@@ -54,7 +54,7 @@ def chosen(ctx: Context) -> list[str]:
             names = [ctx.baseline] + [r["variant"] for r in ranked[:MAX_PANELS - 1]]
     seed = ctx.run.study.seeds[0] if ctx.run.study.seeds else None
     drawn = [n for n in names if ctx.records.get(n)
-             and not any(r["seed"] == seed and r["diverged"] for r in ctx.records[n])]
+             and not any(r["seed"] == seed and not r.get("split") and r["diverged"] for r in ctx.records[n])]
     return list(dict.fromkeys(drawn))[:MAX_PANELS]   # a member that diverged has no boundary to draw
 
 
@@ -100,7 +100,7 @@ def _surface(model, task, xx, yy):
     return proba.reshape(xx.shape) if proba.ndim == 1 else proba.reshape(*xx.shape, -1)
 
 
-def decision_boundaries(ctx: Context, folder: Path) -> Plot | None:
+def decision_boundaries(ctx: Context, folder: Path | None) -> Plot | None:
     if not applies(ctx):
         return None
     names = chosen(ctx)
@@ -149,10 +149,13 @@ def decision_boundaries(ctx: Context, folder: Path) -> Plot | None:
             ax.scatter(ds.X_train[tr, 0], ds.X_train[tr, 1], s=30, marker="o", color=point_colours[c], ec="black",
                        lw=0.9, zorder=4)
         score = evaluate(model, (ds.X_test, ds.y_test), task=task)[ctx.metric]
-        stored = next((r["metrics"].get(f"test_{ctx.metric}") for r in ctx.records[name] if r["seed"] == seed), None)
+        stored = next((r["metrics"].get(f"test_{ctx.metric}") for r in ctx.records[name]
+                       if r["seed"] == seed and not r.get("split")), None)   # split 0: ctx.run.dataset
         agree.append(stored is not None and abs(score - stored) < 1e-6)
         mean = ctx.row(name)["test"]["mean"]
-        ax.set_title(f"{tex(ctx.label(name))}\nseed {seed}: test {score:.3f} · all seeds {mean:.3f}", fontsize=9)
+        many = getattr(ctx.run.study, "splits", 1) > 1   # the panel shows split 0's member
+        ax.set_title(f"{tex(ctx.label(name))}\nseed {seed}{', split 0' if many else ''}: test {score:.3f} · "
+                     f"all {'runs' if many else 'seeds'} {mean:.3f}", fontsize=9)
         ax.set_aspect("equal")
         ax.grid(False)
     for ax in axes[k:]:
@@ -178,4 +181,4 @@ def decision_boundaries(ctx: Context, folder: Path) -> Plot | None:
         off = [n for n, ok in zip(names, agree) if not ok]
         caption += (f"The re-trained member of {', '.join(off)} did not reproduce its stored test score "
                     f"(the panel title shows the re-trained one).")
-    return Plot("decision_boundaries", "Decision boundaries", caption, png, svg)
+    return Plot("decision_boundaries", "Decision boundaries", caption, png, svg, fig)

@@ -51,7 +51,7 @@ class Context:
     metric: str                     # "accuracy" (higher is better) or "mae"
     higher: bool
     colours: dict
-    records: dict                   # variant -> records sorted by seed
+    records: dict                   # variant -> records sorted by (split, seed)
     strengths: dict = field(default_factory=dict)   # single-strength grid: variant -> strength
     grid_keys: list = field(default_factory=list)   # the grid's strength names ("value", or e.g. ["l1", "l2"])
     parameter: str = "λ"
@@ -60,7 +60,8 @@ class Context:
     def of(cls, run) -> Context:
         study, summary = run.study, run.summary
         names = [v.name for v in study.variants]
-        records = {n: sorted((r for r in run.records if r["variant"] == n), key=lambda r: r["seed"]) for n in names}
+        records = {n: sorted((r for r in run.records if r["variant"] == n),
+                             key=lambda r: (r.get("split", 0), r["seed"])) for n in names}
         strengths, keys = {}, []
         if study.protocol == "grid":
             keys = list(S.values(study.grid))
@@ -82,10 +83,13 @@ class Context:
         return next(r for r in self.summary["rows"] if r["variant"] == name)
 
     def test_values(self, name: str) -> np.ndarray:
-        """The test metric of ``name`` per study seed (NaN where missing or diverged)."""
-        by_seed = {r["seed"]: math.nan if r["diverged"] else r["metrics"].get(f"test_{self.metric}", math.nan)
-                   for r in self.records[name]}
-        return np.array([by_seed.get(s, math.nan) for s in self.run.study.seeds], dtype=float)
+        """The test metric of ``name`` per study seed -- per (split, seed), split by split, in a study of
+        several train/test splits (NaN where missing or diverged)."""
+        by_run = {(r.get("split", 0), r["seed"]): math.nan if r["diverged"] else
+                  r["metrics"].get(f"test_{self.metric}", math.nan) for r in self.records[name]}
+        study = self.run.study
+        runs = [(k, s) for k in range(getattr(study, "splits", 1)) for s in study.seeds]
+        return np.array([by_run.get(run, math.nan) for run in runs], dtype=float)
 
     @property
     def metric_label(self) -> str:

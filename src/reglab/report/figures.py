@@ -1,8 +1,9 @@
 """The report's figures, drawn with matplotlib's object API (Agg canvas, no pyplot state) as PNG and SVG.
 
-Every figure returns a :class:`Plot` (file stem, title, caption) or ``None`` when the study has
-nothing to show for it (no grid, no activation layers, data that is not 2-D, ...). Each variant
-keeps its colour from :func:`reglab.report.context.palette` in every figure.
+Every figure returns a :class:`Plot` (file stem, title, caption, the matplotlib ``Figure``) or
+``None`` when the study has nothing to show for it (no grid, no activation layers, data that is not
+2-D, ...). With ``folder=None`` a figure is drawn but not saved (``reglab.Study.plot`` shows it in a
+notebook). Each variant keeps its colour from :func:`reglab.report.context.palette` in every figure.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Plot:
     caption: str      # plain text (escaped where it is shown)
     png: Path | None = None
     svg: Path | None = None
+    figure: object = None   # the matplotlib Figure
 
 
 def tex(text) -> str:
@@ -47,7 +49,10 @@ def new_figure(width=WIDTH, height=4.0):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def save(fig, folder: Path, key: str) -> tuple[Path, Path]:
+def save(fig, folder: Path | None, key: str) -> tuple[Path | None, Path | None]:
+    """Write ``fig`` as ``folder/KEY.png`` and ``.svg``; ``folder=None`` writes nothing."""
+    if folder is None:
+        return None, None
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
@@ -125,7 +130,7 @@ def _aligned(records, key):
     return grid, np.array(rows)
 
 
-def learning_curves(ctx: Context, folder: Path) -> Plot | None:
+def learning_curves(ctx: Context, folder: Path | None) -> Plot | None:
     from matplotlib.ticker import MaxNLocator
 
     metric = ctx.metric
@@ -182,8 +187,10 @@ def learning_curves(ctx: Context, folder: Path) -> Plot | None:
         labels.append("lowest mean validation loss")
     fig.legend(handles, labels, loc="outside lower center", ncol=legend_columns(labels))
     png, svg = save(fig, folder, "learning_curves")
-    n = len(ctx.run.study.seeds)
-    caption = (f"Mean over the {n} seeds (line) with its 95% confidence band, per epoch. Overfitting shows as "
+    from ..study.text import runs
+
+    n = runs({"seeds": len(ctx.run.study.seeds), "splits": getattr(ctx.run.study, "splits", 1)})
+    caption = (f"Mean over the {n} (line) with its 95% confidence band, per epoch. Overfitting shows as "
                f"a training curve that keeps improving while the validation curve stalls or turns back; the "
                f"circle marks the epoch of the lowest mean validation {loss_name}, and a validation loss that "
                f"rises after it is the classic sign. The loss is the data loss without the penalty, so that "
@@ -192,13 +199,13 @@ def learning_curves(ctx: Context, folder: Path) -> Plot | None:
         caption += " The validation data are the test part, as in the seeds' tutorials."
     if any(r["epochs_run"] < max(r2["epochs_run"] for r2 in ctx.run.records) for r in ctx.run.records):
         caption += " Where members stopped early, the mean is over those still training."
-    return Plot("learning_curves", "Learning curves", caption, png, svg)
+    return Plot("learning_curves", "Learning curves", caption, png, svg, fig)
 
 
 # ------------------------------------------------------------------------------ validation curve
 
 
-def validation_curve(ctx: Context, folder: Path) -> Plot | None:
+def validation_curve(ctx: Context, folder: Path | None) -> Plot | None:
     grid = ctx.summary.get("grid")
     if not ctx.strengths or not grid or len(ctx.strengths) < 2 or not math.isfinite(grid.get("best", math.nan)):
         return None   # (no strength has a score when every member diverged)
@@ -246,7 +253,7 @@ def validation_curve(ctx: Context, folder: Path) -> Plot | None:
                f"too strong a penalty pulls both curves down (underfitting). The solid line marks the strength "
                f"with the best mean test score, the dashed one the largest strength whose mean is within one "
                f"standard error of it (the 1-SE rule: as much regularization as the noise allows).")
-    return Plot("validation_curve", "Validation curve", caption, png, svg)
+    return Plot("validation_curve", "Validation curve", caption, png, svg, fig)
 
 
 # ------------------------------------------------------------------------------------ strip plot
@@ -263,7 +270,7 @@ def _dodge(values, width=0.34):
     return offsets
 
 
-def strip_plot(ctx: Context, folder: Path) -> Plot | None:
+def strip_plot(ctx: Context, folder: Path | None) -> Plot | None:
     names = ctx.names
     others = [n for n in names if n != ctx.baseline]
     fig = new_figure(WIDTH, 4.6 if len(names) <= 6 else 5.2)
@@ -313,7 +320,7 @@ def strip_plot(ctx: Context, folder: Path) -> Plot | None:
                f"paired difference to the baseline on the same seed — the quantity the verdicts test. A variant "
                f"helps when its interval on the right lies {better} zero; the spread of the dots on the left "
                f"shows how much a single run (like the seeds' one figure) can mislead.")
-    return Plot("per_seed", "Test metric per seed", caption, png, svg)
+    return Plot("per_seed", "Test metric per seed", caption, png, svg, fig)
 
 
 # -------------------------------------------------------------------- weight norms and sparsity
@@ -399,7 +406,7 @@ def _per_layer_panel(ax, ctx: Context, layers, values, title, ylabel, labels):
     ax.set_ylabel(ylabel)
 
 
-def weight_norms(ctx: Context, folder: Path) -> Plot | None:
+def weight_norms(ctx: Context, folder: Path | None) -> Plot | None:
     panels = [("l2", "L2 norm of the kernel"), ("max_unit_norm", "largest per-unit L2 norm"), ("l1", "L1 norm of the kernel")]
     data = [(title, *_layer_values(ctx, "weight_norms", key)) for key, title in panels]
     if not any(layers for _, layers, *_ in data):
@@ -416,10 +423,10 @@ def weight_norms(ctx: Context, folder: Path) -> Plot | None:
                f"acts on (L2 the L2 norm, L1 the L1 norm); a unit-norm or max-norm constraint caps the largest "
                f"per-unit norm at its bound. A norm that did not move means the regularizer did not act."
                + (SHIFTED if any(d[-1] for d in data) else ""))
-    return Plot("weight_norms", "Weight norms per layer", caption, png, svg)
+    return Plot("weight_norms", "Weight norms per layer", caption, png, svg, fig)
 
 
-def sparsity(ctx: Context, folder: Path) -> Plot | None:
+def sparsity(ctx: Context, folder: Path | None) -> Plot | None:
     panels = [("zero_fraction", "fraction of exact zeros", "fraction"), ("mean_activation", "mean activation", "mean")]
     data = [(title, ylabel, *_layer_values(ctx, "sparsity", key)) for key, title, ylabel in panels]
     if not any(layers for _, _, layers, *_ in data):
@@ -437,13 +444,13 @@ def sparsity(ctx: Context, folder: Path) -> Plot | None:
                "fraction of zeros: a sparser representation); one on the pre-activations, before the ReLU, "
                "shrinks them toward zero, which lowers the mean activation but need not add exact zeros. "
                "Bars that match the baseline mean the penalty did not act." + (SHIFTED if any(d[-1] for d in data) else ""))
-    return Plot("sparsity", "Activation sparsity per layer", caption, png, svg)
+    return Plot("sparsity", "Activation sparsity per layer", caption, png, svg, fig)
 
 
 # --------------------------------------------------------------------------------------- heat map
 
 
-def heat_map(ctx: Context, folder: Path) -> Plot | None:
+def heat_map(ctx: Context, folder: Path | None) -> Plot | None:
     if ctx.run.study.protocol != "grid" or len(ctx.grid_keys) != 2:
         return None
     from ..study import spec as S
@@ -488,4 +495,4 @@ def heat_map(ctx: Context, folder: Path) -> Plot | None:
     caption = (f"Mean test {ctx.metric_label} over the seeds for every pair of strengths {ky} × {kx}; the red box "
                f"is the best pair. Look for a plateau rather than a single bright cell: a lone best cell among "
                f"poorer neighbours is likely noise (compare the confidence intervals in the table).")
-    return Plot("heat_map", f"Heat map of {ky} × {kx}", caption, png, svg)
+    return Plot("heat_map", f"Heat map of {ky} × {kx}", caption, png, svg, fig)

@@ -7,7 +7,7 @@ import io
 import json
 import math
 
-from ..study.text import diagnosis, table
+from ..study.text import diagnosis, runs, table
 
 
 def clean(value):
@@ -29,8 +29,10 @@ def clean(value):
 
 def rows(records) -> list[dict]:
     out = []
+    splits = any(r.get("split") for r in records)   # a study of several train/test splits: a split column
     for r in records:
-        row = {"variant": r["variant"], "params": json.dumps(r["params"], sort_keys=True), "seed": r["seed"]}
+        row = {"variant": r["variant"], "params": json.dumps(r["params"], sort_keys=True),
+               **({"split": r.get("split", 0)} if splits else {}), "seed": r["seed"]}
         # a diverged member has no score (empty / null), whatever an older run stored for it
         row.update({k: math.nan for k in r["metrics"]} if r["diverged"] else r["metrics"])
         row.update({"epochs_run": r["epochs_run"], "diverged": r["diverged"]})
@@ -57,7 +59,7 @@ def markdown(summary, figures=()) -> str:
     lines = [f"# {summary['study']}", ""]
     if summary.get("question"):
         lines += [summary["question"], ""]
-    lines += [f"Protocol: {summary['protocol']}; {summary['seeds']} seeds; metric: {summary['metric']}; "
+    lines += [f"Protocol: {summary['protocol']}; {runs(summary)}; metric: {summary['metric']}; "
               f"baseline: {summary['baseline']}.", "", "```", table(summary), "```", "", "```", diagnosis(summary), "```"]
     if summary.get("snippet"):
         lines += ["", "Winning configuration:", "", "```python", summary["snippet"], "```"]

@@ -17,7 +17,7 @@ import math
 import platform
 from datetime import datetime, timezone
 
-from ..study.text import divergence, verdict_text
+from ..study.text import divergence, paired_note, runs, verdict_text
 from ..study.text import rise as _rise
 from .context import Context, fmt, seeds_text
 
@@ -157,13 +157,16 @@ def _swatch(ctx: Context, name: str) -> str:
     return f'<span class="swatch" style="background:{e(ctx.colours[name])}"></span>'
 
 
-def stats_table(ctx: Context) -> str:
+def stats_table(ctx: Context, sortable: bool = True) -> str:
+    """The statistics table with its note; ``sortable=False`` (a notebook, where the page's sorting
+    script does not run) leaves out the sorting."""
     s = ctx.summary
     metric = "acc." if ctx.higher else "MAE"
     show_diverged = any(row.get("diverged") for row in s["rows"])
     head = ["variant", "n", f"train {metric}", f"test {metric}", "test 95% CI", f"Δ vs {s['baseline']} [95% CI]",
             "P(better)", "p (Holm)", "verdict", "fit"] + (["diverged"] if show_diverged else [])
-    out = ['<div class="scroll"><table class="sortable" id="stats"><thead><tr>']
+    attributes = ' class="sortable" id="stats"' if sortable else ""
+    out = [f'<div class="scroll"><table{attributes}><thead><tr>']
     kinds = {0: "text", 5: "wrap", 8: "text", 9: "text"}
     out += [f'<th class="{kinds.get(i, "")}" scope="col">{e(h)}</th>' for i, h in enumerate(head)]
     out.append("</tr></thead><tbody>")
@@ -199,8 +202,11 @@ def stats_table(ctx: Context) -> str:
                f'P(better) the posterior probability that the variant is better, p (Holm) the two-sided paired t-test '
                f'p-value corrected for the number of variants compared; the verdict is "better" or "worse" at '
                f'Holm p &lt; 0.05. A member whose loss became NaN or infinite <b>diverged</b>: it has no score, n '
-               f'counts the scored seeds, and a variant that diverged on every seed has the verdict "diverged". '
-               f'Click a column heading to sort.</p>')
+               f'counts the scored seeds, and a variant that diverged on every seed has the verdict "diverged".'
+               + (f' With several train/test splits: {e(paired_note(s))} (Nadeau and Bengio\'s correction: the '
+                  f'standard error is std · √(1/n + n_test/n_train) instead of std/√n, n − 1 degrees of freedom).'
+                  if paired_note(s) else '')
+               + (' Click a column heading to sort.' if sortable else '') + '</p>')
     return "\n".join(out)
 
 
@@ -276,9 +282,9 @@ def _answer(ctx: Context) -> str:
     rest = len(compared) - len(better) - len(worse)
     if rest:
         parts.append(f"{rest} of {len(compared)} variant(s) cannot be told apart from {e(s['baseline'])} "
-                     f"over these {s['seeds']} seeds.")
+                     f"over these {runs(s)}.")
     if not compared and not diverged:
-        parts.append(f"One variant over {s['seeds']} seeds (no comparison).")
+        parts.append(f"One variant over {runs(s)} (no comparison).")
     if s.get("winner"):
         w = ctx.row(s["winner"])
         parts.append(f'Winner: <b>{e(s["winner"])}</b>, better than {e(s["baseline"])} after the Holm correction '
@@ -402,10 +408,13 @@ def page(ctx: Context, plots, provenance: dict, n_parameters=None) -> str:
     prov_rows = [("reglab", e(provenance["reglab"])), ("torch", e(provenance["torch"])),
                  ("numpy", e(provenance["numpy"])), ("matplotlib", e(provenance["matplotlib"])),
                  ("python", e(provenance["python"])),
-                 ("seeds", e(f"{seeds_text(study.seeds)} ({len(study.seeds)} seeds, the same for every variant)")),
+                 ("seeds", e(f"{seeds_text(study.seeds)} ({len(study.seeds)} seeds, the same for every variant"
+                             + (f", on each of {study.splits} train/test splits, cv = "
+                                f"{study.data.get('cv', 'shuffle')}" if getattr(study, "splits", 1) > 1 else "")
+                             + ")")),
                  ("database", e(provenance.get("db", ""))), ("study stored", e(provenance.get("created", ""))),
                  ("report written", e(provenance["date"])),
-                 ("members", e(f"{len(ctx.run.records)} results ({len(ctx.names)} variants × {len(study.seeds)} seeds)"))]
+                 ("members", e(f"{len(ctx.run.records)} results ({len(ctx.names)} variants × {runs(s)})"))]
     spec = json.dumps(study.raw, indent=2, sort_keys=False, ensure_ascii=False, default=str)
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -423,7 +432,7 @@ def page(ctx: Context, plots, provenance: dict, n_parameters=None) -> str:
 <p class="meta">reglab study report</p>
 <h1>{e(s['study'])}</h1>
 <p class="question">{e(s.get('question') or '(no question given in the study file)')}</p>
-<p class="meta">{e(s['protocol'])} protocol · {s['seeds']} seeds · metric: test {e(ctx.metric_label)} · baseline:
+<p class="meta">{e(s['protocol'])} protocol · {e(runs(s))} · metric: test {e(ctx.metric_label)} · baseline:
 {e(s['baseline'])} · {len(ctx.names)} variants</p>
 <nav>{nav}</nav>
 {_running(provenance.get("running"), len(ctx.run.records))}

@@ -3,6 +3,11 @@
 Re-running a study resumes it: (configuration, seed) pairs already in the store are not trained
 again. Results are saved population by population, each in one transaction, so an interrupted
 run loses at most the members in flight.
+
+A study over several train/test splits (``splits = K``) trains every (variant, split, seed): a
+population belongs to one split's data, a record carries its ``split`` (none for split 0, see
+:mod:`reglab.store`), and the statistics pair the runs by (split, seed) with Nadeau and Bengio's
+corrected resampled t-test (:func:`reglab.stats.paired`), since the splits' training sets overlap.
 """
 
 from __future__ import annotations
@@ -51,8 +56,9 @@ def _early_stopping(training):
 
 def prepare(study: S.Study):
     """Load the data and build every variant's model once, so that a study that cannot run is
-    rejected before anything is written."""
-    dataset = data_mod.load(study.data, base_dir=study.base_dir)
+    rejected before anything is written. With several splits the dataset returned is split 0 and
+    ``dataset.splits`` holds every split's (:meth:`reglab.data.Dataset.for_split`)."""
+    dataset = data_mod.load(study.data, base_dir=study.base_dir, splits=study.splits)
     classes = len(dataset.info["classes"]) if dataset.task == "multiclass" else None
     build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task, classes=classes)
     task = get_task(dataset.task)
@@ -126,9 +132,13 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
     if task_size is not None and (isinstance(task_size, bool) or not isinstance(task_size, int) or task_size < 1):
         raise ValueError(f"task_size must be a positive int or None. Got {task_size!r} instead.")
     dataset = prepare(study) if dataset is None else dataset
+    have = len(dataset.splits) if getattr(dataset, "splits", None) else 1
+    if have != study.splits:
+        raise ValueError(f"the dataset has {have} train/test split(s) but the study has splits = {study.splits}; "
+                         f"pass the dataset of reglab.study.prepare(study), or none")
     executor = LocalExecutor() if executor is None else executor
     study_id = store.open_study(study.name, study.as_dict()) if store is not None else None
-    planned = {"seeds": list(study.seeds), "members": len(study.variants) * len(study.seeds)}
+    planned = {"seeds": list(study.seeds), "members": len(study.variants) * len(study.seeds) * study.splits}
     with store.lease(study_id, planned) if store is not None else contextlib.nullcontext():
         slim = _slim if store is not None and not keep_histories else None
         records = store.results(study_id) if store is not None else []
@@ -140,7 +150,8 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
             if refined:
                 study.variants = sorted(study.variants + refined, key=lambda v: v.params.get("value", -1.0))
                 if store is not None:
-                    store.plan_run(study_id, {**planned, "members": len(study.variants) * len(study.seeds)})
+                    members = len(study.variants) * len(study.seeds) * study.splits
+                    store.plan_run(study_id, {**planned, "members": members})
                 _train(study, refined, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
         while until_clear is not None:
             unclear = _unclear(study, run_, dataset)
@@ -148,13 +159,16 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
                 break
             more = [max(study.seeds) + 1 + i for i in range(min(until_clear, 2 * len(study.seeds)) - len(study.seeds))]
             if echo is not None:
-                echo(f"until clear: {len(unclear)} comparison(s) unclear over {len(study.seeds)} seeds; "
-                     f"adding seeds {more[0]}-{more[-1]} to {study.baseline} and {', '.join(unclear)}")
+                over = f"{study.splits} splits × " if study.splits > 1 else ""
+                echo(f"until clear: {len(unclear)} comparison(s) unclear over {over}{len(study.seeds)} seeds; "
+                     f"adding seeds {more[0]}-{more[-1]} to {study.baseline} and {', '.join(unclear)}"
+                     + (" on every split" if study.splits > 1 else ""))
             study.seeds = list(study.seeds) + more
             by_name = {v.name: v for v in study.variants}
             subset = [by_name[study.baseline]] + [by_name[n] for n in unclear]
             if store is not None:
-                store.plan_run(study_id, {"seeds": list(study.seeds), "members": len(study.variants) * len(study.seeds)})
+                store.plan_run(study_id, {"seeds": list(study.seeds),
+                                          "members": len(study.variants) * len(study.seeds) * study.splits})
             _train(study, subset, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
     run_.records = _current(study, run_.records)
     run_.summary = summarize(study, run_.records, dataset)
@@ -162,9 +176,20 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
 
 
 def _current(study, records) -> list[dict]:
-    """The records of the study's variants and seeds (the store may hold more)."""
+    """The records of the study's variants, splits and seeds (the store may hold more)."""
     keys, seeds = {v.key for v in study.variants}, set(study.seeds)
-    return [r for r in records if r["config_key"] in keys and r["seed"] in seeds]
+    return [r for r in records
+            if r["config_key"] in keys and r["seed"] in seeds and r.get("split", 0) < study.splits]
+
+
+def _done(record) -> tuple:
+    """The task a record finishes: (config_key, split, seed)."""
+    return record["config_key"], record.get("split", 0), record["seed"]
+
+
+def pairs(study) -> list[tuple[int, int]]:
+    """The study's (split, seed) pairs, split by split: what the statistics pair variants on."""
+    return [(k, s) for k in range(study.splits) for s in study.seeds]
 
 
 def _unclear(study, run_, dataset) -> list[str]:
@@ -174,30 +199,35 @@ def _unclear(study, run_, dataset) -> list[str]:
 
 @dataclass(frozen=True)
 class Task:
-    """One population to train: some variants (sharing training settings) × some seeds."""
+    """One population to train: some variants (sharing training settings) × some seeds, on the
+    data of one train/test split."""
 
     variants: tuple
     seeds: tuple
+    split: int = 0
 
 
 def plan(study: S.Study, variants, done: set, chunks: int = 1, task_size: int | None = None) -> list[Task]:
-    """The populations still to train: variants grouped by training settings and by the seeds they
-    miss (``done`` holds finished (config_key, seed) pairs); each split into ``chunks`` seed chunks,
-    and further so that no task has more than ``task_size`` members."""
+    """The populations still to train: variants grouped by training settings, by train/test split
+    and by the seeds they miss (``done`` holds finished (config_key, split, seed) triples, or
+    (config_key, seed) pairs of split 0); each split into ``chunks`` seed chunks, and further so that
+    no task has more than ``task_size`` members."""
+    done = {d if len(d) == 3 else (d[0], 0, d[1]) for d in done}
     groups: dict[str, list] = {}
     for v in variants:
         groups.setdefault(_group_key(v.training), []).append(v)
     tasks = []
     for members in groups.values():
-        by_missing: dict[tuple, list] = {}
-        for v in members:
-            missing = tuple(s for s in study.seeds if (v.key, s) not in done)
-            if missing:
-                by_missing.setdefault(missing, []).append(v.name)
-        for seeds, names in by_missing.items():
-            size = -(-len(seeds) // max(1, chunks))
-            for i in range(0, len(seeds), size):
-                tasks += _split(Task(tuple(names), seeds[i:i + size]), task_size)
+        for split in range(study.splits):
+            by_missing: dict[tuple, list] = {}
+            for v in members:
+                missing = tuple(s for s in study.seeds if (v.key, split, s) not in done)
+                if missing:
+                    by_missing.setdefault(missing, []).append(v.name)
+            for seeds, names in by_missing.items():
+                size = -(-len(seeds) // max(1, chunks))
+                for i in range(0, len(seeds), size):
+                    tasks += _split(Task(tuple(names), seeds[i:i + size], split), task_size)
     return tasks
 
 
@@ -206,16 +236,18 @@ def _split(task: Task, task_size: int | None) -> list[Task]:
     if task_size is None or len(task.variants) * len(task.seeds) <= task_size:
         return [task]
     if len(task.variants) > task_size:   # one seed at a time, variants in groups of task_size
-        return [Task(task.variants[i:i + task_size], (seed,))
+        return [Task(task.variants[i:i + task_size], (seed,), task.split)
                 for seed in task.seeds for i in range(0, len(task.variants), task_size)]
     step = task_size // len(task.variants)
-    return [Task(task.variants, task.seeds[i:i + step]) for i in range(0, len(task.seeds), step)]
+    return [Task(task.variants, task.seeds[i:i + step], task.split) for i in range(0, len(task.seeds), step)]
 
 
 def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | None = None) -> list[dict]:
     """Train one task's population and return its records (what the store keeps).
 
-    ``threads``: None lets reglab.threads choose (REGLAB_THREADS, else the governor); an int pins it."""
+    ``threads``: None lets reglab.threads choose (REGLAB_THREADS, else the governor); an int pins it.
+    The population trains on the data of the task's split (``dataset.for_split(task.split)``)."""
+    dataset = dataset.for_split(task.split)
     by_name = {v.name: v for v in study.variants}
     vs = [by_name[name] for name in task.variants]
     training = vs[0].training
@@ -227,7 +259,19 @@ def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | N
         lr=[v.training.get("lr") for v in vs], weight_decay=training.get("weight_decay"),
         momentum=training.get("momentum", 0.0), task=dataset.task, preset=training.get("preset", "keras"),
         early_stopping=_early_stopping(training), progress=progress, threads=threads)
-    return [_record(vs[m["config_index"]], m["seed"], i, result, dataset, study) for i, m in enumerate(result.members)]
+    records = [_record(vs[m["config_index"]], m["seed"], i, result, dataset, study)
+               for i, m in enumerate(result.members)]
+    return [_in_split(r, task.split) for r in records] if task.split else records
+
+
+def _in_split(record: dict, split: int) -> dict:
+    """``record`` of train/test split ``split`` > 0, as the store gives it back (split 0 has no key)."""
+    out = {}
+    for key, value in record.items():
+        out[key] = value
+        if key == "seed":
+            out["split"] = int(split)
+    return out
 
 
 class LocalExecutor:
@@ -241,12 +285,17 @@ class LocalExecutor:
 
 
 def _train(study, variants, dataset, store, study_id, run_, progress, echo, executor, task_size=None, slim=None):
-    done = {(r["config_key"], r["seed"]) for r in run_.records}
+    done = {_done(r) for r in run_.records}
     tasks = plan(study, variants, done, executor.chunks, task_size)
     if echo and tasks:
         members = sum(len(t.variants) * len(t.seeds) for t in tasks)
-        echo(f"training {members} members in {len(tasks)} population(s)" if len(tasks) > 1 else
-             f"training {len(tasks[0].variants)} variant(s) × {len(tasks[0].seeds)} seed(s) = {members} members")
+        if len(tasks) > 1:
+            splits = len({t.split for t in tasks})
+            echo(f"training {members} members in {len(tasks)} population(s)"
+                 + (f" on {splits} train/test split(s)" if study.splits > 1 else ""))
+        else:
+            echo(f"training {len(tasks[0].variants)} variant(s) × {len(tasks[0].seeds)} seed(s) = {members} members"
+                 + (f" on split {tasks[0].split}" if study.splits > 1 else ""))
     for task, new in executor.map(study, dataset, tasks, progress):
         if store is not None:
             with _interrupts_deferred():   # a finished task is saved whole even if Ctrl-C lands now
@@ -351,9 +400,9 @@ def _grid_scores(study, records, metric, on="val"):
     for r in records:
         if "value" in r["params"]:
             key = f"{on}_{metric}" if f"{on}_{metric}" in r["metrics"] else f"test_{metric}"
-            by_value.setdefault(r["params"]["value"], {})[r["seed"]] = _score(r, key)
+            by_value.setdefault(r["params"]["value"], {})[(r.get("split", 0), r["seed"])] = _score(r, key)
     strengths = sorted(by_value)
-    scores = np.array([[by_value[v].get(s, np.nan) for s in study.seeds] for v in strengths], dtype=float)
+    scores = np.array([[by_value[v].get(pair, np.nan) for pair in pairs(study)] for v in strengths], dtype=float)
     return strengths, scores
 
 
@@ -363,28 +412,38 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
     A diverged member has no score: its metrics count as missing (``n`` counts the others), its
     variant's ``diverged`` says on how many of its ``runs`` seeds, and a variant that diverged on
     every seed gets the verdict and the diagnosis ``"diverged"``. The winner is the best variant
-    that never diverged (if every scored variant diverged somewhere: the best of those)."""
+    that never diverged (if every scored variant diverged somewhere: the best of those).
+
+    Several train/test splits (``study.splits = K > 1``): the runs are paired by (split, seed), so
+    ``n`` counts K × seeds, and the test score's interval and every paired comparison use the
+    corrected resampled t-test with ``n_test / n_train`` the mean ratio of the splits' test rows to
+    the rows trained on (:func:`reglab.stats.paired`); the summary then holds ``splits``, ``cv``,
+    ``significance_test`` and ``test_train_ratio``."""
     metric = "accuracy" if dataset.task != "regression" else "mae"
     higher = metric == "accuracy"
     names = [v.name for v in study.variants]
-    records = sorted(records, key=lambda r: r["seed"])   # the same numbers whatever order the tasks finished in
-    by_variant = {n: {r["seed"]: r for r in records if r["variant"] == n} for n in names}
+    # the same numbers whatever order the tasks finished in
+    records = sorted(records, key=lambda r: (r.get("split", 0), r["seed"]))
+    by_variant = {n: {(r.get("split", 0), r["seed"]): r for r in records if r["variant"] == n} for n in names}
     seeds = study.seeds
+    runs = pairs(study)
+    ratio = rows_ratio(dataset) if study.splits > 1 else None
     faults = _data_faults(dataset)
     reference = _reference(dataset, metric) if not faults else None
     rows = []
     base = by_variant[study.baseline]
-    base_test = _per_seed(base, seeds, f"test_{metric}")
+    base_test = _per_pair(base, runs, f"test_{metric}")
     for name in names:
         recs = by_variant[name]
-        test = _per_seed(recs, seeds, f"test_{metric}")
-        train = _per_seed(recs, seeds, f"train_{metric}")
+        test = _per_pair(recs, runs, f"test_{metric}")
+        train = _per_pair(recs, runs, f"train_{metric}")
         row = {"variant": name, "params": next(iter(recs.values()))["params"] if recs else {},
-               "n": int(np.isfinite(test).sum()), "train": stats.describe(train), "test": stats.describe(test),
+               "n": int(np.isfinite(test).sum()), "train": stats.describe(train),
+               "test": stats.describe(test, test_train_ratio=ratio),
                "diverged": int(sum(bool(r["diverged"]) for r in recs.values())), "runs": len(recs),
                "epochs_run": float(np.mean([r["epochs_run"] for r in recs.values()])) if recs else float("nan")}
         if name != study.baseline:
-            row["paired"] = stats.paired(test, base_test, higher_is_better=higher)
+            row["paired"] = stats.paired(test, base_test, higher_is_better=higher, test_train_ratio=ratio)
         row["diagnosis"] = _diagnosis(list(recs.values()), metric, dataset, faults, reference)
         rows.append(row)
     base_row = next(r for r in rows if r["variant"] == study.baseline)
@@ -400,6 +459,9 @@ def summarize(study: S.Study, records: list, dataset) -> dict:
             r["verdict"] = stats.verdict(r["paired"], p, higher_is_better=higher)
     summary = {"study": study.name, "question": study.question, "protocol": study.protocol, "metric": metric,
                "baseline": study.baseline, "seeds": len(seeds), "task": dataset.task, "rows": rows}
+    if study.splits > 1:
+        summary.update(splits=study.splits, cv=study.data.get("cv", "shuffle"),
+                       significance_test=CORRECTED_TEST, test_train_ratio=ratio)
     warnings = _warnings(faults, rows, dataset)
     if warnings:
         summary["warnings"] = warnings
@@ -552,10 +614,20 @@ def _diagnosis(recs, metric, dataset, faults=None, reference=None) -> dict:
     out["weight_norms"] = _mean_per_layer(r["extra"]["weight_norms"] for r in recs)
     out["sparsity"] = _mean_per_layer(r["extra"]["sparsity"] for r in recs)
     if dataset.task != "regression":
-        proba = np.array([r["extra"]["test_proba"] for r in recs], dtype=float)
-        if len(proba) and np.isfinite(proba).all():
-            out["ensemble_accuracy"] = float(stats.ensemble_accuracy(proba, dataset.y_test))
-            out["mean_member_accuracy"] = test
+        # each split has its own test part: the ensemble of a split's members, averaged over the splits
+        by_split: dict[int, list] = {}
+        for r in recs:
+            by_split.setdefault(r.get("split", 0), []).append(r["extra"]["test_proba"])
+        scores = []
+        for k in sorted(by_split):
+            proba = np.array(by_split[k], dtype=float)
+            if not (len(proba) and np.isfinite(proba).all()):
+                break
+            scores.append(float(stats.ensemble_accuracy(proba, dataset.for_split(k).y_test)))
+        else:
+            if scores:
+                out["ensemble_accuracy"] = scores[0] if len(scores) == 1 else float(np.mean(scores))
+                out["mean_member_accuracy"] = test
     return out
 
 
@@ -567,8 +639,20 @@ def _score(record, key) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _per_seed(recs: dict, seeds, key) -> np.ndarray:
-    return np.array([_score(recs[s], key) if s in recs else np.nan for s in seeds], dtype=float)
+def _per_pair(recs: dict, runs, key) -> np.ndarray:
+    """``key`` of the records ``recs`` (by (split, seed)) for each (split, seed) of ``runs``; NaN where missing."""
+    return np.array([_score(recs[pair], key) if pair in recs else np.nan for pair in runs], dtype=float)
+
+
+CORRECTED_TEST = "corrected resampled t-test (Nadeau & Bengio 2003)"
+
+
+def rows_ratio(dataset) -> float:
+    """``n_test / n_train`` of the corrected resampled t-test: the mean over the dataset's splits of
+    its test rows over the rows the models train on (the validation part carved from the training
+    part is not trained on)."""
+    parts = dataset.splits or [dataset]
+    return float(np.mean([len(d.X_test) / len(d.X_train) for d in parts]))
 
 
 def _all_diverged(row) -> bool:
@@ -650,7 +734,7 @@ def from_store(store, name: str) -> StudyRun:
     if row is None:
         raise S.StudyError(f"no study {name!r} in the database; `reglab list` shows what is there.")
     study = S.from_dict(row["spec"])
-    records = store.results(row["id"])
+    records = [r for r in store.results(row["id"]) if r.get("split", 0) < study.splits]
     study.seeds = sorted({r["seed"] for r in records}) or study.seeds   # the store keeps no seed count
     if study.protocol == "grid":
         known = {v.key for v in study.variants}
@@ -658,7 +742,7 @@ def from_store(store, name: str) -> StudyRun:
         if extra:
             study.variants += S.grid_variants(study, {"value": extra}, only=[{"value": v} for v in extra])
             study.variants.sort(key=lambda v: v.params.get("value", -1.0))
-    dataset = data_mod.load(S.stored_data(study.data), base_dir=study.base_dir)
+    dataset = data_mod.load(S.stored_data(study.data), base_dir=study.base_dir, splits=study.splits)
     keys = {v.key for v in study.variants}
     records = [r for r in records if r["config_key"] in keys]
     return StudyRun(study, dataset, records, summarize(study, records, dataset))

@@ -40,7 +40,8 @@ def one_line(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-TOP_KEYS = {"name", "question", "protocol", "seeds", "baseline", "data", "model", "training", "variants", "grid"}
+TOP_KEYS = {"name", "question", "protocol", "seeds", "splits", "baseline", "data", "model", "training", "variants",
+            "grid"}
 MODEL_KEYS = {"layers", "factory", "rules", "activity_convention"}
 TRAINING_KEYS = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "preset", "early_stopping"}
 VARIANT_KEYS = {"layers", "insert", "replace", "rules", "training", "activity_convention", "description"}
@@ -114,6 +115,7 @@ class Study:
     grid: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
     base_dir: Path = Path(".")
+    splits: int = 1              # train/test splits (data.cv draws them); runs are paired by (split, seed)
 
     def as_dict(self) -> dict:
         """The study as the store keeps it; the store refuses a changed study under the same name.
@@ -125,6 +127,11 @@ class Study:
         and the data protocol's defaults are written out (:func:`data_protocol`): a study stored
         before the validation part and the target scaling became defaults is a different study, so
         its results are never mixed with ones trained on other rows or targets.
+
+        ``splits = 1`` (the default) and ``cv`` with one split are left out, so a study of one split
+        keeps the definition it had before splits existed; with ``splits > 1`` the ``cv`` default
+        (``"shuffle"``) is written out. The number of splits is part of the study: another count
+        draws other splits (K folds, or the first-n protocol's draws), so it is a different study.
         """
         spec = copy.deepcopy(self.raw)
         spec.pop("seeds", None)
@@ -137,6 +144,12 @@ class Study:
             data["path"] = str(path if path.is_absolute() else (self.base_dir / path).resolve())
         if isinstance(data, dict):
             spec["data"] = data_protocol(data)
+            if self.splits == 1:
+                spec.pop("splits", None)
+                if spec["data"].get("cv") == "shuffle":
+                    spec["data"].pop("cv")
+            else:
+                spec["data"].setdefault("cv", "shuffle")
         return spec
 
     def validation_decides(self) -> list[str]:
@@ -193,6 +206,12 @@ def optimism_note(study: Study, dataset) -> str | None:
 
 def load(path: str | Path, *, seeds: int | None = None, epochs: int | None = None) -> Study:
     """Read and validate a study file; ``seeds``/``epochs`` override the file's values."""
+    return from_dict(read(path), base_dir=Path(path).parent, seeds=seeds, epochs=epochs)
+
+
+def read(path: str | Path) -> dict:
+    """The TOML table of a study file, not yet validated (:func:`from_dict` does that); a file that
+    cannot be read as TOML raises :class:`StudyError`."""
     path = Path(path)
     try:
         exists = path.exists()
@@ -215,7 +234,7 @@ def load(path: str | Path, *, seeds: int | None = None, epochs: int | None = Non
         raise StudyError(f"Study file {str(path)!r} is not UTF-8 text; save it as a TOML text file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"Study file {str(path)!r} is not valid TOML: {exc}; fix the TOML syntax there.") from None
-    return from_dict(raw, base_dir=path.parent, seeds=seeds, epochs=epochs)
+    return raw
 
 
 def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None, epochs: int | None = None) -> Study:
@@ -233,9 +252,11 @@ def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None
     if protocol not in ("compare", "grid", "repeat"):
         raise StudyError(f"study: 'protocol' must be 'compare', 'grid' or 'repeat'. Got {protocol!r}.")
     seed_list = _seeds(raw.get("seeds", 30))
+    splits = _splits(raw.get("splits", 1))
     data = _table(raw.get("data"), "data")
     if not data:
         raise StudyError("study: the [data] table is missing; e.g. [data] name = \"moons\".")
+    _cv(data, splits)
     model = _table(raw.get("model"), "model")
     _unknown(model, MODEL_KEYS, "model")
     if ("layers" in model) == ("factory" in model):
@@ -249,7 +270,7 @@ def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None
     training = _training(_table(raw.get("training"), "training"), "training")
     study = Study(name=name, protocol=protocol, seeds=seed_list, data=data, model=model, training=training,
                   variants=[], baseline="", question=str(raw.get("question", "")), raw=raw,
-                  base_dir=Path(base_dir))
+                  base_dir=Path(base_dir), splits=splits)
     if protocol == "grid":
         study.grid = _table(raw.get("grid"), "grid")
         _unknown(study.grid, GRID_KEYS, "grid")
@@ -323,6 +344,32 @@ def _seeds(value):
             raise StudyError("study: 'seeds' lists a seed twice.")
         return list(value)
     raise StudyError(f"study: 'seeds' must be a count (e.g. 30) or a non-empty list of ints >= 0. Got {value!r}.")
+
+
+def _splits(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= data_mod.MAX_SPLITS:
+        raise StudyError(f"study: 'splits' must be an int from 1 to {data_mod.MAX_SPLITS} (the number of train/test "
+                         f"splits; 1 = one split). Got {_show(value)}.")
+    return value
+
+
+def _cv(data: dict, splits: int) -> None:
+    """``[data] cv`` against the study's splits: a known way to draw them, K-fold with K >= 2 and
+    without its own train/test sizes."""
+    if "cv" not in data:
+        return
+    cv = data["cv"]
+    if cv not in data_mod.CV:
+        raise StudyError(f"data.cv must be \"shuffle\" (K stratified random splits) or \"kfold\" (K folds). "
+                         f"Got {_show(cv)}.")
+    if cv == "kfold":
+        if splits < 2:
+            raise StudyError("data.cv = \"kfold\" needs splits >= 2 (the number of folds); set e.g. splits = 5 at "
+                             "the top of the study file.")
+        for key in ("train", "test_fraction"):
+            if key in data:
+                raise StudyError(f"data.{key} does not apply with cv = \"kfold\": each of the {splits} folds is the "
+                                 f"test part once; remove {key} or use cv = \"shuffle\".")
 
 
 def _lines(lines, where):

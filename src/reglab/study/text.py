@@ -57,6 +57,31 @@ def verdict_text(row: dict) -> str:
     return "; ".join(v for v in (verdict, diverged) if v)
 
 
+def runs(summary: dict) -> str:
+    """What the statistics count: '30 seeds', or '3 splits × 10 seeds' over several train/test splits.
+
+    >>> runs({"seeds": 30}), runs({"seeds": 10, "splits": 3})
+    ('30 seeds', '3 splits × 10 seeds')
+    """
+    splits = summary.get("splits", 1)
+    return f"{splits} splits × {summary['seeds']} seeds" if splits > 1 else f"{summary['seeds']} seeds"
+
+
+def paired_note(summary: dict) -> str | None:
+    """With several train/test splits, one line on how the runs are paired and tested; else None.
+
+    >>> paired_note({"seeds": 10, "splits": 3, "cv": "kfold", "test_train_ratio": 0.5,
+    ...            "significance_test": "corrected resampled t-test (Nadeau & Bengio 2003)"})[:62]
+    'runs paired by (split, seed) over 3 splits × 10 seeds (cv = "k'
+    """
+    if summary.get("splits", 1) <= 1:
+        return None
+    return (f"runs paired by (split, seed) over {runs(summary)} (cv = \"{summary.get('cv', 'shuffle')}\"); the "
+            f"training sets overlap, so the test CIs, p-values, P(better) and detectable differences come from the "
+            f"{summary.get('significance_test', 'corrected resampled t-test')}, n_test/n_train = "
+            f"{summary.get('test_train_ratio', float('nan')):.3g}")
+
+
 def _row(summary: dict, name):
     return next((r for r in summary["rows"] if r["variant"] == name), None) if name else None
 
@@ -133,6 +158,8 @@ def diagnosis(summary: dict) -> str:
                      f"{grid['best_mean']:.3f} ± SE {grid['best_se']:.3f}); largest within one SE: {grid['one_se']:g}")
     if summary.get("optimistic"):
         lines.append(f"note: {summary['optimistic']}")
+    if paired_note(summary):
+        lines.append(f"note: {paired_note(summary)}")
     if summary.get("winner"):
         lines.append(f"winner: {summary['winner']} (better than {summary['baseline']} after the Holm correction)")
     elif summary.get("no_winner"):
@@ -145,4 +172,17 @@ def diagnosis(summary: dict) -> str:
         elif best is not None and best["variant"] == summary["baseline"]:
             line += f"; the best mean is the baseline's"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def console(summary: dict, published: dict | None = None) -> str:
+    """What ``reglab run`` prints after a study: the heading, the question, the statistics table, the
+    diagnosis and the winning configuration as PyTorch code."""
+    s = summary
+    lines = [f"== {s['study']} ({s['protocol']}, {runs(s)}, metric: {s['metric']}) =="]
+    if s.get("question"):
+        lines.append(s["question"])
+    lines += [table(s, published), diagnosis(s)]
+    if s.get("snippet"):
+        lines.append("\nwinning configuration, as PyTorch code:\n" + s["snippet"])
     return "\n".join(lines)
