@@ -29,7 +29,6 @@ from .. import tasks as _tasks
 from .._validate import check_number
 from ..attach import registry
 from ..callbacks import EarlyStopping, StoppingRule
-from ..layers import RNNOutput
 from ..training import as_tensors, batches, evaluate, make_optimizer, wants_integers
 from . import fused
 from . import layers as L

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ChannelsFirst, GaussianDropout, GaussianNoise, RNNOutput, SequenceDropout
+from ..layers import ChannelsFirst, GaussianDropout, GaussianNoise, SequenceDropout
 
 # Parameter-free, deterministic modules that treat dim 0 as the batch: applied to (P*B, ...).
 STATELESS = (
@@ -21,7 +21,7 @@ STATELESS = (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
 )
 RANDOM = (nn.Dropout, GaussianNoise, GaussianDropout)
-SUPPORTED = STATELESS + RANDOM + (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM, nn.GRU, nn.RNN, RNNOutput)
+SUPPORTED = STATELESS + RANDOM + (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def stack(modules, name):
@@ -127,72 +127,6 @@ class Conv(PopLayer):
         return out.view(P, B, Ho, Wo, O).permute(0, 1, 4, 2, 3)
 
 
-class Recurrent(PopLayer):
-    """LSTM / GRU / RNN (batch_first, unidirectional, no projection), written as batched cells."""
-
-    def __init__(self, modules):
-        super().__init__(modules)
-        m = modules[0]
-        name = type(m).__name__
-        if not m.batch_first:
-            raise ValueError(f"{name}(batch_first=False) is not supported in a population; use batch_first=True (Keras's layout).")
-        if m.bidirectional or getattr(m, "proj_size", 0):
-            raise ValueError(f"{name} with bidirectional=True or proj_size is not supported in a population; train it with reglab.fit.")
-        if m.dropout:
-            raise ValueError(f"{name}(dropout={m.dropout}) is not supported in a population; put an nn.Dropout between single-layer {name}s instead.")
-        self.mode, self.layers, self.hidden = m.mode, m.num_layers, m.hidden_size
-        for pname, _ in m.named_parameters():
-            self.params[pname] = stack(modules, pname)
-
-    def forward(self, x, ctx):
-        P, B, T, _ = x.shape
-        H = self.hidden
-        seq = x
-        finals_h, finals_c = [], []
-        for layer in range(self.layers):
-            w_ih, w_hh = self.params[f"weight_ih_l{layer}"], self.params[f"weight_hh_l{layer}"]
-            b_ih, b_hh = self.params.get(f"bias_ih_l{layer}"), self.params.get(f"bias_hh_l{layer}")
-            xw = torch.bmm(seq.reshape(P, B * T, -1), w_ih.transpose(1, 2))
-            if b_ih is not None:
-                xw = xw + b_ih.unsqueeze(1)
-            # One view per step from unbind: its backward stacks the T step gradients once, where
-            # indexing xw[:, :, t] in the loop made T full-size zero tensors and summed them.
-            steps = xw.reshape(P, B, T, -1).unbind(2)
-            w_hh_t = w_hh.transpose(1, 2)
-            h = x.new_zeros(P, B, H)
-            c = x.new_zeros(P, B, H)
-            outs = []
-            for t in range(T):
-                hw = torch.bmm(h, w_hh_t) if b_hh is None else torch.baddbmm(b_hh.unsqueeze(1), h, w_hh_t)
-                gi = steps[t]
-                if self.mode == "LSTM":
-                    i, f, g, o = (gi + hw).chunk(4, -1)
-                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                    h = torch.sigmoid(o) * torch.tanh(c)
-                elif self.mode == "GRU":
-                    ir, iz, inn = gi.chunk(3, -1)
-                    hr, hz, hn = hw.chunk(3, -1)
-                    r = torch.sigmoid(ir + hr)
-                    z = torch.sigmoid(iz + hz)
-                    n = torch.tanh(inn + r * hn)
-                    h = (1 - z) * n + z * h
-                else:
-                    pre = gi + hw
-                    h = torch.tanh(pre) if self.mode == "RNN_TANH" else torch.relu(pre)
-                outs.append(h)
-            seq = torch.stack(outs, 2)
-            finals_h.append(h)
-            finals_c.append(c)
-        return seq, (torch.stack(finals_h, 1), torch.stack(finals_c, 1))
-
-
-class SelectOutput(PopLayer):
-    def forward(self, x, ctx):
-        if isinstance(x, (tuple, list)):
-            x = x[0]
-        return x if self.module.return_sequences else x[:, :, -1]
-
-
 class Random(PopLayer):
     """Dropout / GaussianNoise / GaussianDropout with one rate per member and per-member streams.
 
@@ -243,14 +177,10 @@ def make(modules):
         return Linear(modules)
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         return Conv(modules)
-    if isinstance(m, nn.RNNBase):
-        return Recurrent(modules)
-    if isinstance(m, RNNOutput):
-        return SelectOutput(modules)
     if isinstance(m, RANDOM):
         return Random(modules)
     if isinstance(m, STATELESS):
         return Stateless(modules)
     raise ValueError(f"{type(m).__name__} is not supported in a population (supported: Linear, Conv1d, Conv2d, "
-                     "LSTM, GRU, RNN, pooling, Flatten, activations, Dropout, reglab noise layers, RNNOutput); "
+                     "pooling, Flatten, activations, Dropout, reglab noise layers); "
                      "train this model with reglab.fit.")
