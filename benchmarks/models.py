@@ -173,12 +173,11 @@ def _penalty(model: nn.Module) -> torch.Tensor | float:
 
 # -------------------------------------------------------------------------------------------- peers
 
-def torch_loop(make, config: dict, seed: int, X: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
-    """One member, the plain PyTorch recipe (see the module docstring)."""
-    torch.manual_seed(seed)
-    model = make(**config)
-    opt = torch.optim.Adam(model.parameters(), lr=LR, eps=EPS)
-    loss_fn = nn.BCEWithLogitsLoss()
+def train_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, loss_fn, penalty,
+               eps: float = 1e-8) -> nn.Module:
+    """The hand-written PyTorch loop: Adam (lr 1e-3), a randperm reshuffle every epoch, batches of
+    32, ``penalty(model)`` added to the loss. Every loop peer of benchmarks/run.py is this one."""
+    opt = torch.optim.Adam(model.parameters(), lr=LR, eps=eps)
     gen = torch.Generator().manual_seed(seed)
     n = X.shape[0]
     model.train()
@@ -186,11 +185,17 @@ def torch_loop(make, config: dict, seed: int, X: torch.Tensor, y: torch.Tensor, 
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, BATCH):
             idx = order[start:start + BATCH]
-            loss = loss_fn(model(X[idx]), y[idx]) + _penalty(model)
+            loss = loss_fn(model(X[idx]), y[idx]) + penalty(model)
             opt.zero_grad()
             loss.backward()
             opt.step()
     return model
+
+
+def torch_loop(make, config: dict, seed: int, X: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
+    """One member, the plain PyTorch recipe (see the module docstring)."""
+    torch.manual_seed(seed)
+    return train_loop(make(**config), X, y, epochs, seed, nn.BCEWithLogitsLoss(), _penalty, eps=EPS)
 
 
 class Ensemble:

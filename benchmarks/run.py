@@ -244,20 +244,8 @@ def sklearn_mlp(X, y, lam, seed, epochs):
 
 
 def torch_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, loss_fn, l2):
-    """The hand-written PyTorch loop: Adam, reshuffle (randperm) every epoch, batch 32, L2 in the loss."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    n = X.shape[0]
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, BATCH):
-            idx = order[start:start + BATCH]
-            loss = loss_fn(model(X[idx]), y[idx]) + l2(model)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model
+    """The hand-written PyTorch loop (benchmarks/models.py: train_loop), torch.optim.Adam's default ε."""
+    return models.train_loop(model, X, y, epochs, seed, loss_fn, l2)
 
 
 def torch_mlp(X, y, lam, seed, epochs):

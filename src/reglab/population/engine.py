@@ -34,7 +34,7 @@ from . import fused
 from . import layers as L
 from .functional import ModulePopulation, NotBatchable
 from .functional import signature as module_signature
-from .merge import MergedConstraint, MergedPenalty
+from .merge import MergedConstraint, MergedPenalty, MergedRules
 
 
 @dataclass
@@ -113,7 +113,7 @@ def check_population(model: nn.Module, sample: torch.Tensor) -> None:
             pop.forward(sample[None], Context(True, [torch.Generator().manual_seed(0)]))
 
 
-class Population:
+class Population(MergedRules):
     """P member models of one architecture, stacked. ``models`` are ``nn.Sequential`` of supported layers."""
 
     buffers = ()
@@ -163,16 +163,6 @@ class Population:
         if act is None:
             act = x.new_zeros(self.P) if not isinstance(x, tuple) else x[0].new_zeros(self.P)
         return x, act
-
-    def weight_penalty(self) -> torch.Tensor:
-        total = torch.zeros(self.P, dtype=self.params[0].dtype)
-        for p, merged in self.penalties:
-            total = total + merged.members(p)
-        return total
-
-    def apply_constraints(self, active):
-        for p, merged in self.constraints:
-            merged.apply_(p, None if active is None or bool(active.all()) else active)
 
     @torch.no_grad()
     def write_back(self) -> None:

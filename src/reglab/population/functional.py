@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..attach import registry
 from ..layers import GaussianDropout, GaussianNoise, SequenceDropout
-from .merge import MergedConstraint, MergedPenalty
+from .merge import MergedConstraint, MergedPenalty, MergedRules
 
 # Modules whose randomness reglab draws per member, and the attribute holding each member's rate.
 RATE_ATTR = {nn.Dropout: "p", nn.Dropout1d: "p", nn.Dropout2d: "p", nn.Dropout3d: "p",
@@ -329,7 +329,7 @@ def _strip(module: nn.Module) -> None:
             del m._reglab
 
 
-class ModulePopulation:
+class ModulePopulation(MergedRules):
     """P members of one architecture (any ``nn.Module``), stacked and run under ``vmap``.
 
     Same interface as the Sequential :class:`~reglab.population.engine.Population`: ``params``
@@ -561,17 +561,6 @@ class ModulePopulation:
             acts = [a if a is not None else out.new_zeros(()) for a in acts]
             return out, acts
         return member
-
-    # -- rules applied ----------------------------------------------------------------------------
-    def weight_penalty(self) -> torch.Tensor:
-        total = torch.zeros(self.P, dtype=self.params[0].dtype, device=self.params[0].device)
-        for p, merged in self.penalties:
-            total = total + merged.members(p)
-        return total
-
-    def apply_constraints(self, active):
-        for p, merged in self.constraints:
-            merged.apply_(p, None if active is None or bool(active.all()) else active)
 
     @torch.no_grad()
     def write_back(self) -> None:

@@ -103,3 +103,25 @@ class MergedConstraint:
         for i, con in self.custom:
             if active is None or bool(active[i]):
                 w[i] = con(w[i])
+
+
+class MergedRules:
+    """A population's weight penalties and constraints, applied per member: ``penalties`` and
+    ``constraints`` are lists of (stacked tensor, merged rule); ``P`` is the member count."""
+
+    penalties: list
+    constraints: list
+    P: int
+
+    def weight_penalty(self) -> torch.Tensor:
+        """Each member's weight penalty, shape (P,)."""
+        first = self.params[0]
+        total = torch.zeros(self.P, dtype=first.dtype, device=first.device)
+        for p, merged in self.penalties:
+            total = total + merged.members(p)
+        return total
+
+    def apply_constraints(self, active) -> None:
+        """Project each member's constrained weights (only the ``active`` members, when given)."""
+        for p, merged in self.constraints:
+            merged.apply_(p, None if active is None or bool(active.all()) else active)
