@@ -346,6 +346,9 @@ def _setup(ctx: Context, n_parameters) -> str:
         for k, val in v.rules.items():
             if model.get("rules", {}).get(k) != val:
                 changes.append(f"<code>{e(k)}: {e(json.dumps(val))}</code>")
+        for k, val in v.args.items():
+            if model.get("args", {}).get(k) != val:
+                changes.append(f"<code>{e(k)} = {e(json.dumps(val))}</code>")
         extra = {k: val for k, val in v.training.items() if t.get(k) != val}
         if extra:
             changes.append(e("training: " + ", ".join(f"{k} = {val}" for k, val in extra.items())))

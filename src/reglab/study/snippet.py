@@ -96,7 +96,7 @@ def _snippet(study, variant, model, task, seed) -> str:
     body: list[str] = []
     if is_factory:
         imports = ["import reglab"]
-        body += _factory_lines(factory)
+        body += _factory_lines(factory, variant.args)
         body += _rule_lines(variant.rules, variant.activity_convention)
     else:
         imports = ["from torch import nn", "", "import reglab"]
@@ -285,15 +285,16 @@ def _rule_value(value, getter) -> str:
 
 # ------------------------------------------------------------------------------------ factory
 
-def _factory_lines(ref: str | None) -> list[str]:
+def _factory_lines(ref: str | None, args: dict | None = None) -> list[str]:
+    call = ", ".join(f"{k}={v!r}" for k, v in (args or {}).items())
     if not ref:
         return ["# the study's model.factory function (not known here) builds the model:",
-                "model = ...  # e.g. from my_models import build; model = build()"]
+                f"model = ...  # e.g. from my_models import build; model = build({call})"]
     module, _, fn = ref.partition(":")
     alias = fn if fn not in _TAKEN and not keyword.iskeyword(fn) else "build_model"
     imported = fn if alias == fn else f"{fn} as {alias}"
     return [f"from {module} import {imported}  # the study's model.factory, importable from the study file's folder",
-            "", f"model = {alias}()"]
+            "", f"model = {alias}({call})"]
 
 
 # ----------------------------------------------------------------------------------- training

@@ -42,9 +42,9 @@ def one_line(text: str) -> str:
 
 TOP_KEYS = {"name", "question", "protocol", "seeds", "splits", "baseline", "data", "model", "training", "variants",
             "grid"}
-MODEL_KEYS = {"layers", "factory", "rules", "activity_convention"}
+MODEL_KEYS = {"layers", "factory", "args", "rules", "activity_convention"}
 TRAINING_KEYS = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "preset", "early_stopping"}
-VARIANT_KEYS = {"layers", "insert", "replace", "rules", "training", "activity_convention", "description"}
+VARIANT_KEYS = {"layers", "insert", "replace", "rules", "args", "training", "activity_convention", "description"}
 GRID_KEYS = {"variant", "values", "refine", "refine_points", "include_none", "parameter"}
 EARLY_KEYS = {"monitor", "min_delta", "patience", "mode", "baseline", "restore_best_weights", "start_from_epoch"}
 RULE_KEYS = {"kernel", "bias", "recurrent", "activity", "kernel_constraint", "bias_constraint", "recurrent_constraint"}
@@ -93,12 +93,15 @@ class Variant:
     training: dict = field(default_factory=dict)
     activity_convention: str = "mean"
     params: dict = field(default_factory=dict)  # what was varied, e.g. {"value": 0.001}
+    args: dict = field(default_factory=dict)    # keyword arguments of the factory (factory models)
 
     @property
     def key(self) -> str:
-        """Stable key of the configuration in the store."""
-        return self.name + " " + json.dumps({"layers": self.layers, "rules": self.rules, "training": self.training,
-                                             "activity": self.activity_convention}, sort_keys=True, default=str)
+        """Stable key of the configuration in the store (factory arguments only when there are some,
+        so that the keys stored before they existed stay the same)."""
+        fields = {"layers": self.layers, "rules": self.rules, "training": self.training,
+                  "activity": self.activity_convention, **({"args": self.args} if self.args else {})}
+        return self.name + " " + json.dumps(fields, sort_keys=True, default=str)
 
 
 @dataclass
@@ -263,9 +266,13 @@ def from_dict(raw: dict, *, base_dir: str | Path = ".", seeds: int | None = None
         raise StudyError("model: give either 'layers' (Keras-style lines) or 'factory' (\"package.module:function\").")
     if "layers" in model:
         _lines(model["layers"], "model.layers")
+        if "args" in model:
+            raise StudyError("model.args needs a factory model (the keyword arguments of model.factory); "
+                             "layer lines take their arguments in the lines.")
     else:
         _factory_ref(model["factory"])
         _rules(model.get("rules", {}), "model.rules")
+        _args(model.get("args", {}), "model.args")
     convention = _convention(model.get("activity_convention", "mean"), "model.activity_convention")
     training = _training(_table(raw.get("training"), "training"), "training")
     study = Study(name=name, protocol=protocol, seeds=seed_list, data=data, model=model, training=training,
@@ -452,9 +459,11 @@ def variant(study: Study, name: str, table: dict, convention: str, params: dict 
         rules = copy.deepcopy(study.model.get("rules", {}))
         for module, kwargs in _rules(table.get("rules", {}), f"{where}.rules").items():
             rules[module] = {**rules.get(module, {}), **kwargs}
-        return Variant(name, None, rules, training, convention, params or {})
-    if "rules" in table:
-        raise StudyError(f"{where}.rules needs a factory model; change layer lines through 'layers'.")
+        args = {**study.model.get("args", {}), **_args(table.get("args", {}), f"{where}.args")}
+        return Variant(name, None, rules, training, convention, params or {}, args)
+    for key in ("rules", "args"):
+        if key in table:
+            raise StudyError(f"{where}.{key} needs a factory model; change layer lines through 'layers'.")
     lines = list(study.model["layers"])
     if "replace" in table:
         _lines(table["replace"], f"{where}.replace")
@@ -575,7 +584,8 @@ def grid_variants(study: Study, grid_values: dict, only: list[dict] | None = Non
     for point in points:
         filled = text
         for key, value in point.items():
-            filled = filled.replace("{" + key + "}", f"{value:g}")
+            # "{value}" alone is the number itself (e.g. a factory argument); inside a string, its text
+            filled = filled.replace('"{' + key + '}"', f"{value:g}").replace("{" + key + "}", f"{value:g}")
         name = point_name(point)
         try:
             table = json.loads(filled)
@@ -584,6 +594,17 @@ def grid_variants(study: Study, grid_values: dict, only: list[dict] | None = Non
                              f"use the placeholder only inside strings such as \"l2({{{keys[0]}}})\".") from None
         out.append(variant(study, name, table, study.model.get("activity_convention", "mean"), dict(point)))
     return out
+
+
+def _args(value, where) -> dict:
+    """Keyword arguments of the factory: a table of names to numbers, strings, booleans or lists."""
+    table = _table(value, where)
+    for key, v in table.items():
+        if not key.isidentifier():
+            raise StudyError(f"{where}: {key!r} is not a Python argument name.")
+        if isinstance(v, dict):
+            raise StudyError(f"{where}.{key}: give a number, string, boolean or list, not a table.")
+    return table
 
 
 def resolve_factory(ref: str, base_dir: Path):
@@ -635,7 +656,7 @@ def builder(study: Study, input_shape: tuple, task: str, classes: int | None = N
             except keras.ModelError as exc:
                 raise StudyError(f"variants.{v.name}: {exc}") from None
         try:
-            model = factory()
+            model = factory(**v.args)
         except Exception as exc:   # noqa: BLE001 - the user's own code: one line that says where it failed
             raise StudyError(f"model.factory {study.model['factory']!r} raised {_failure(exc)}; fix the factory.") from None
         if not isinstance(model, nn.Module):
