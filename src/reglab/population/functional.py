@@ -52,7 +52,7 @@ def site_kind(module: nn.Module) -> type | None:
     return None
 
 
-def noise_shape(kind, shape: tuple, module=None) -> tuple:
+def noise_shape(kind, shape: tuple) -> tuple:
     """Shape of what a random layer of ``kind`` draws for an input of ``shape`` (as PyTorch draws it)."""
     if kind is SequenceDropout:
         return (shape[0], 1) + tuple(shape[2:])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import ChannelsFirst, GaussianDropout, GaussianNoise, SequenceDropout
+from .functional import draw
 
 # Parameter-free, deterministic modules that treat dim 0 as the batch: applied to (P*B, ...).
 STATELESS = (
@@ -149,21 +150,8 @@ class Random(PopLayer):
         shape, dtype = x.shape[1:], x.dtype
         if issubclass(self.kind, SequenceDropout):
             shape = self.module.noise_shape(shape)
-        draws = []
-        for i, (rate, gen) in enumerate(zip(self.rates, ctx.noise_generators)):
-            if rate == 0:
-                draws.append(None)
-                continue
-            if issubclass(self.kind, nn.Dropout) and rate == 1:   # as torch: zeros, nothing drawn
-                draws.append(torch.zeros(shape, dtype=dtype))
-            elif issubclass(self.kind, nn.Dropout):
-                noise = torch.empty(shape, dtype=dtype).bernoulli_(1 - rate, generator=gen)
-                draws.append(noise.div_(1 - rate))
-            elif issubclass(self.kind, GaussianNoise):
-                draws.append(torch.randn(shape, dtype=dtype, generator=gen) * rate)
-            else:
-                stddev = (rate / (1.0 - rate)) ** 0.5
-                draws.append(1.0 + torch.randn(shape, dtype=dtype, generator=gen) * stddev)
+        kind = next(k for k in (GaussianNoise, GaussianDropout, nn.Dropout) if issubclass(self.kind, k))
+        draws = [draw(kind, rate, shape, dtype, gen) for rate, gen in zip(self.rates, ctx.noise_generators)]
         if all(d is None for d in draws):
             return x
         neutral = torch.zeros if issubclass(self.kind, GaussianNoise) else torch.ones
