@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test demo bench bench-quick bench-load clean
+.PHONY: install browser test demo bench bench-quick bench-gpu bench-load clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python benchmarks/run.py --quick
+
+# Populations against a PyTorch loop and a torch.func ensemble on a CUDA GPU (says why and exits 0 without one).
+bench-gpu: install
+	$(BIN)/python benchmarks/gpu.py
 
 # 2,000 one-member tasks through `reglab run`, local and on a 2-worker Dask cluster: wall time and peak RSS.
 bench-load: install

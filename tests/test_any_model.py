@@ -210,7 +210,7 @@ def check_family(build, data, configs, seeds=(0, 1), epochs=12, batch_size=16, e
         model = build(**member["config"])
         callbacks = [reglab.EarlyStopping(**early_stopping)] if early_stopping else []
         history = reglab.fit(model, train, validation, epochs=epochs, batch_size=batch_size, seed=member["seed"],
-                             callbacks=callbacks, progress=False)
+                             callbacks=callbacks, progress=False, preset="keras")
         assert_member_matches(result, i, model, history)
     return result
 
@@ -255,7 +255,7 @@ def test_float32_member_within_rounding_sensitivity():
     result = run(train, validation)
     for i, member in enumerate(result.members):
         model = ResMLP(**member["config"])
-        reglab.fit(model, train, validation, epochs=6, batch_size=16, seed=member["seed"], progress=False)
+        reglab.fit(model, train, validation, epochs=6, batch_size=16, seed=member["seed"], progress=False, preset="keras")
         for (key, mine), theirs in zip(result.models[i].state_dict().items(), model.state_dict().values()):
             if mine.is_floating_point():
                 assert_close_within(mine, theirs, 1e-5, slack[i][key], f"member {i} {key}")
@@ -300,7 +300,7 @@ def test_integer_token_ids_reach_an_embedding_in_fit_and_populations():
         def forward(self, x):
             seen.append(x.dtype)
             return super().forward(x)
-    reglab.fit(Spy(), (X, y), epochs=1, progress=False)
+    reglab.fit(Spy(), (X, y), epochs=1, progress=False, preset="keras")
     reglab.train_population(Spy, None, [0, 1], train=(X, y), epochs=1, progress=False)
     assert set(seen) == {torch.int64}
     assert reglab.evaluate(Spy(), (X, y))["accuracy"] >= 0
@@ -318,8 +318,8 @@ def test_float_inputs_stay_float32_and_integer_inputs_of_other_models_become_flo
         def forward(self, x):
             seen.append(x.dtype)
             return self.lin(x)
-    reglab.fit(Spy(), (X, y), epochs=1, progress=False)                          # float64 NumPy
-    reglab.fit(Spy(), (np.round(X * 3).astype(np.int64), y), epochs=1, progress=False)   # integer features
+    reglab.fit(Spy(), (X, y), epochs=1, progress=False, preset="keras")                          # float64 NumPy
+    reglab.fit(Spy(), (np.round(X * 3).astype(np.int64), y), epochs=1, progress=False, preset="keras")   # integer features
     assert set(seen) == {torch.float32}
 
 

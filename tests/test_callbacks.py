@@ -285,7 +285,7 @@ def test_early_stopping_in_fit(restore):
     model = small_mlp()
     es = EarlyStopping(patience=3, restore_best_weights=restore)
     rec = RecordWeights()
-    history = reglab.fit(model, train, val, epochs=200, lr=0.03, seed=1, callbacks=[rec, es])
+    history = reglab.fit(model, train, val, epochs=200, lr=0.03, seed=1, callbacks=[rec, es], preset="keras")
     val_loss = history.history["val_loss"]
     assert history.stopped_epoch is not None and history.stopped_epoch < 199
     assert len(val_loss) == history.stopped_epoch + 1 == len(rec.weights_) == len(history.epoch)
@@ -313,7 +313,7 @@ def test_early_stopping_restores_best_after_running_all_epochs():
     model = small_mlp()
     es = EarlyStopping(patience=1000, restore_best_weights=True)
     rec = RecordWeights()
-    history = reglab.fit(model, train, val, epochs=40, lr=0.03, seed=1, callbacks=[rec, es])
+    history = reglab.fit(model, train, val, epochs=40, lr=0.03, seed=1, callbacks=[rec, es], preset="keras")
     val_loss = history.history["val_loss"]
     assert len(val_loss) == 40 and history.stopped_epoch is None
     best = int(np.argmin(val_loss))
@@ -325,14 +325,14 @@ def test_early_stopping_restores_best_after_running_all_epochs():
 
 def test_early_stopping_on_training_loss_needs_no_validation():
     train, _ = overfitting_problem()
-    history = reglab.fit(small_mlp(), train, epochs=5, callbacks=[EarlyStopping(monitor="loss", patience=2)])
+    history = reglab.fit(small_mlp(), train, epochs=5, callbacks=[EarlyStopping(monitor="loss", patience=2)], preset="keras")
     assert len(history.history["loss"]) == 5
 
 
 def test_early_stopping_monitor_not_logged_raises_in_fit():
     train, val = overfitting_problem()
     with pytest.raises(ValueError, match="val_mae"):
-        reglab.fit(small_mlp(), train, val, epochs=2, callbacks=[EarlyStopping(monitor="val_mae")])
+        reglab.fit(small_mlp(), train, val, epochs=2, callbacks=[EarlyStopping(monitor="val_mae")], preset="keras")
 
 
 # --- argument validation ---------------------------------------------------------------------
@@ -382,7 +382,7 @@ def test_penalty_schedule_scales_logged_penalty(factors, expected):
     model = penalised_model()
     # SGD with lr 0 keeps the weights fixed, so only the factor changes the penalty
     history = reglab.fit(model, train, val, epochs=6, optimizer="sgd", lr=0.0, seed=2,
-                         callbacks=[PenaltySchedule(factors)])
+                         callbacks=[PenaltySchedule(factors)], preset="keras")
     base = reglab.weight_penalty(model).item()
     assert base > 0
     for key in ("penalty", "val_penalty"):
@@ -395,8 +395,8 @@ def test_penalty_schedule_scales_logged_penalty(factors, expected):
 def test_penalty_schedule_changes_training():
     train, val = overfitting_problem()
     weak, strong = penalised_model(1e-3), penalised_model(1e-3)
-    reglab.fit(weak, train, epochs=30, lr=0.02, seed=4)
-    reglab.fit(strong, train, epochs=30, lr=0.02, seed=4, callbacks=[PenaltySchedule({0: 1.0, 10: 300.0})])
+    reglab.fit(weak, train, epochs=30, lr=0.02, seed=4, preset="keras")
+    reglab.fit(strong, train, epochs=30, lr=0.02, seed=4, callbacks=[PenaltySchedule({0: 1.0, 10: 300.0})], preset="keras")
     assert strong[0].weight.norm() < 0.8 * weak[0].weight.norm()
 
 
@@ -424,7 +424,7 @@ def test_bad_penalty_schedule_arguments(factors, error):
 def test_penalty_schedule_callable_giving_bad_factor_raises(bad):
     train, _ = overfitting_problem()
     with pytest.raises(ValueError, match="factor"):
-        reglab.fit(penalised_model(), train, epochs=2, callbacks=[PenaltySchedule(bad)])
+        reglab.fit(penalised_model(), train, epochs=2, callbacks=[PenaltySchedule(bad)], preset="keras")
 
 
 def test_callback_hooks_are_called_in_order():
@@ -447,7 +447,7 @@ def test_callback_hooks_are_called_in_order():
             calls.append("done")
 
     train, _ = overfitting_problem()
-    reglab.fit(small_mlp(), train, epochs=2, batch_size=10, callbacks=[Spy()])
+    reglab.fit(small_mlp(), train, epochs=2, batch_size=10, callbacks=[Spy()], preset="keras")
     keys = sorted(["loss", "data_loss", "penalty", "accuracy"])
     assert calls == ["begin", "e0", "b0", "b1", "b2", f"end0:{keys}", "e1", "b0", "b1", "b2", f"end1:{keys}", "done"]
 
@@ -459,5 +459,5 @@ def test_callback_can_stop_training():
                 trainer.stop_training = True
 
     train, _ = overfitting_problem()
-    history = reglab.fit(small_mlp(), train, epochs=10, callbacks=[StopAfterTwo()])
+    history = reglab.fit(small_mlp(), train, epochs=10, callbacks=[StopAfterTwo()], preset="keras")
     assert history.epoch == [0, 1]

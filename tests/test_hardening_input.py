@@ -217,8 +217,9 @@ STUDY_CASES = {
     "unknown constraint": (_variant('layers = { 0 = { kernel_constraint = "unit_nrm()" } }'),
                            ["variants.a.layers.0", "Unknown constraint 'unit_nrm'", "known constraints"]),
     "unknown activation": (_with(STUDY, "activation='relu'", "activation='rleu'"), ["unknown activation 'rleu'", "known: "]),
-    "unknown optimizer": (_with(STUDY, "epochs = 2", "epochs = 2\noptimizer = 'rmsprop'"),
-                          ["training.optimizer must be 'adam', 'adamw' or 'sgd'", "Got 'rmsprop'"]),
+    "unknown optimizer": (_with(STUDY, "epochs = 2", "epochs = 2\noptimizer = 'adadelta'"),
+                          ["training.optimizer must be 'adam', 'adamw', 'sgd', 'rmsprop' or 'adagrad'",
+                           "Got 'adadelta'"]),
     "unknown dataset": (_with(STUDY, 'name = "moons"', 'name = "moon"'), ["[data] name = 'moon'", "did you mean 'moons'"]),
     # a constraint (or penalty) on a layer without that weight
     "kernel constraint on Activation": (_with(STUDY, '"Dense(1,', '"Activation(\'relu\', kernel_constraint=unit_norm())", "Dense(1,'),

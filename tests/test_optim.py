@@ -210,8 +210,10 @@ def test_make_builds_by_name():
     assert type(optim.make("adam", params)) is optim.Adam
     assert type(optim.make("adamw", params)) is optim.AdamW
     assert type(optim.make("sgd", params, lr=0.1, momentum=0.5)) is optim.SGD
+    assert type(optim.make("rmsprop", params)) is optim.RMSprop
+    assert type(optim.make("adagrad", params)) is optim.Adagrad
     with pytest.raises(ValueError, match="optimizer"):
-        optim.make("rmsprop", params)
+        optim.make("adadelta", params)
 
 
 # --- populations: per-member learning rates and the active mask -----------------------------

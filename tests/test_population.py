@@ -137,7 +137,7 @@ def population(build, configs, seeds, train, validation=None, *, early_stopping=
 def standalone(build, config, seed, train, validation=None, *, early_stopping=None, lr=None, **kwargs):
     model = build(**config)
     callbacks = [reglab.EarlyStopping(**early_stopping)] if early_stopping is not None else []
-    history = reglab.fit(model, train, validation, seed=seed, lr=lr, callbacks=callbacks, progress=False, **kwargs)
+    history = reglab.fit(model, train, validation, seed=seed, lr=lr, callbacks=callbacks, progress=False, **{"preset": "keras", **kwargs})
     return model, history
 
 

@@ -47,6 +47,24 @@ VARIANTS = {
             {"optimizer": "sgd", "momentum": 0.9, "lr": 0.05}),
     "batch_lr": ({"training": {"batch_size": 4, "lr": 0.02, "preset": "torch"}},
                  {"batch_size": 4, "lr": 0.02, "preset": "torch"}),
+    # per-member settings: trained in the same population as "none", each member its own
+    "smooth_weights": ({"training": {"label_smoothing": 0.1, "class_weight": {"0": 1.0, "1": 3.0}}},
+                       {"label_smoothing": 0.1, "class_weight": {0: 1.0, 1: 3.0}}),
+    "rmsprop_clip": ({"training": {"optimizer": "rmsprop", "clipnorm": 0.5, "lr": 0.01}},
+                     {"optimizer": "rmsprop", "clipnorm": 0.5, "lr": 0.01}),
+    "adagrad_clipvalue": ({"training": {"optimizer": "adagrad", "clipvalue": 0.05, "lr": 0.05}},
+                          {"optimizer": "adagrad", "clipvalue": 0.05, "lr": 0.05}),
+    "cosine": ({"training": {"schedule": {"kind": "cosine", "decay_steps": 30, "alpha": 0.1, "warmup_steps": 5}}},
+               {"schedule": {"kind": "cosine", "decay_steps": 30, "alpha": 0.1, "warmup_steps": 5, "warmup_start": 0.0}}),
+    "plateau": ({"training": {"lr": 0.01, "schedule": {"kind": "plateau", "patience": 0, "factor": 0.5, "min_delta": 0.0}}},
+                {"lr": 0.01, "schedule": {"kind": "plateau", "monitor": "val_loss", "factor": 0.5, "patience": 0,
+                                          "mode": "auto", "min_delta": 0.0, "cooldown": 0, "min_lr": 0.0}}),
+    # mixup and weight averaging: shared by a population, each member drawing / averaging its own
+    "mixup": ({"training": {"mixup": {"mixup_alpha": 0.4, "prob": 0.8}}},
+              {"mixup": reglab.Mixup(mixup_alpha=0.4, prob=0.8)}),
+    "ema": ({"training": {"ema": {"momentum": 0.9}}}, {"ema": reglab.EMA(momentum=0.9)}),
+    "swa": ({"training": {"swa": {"start_epoch": 3}, "batch_size": 8}},
+            {"swa": reglab.SWA(start_epoch=3), "batch_size": 8}),
 }
 
 
@@ -112,8 +130,10 @@ def test_each_kind_of_variant_runs_as_its_snippet(name, moons, fit_calls):
     assert_same_model(namespace["model"], build(name), moons.X_test)
 
     (kwargs,) = fit_calls
-    expected = {"epochs": EPOCHS, "task": "binary", "seed": 2, **VARIANTS[name][1]}
+    expected = {"epochs": EPOCHS, "task": "binary", "preset": "keras", "seed": 2, **VARIANTS[name][1]}
     callbacks = kwargs.pop("callbacks", [])
+    if "schedule" in kwargs:
+        kwargs["schedule"] = kwargs["schedule"].spec()
     assert kwargs == expected
     es = VARIANTS[name][0].get("training", {}).get("early_stopping")
     if es:
@@ -232,7 +252,7 @@ def test_a_factory_model_with_rules(tmp_path, monkeypatch, moons, fit_calls):
             "activity=reglab.L1(l1=0.01), activity_convention='sum')" in rules_code)
     assert "callbacks=[reglab.EarlyStopping(monitor='val_accuracy', patience=3)]" in rules_code
     assert {k: v for k, v in fit_calls[-1].items() if k != "callbacks"} == {
-        "epochs": EPOCHS, "optimizer": "sgd", "lr": 0.1, "momentum": 0.5, "task": "binary", "seed": 1}
+        "epochs": EPOCHS, "optimizer": "sgd", "lr": 0.1, "momentum": 0.5, "task": "binary", "preset": "keras", "seed": 1}
 
 
 def test_a_snippet_is_always_written():

@@ -54,7 +54,7 @@ def differs(a, b):
 def test_history_keys_and_lengths_classification():
     X, y = blobs()
     Xv, yv = blobs(seed=1)
-    history = reglab.fit(mlp(), (X, y), (Xv, yv), epochs=4, seed=0)
+    history = reglab.fit(mlp(), (X, y), (Xv, yv), epochs=4, seed=0, preset="keras")
     keys = {"loss", "data_loss", "penalty", "accuracy"}
     assert set(history.history) == keys | {f"val_{k}" for k in keys}
     assert all(len(v) == 4 for v in history.history.values())
@@ -67,7 +67,7 @@ def test_history_keys_and_lengths_classification():
 def test_history_keys_regression_without_validation():
     X, _ = blobs()
     y = X.sum(1) * 0.5
-    history = reglab.fit(mlp(), (X, y), epochs=3)
+    history = reglab.fit(mlp(), (X, y), epochs=3, preset="keras")
     assert set(history.history) == {"loss", "data_loss", "penalty", "mae"}
     assert history.params["task"] == "regression"
 
@@ -78,13 +78,13 @@ def test_loss_is_data_loss_plus_penalty_every_epoch():
     model = mlp()
     reglab.regularize(model[0], kernel=reglab.L2(1e-2), activity=reglab.L1(1e-3))
     reglab.regularize(model[2], bias=reglab.L1(1e-2))
-    h = reglab.fit(model, (X, y), (Xv, yv), epochs=5, batch_size=10, seed=3).history
+    h = reglab.fit(model, (X, y), (Xv, yv), epochs=5, batch_size=10, seed=3, preset="keras").history
     for prefix in ("", "val_"):
         loss, data, pen = (np.array(h[prefix + k]) for k in ("loss", "data_loss", "penalty"))
         assert (pen > 0).all()
         np.testing.assert_allclose(loss, data + pen, rtol=1e-6)
     # without penalties the penalty column is exactly zero and loss == data_loss
-    h = reglab.fit(mlp(), (X, y), epochs=3).history
+    h = reglab.fit(mlp(), (X, y), epochs=3, preset="keras").history
     assert h["penalty"] == [0.0] * 3
     np.testing.assert_allclose(h["loss"], h["data_loss"], rtol=1e-7)
 
@@ -94,7 +94,7 @@ def test_last_validation_entry_is_evaluate_of_final_model():
     Xv, yv = blobs(seed=1)
     model = mlp()
     reglab.regularize(model[0], kernel=reglab.L2(1e-2))
-    history = reglab.fit(model, (X, y), (Xv, yv), epochs=3, seed=1)
+    history = reglab.fit(model, (X, y), (Xv, yv), epochs=3, seed=1, preset="keras")
     result = reglab.evaluate(model, (Xv, yv))
     for key, value in result.items():
         assert history.history[f"val_{key}"][-1] == pytest.approx(value, rel=1e-6)
@@ -111,7 +111,7 @@ def test_batch_weighted_epoch_means():
             batches.append(batch)
 
     history = reglab.fit(model, (X, y), epochs=2, batch_size=20, optimizer="sgd", lr=0.0, seed=0,
-                         callbacks=[Spy()])
+                         callbacks=[Spy()], preset="keras")
     assert batches == [0, 1, 2, 0, 1, 2]
     # lr = 0: the weights never move, so the epoch's mean is the loss over all rows
     full = reglab.evaluate(model, (X, y), batch_size=48)
@@ -133,7 +133,7 @@ def test_batch_weighted_epoch_means():
 ])
 def test_task_inference(targets, out, task, metric):
     X = torch.randn(24, 3)
-    history = reglab.fit(mlp(out=out), (X, targets), epochs=2)
+    history = reglab.fit(mlp(out=out), (X, targets), epochs=2, preset="keras")
     assert history.params["task"] == task
     assert metric in history.history and f"val_{metric}" not in history.history
 
@@ -141,14 +141,14 @@ def test_task_inference(targets, out, task, metric):
 def test_explicit_task_overrides_inference():
     X = torch.randn(24, 3)
     y = torch.tensor([0.0, 1.0] * 12)
-    history = reglab.fit(mlp(), (X, y), epochs=1, task="regression")
+    history = reglab.fit(mlp(), (X, y), epochs=1, task="regression", preset="keras")
     assert history.params["task"] == "regression" and "mae" in history.history
 
 
 def test_multiclass_loss_is_cross_entropy():
     X, y = blobs(classes=3)
     model = mlp(out=3)
-    history = reglab.fit(model, (X, y), epochs=1, batch_size=100, optimizer="sgd", lr=0.0)
+    history = reglab.fit(model, (X, y), epochs=1, batch_size=100, optimizer="sgd", lr=0.0, preset="keras")
     with torch.no_grad():
         out = model(X)
     assert history.history["data_loss"][0] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-6)
@@ -158,7 +158,7 @@ def test_multiclass_loss_is_cross_entropy():
 def test_binary_loss_is_sigmoid_cross_entropy_on_logits():
     X, y = blobs()
     model = mlp()
-    history = reglab.fit(model, (X, y), epochs=1, batch_size=100, optimizer="sgd", lr=0.0)
+    history = reglab.fit(model, (X, y), epochs=1, batch_size=100, optimizer="sgd", lr=0.0, preset="keras")
     with torch.no_grad():
         out = model(X)[:, 0]
     p = torch.sigmoid(out.double())
@@ -171,7 +171,7 @@ def test_regression_loss_is_mse_and_metric_mae():
     X, _ = blobs()
     y = X[:, 0] * 2 + 1
     model = mlp()
-    history = reglab.fit(model, (X, y), epochs=1, batch_size=100, optimizer="sgd", lr=0.0)
+    history = reglab.fit(model, (X, y), epochs=1, batch_size=100, optimizer="sgd", lr=0.0, preset="keras")
     with torch.no_grad():
         out = model(X)[:, 0]
     assert history.history["data_loss"][0] == pytest.approx((out - y).square().mean().item(), rel=1e-6)
@@ -185,7 +185,7 @@ def run(seed, dropout=0.0, **kwargs):
     Xv, yv = blobs(seed=1)
     model = mlp(dropout=dropout)
     reglab.regularize(model[0], kernel=reglab.L2(1e-3))
-    history = reglab.fit(model, (X, y), (Xv, yv), epochs=4, batch_size=16, lr=0.01, seed=seed, **kwargs)
+    history = reglab.fit(model, (X, y), (Xv, yv), epochs=4, batch_size=16, lr=0.01, seed=seed, **kwargs, preset="keras")
     return weights(model), history.history
 
 
@@ -222,7 +222,7 @@ def test_fit_leaves_global_rng_alone():
     model = mlp(dropout=0.5)    # built first: nn.Linear's own init draws from the global generator
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    reglab.fit(model, (X, y), epochs=2, batch_size=16, seed=3)
+    reglab.fit(model, (X, y), epochs=2, batch_size=16, seed=3, preset="keras")
     reglab.fit(model, (X, y), epochs=1, batch_size=16, seed=3, preset="torch")
     assert torch.equal(torch.random.get_rng_state(), state)
 
@@ -247,9 +247,9 @@ def test_warm_start_with_optimizer_continues_exactly():
     """Full batch (no shuffling): 5 + 5 epochs with the same optimizer state == 10 epochs."""
     X, y = blobs()
     a = mlp()
-    reglab.fit(a, (X, y), epochs=10, batch_size=64, lr=0.02, seed=4)
+    reglab.fit(a, (X, y), epochs=10, batch_size=64, lr=0.02, seed=4, preset="keras")
     b = mlp()
-    h1 = reglab.fit(b, (X, y), epochs=5, batch_size=64, lr=0.02, seed=4)
+    h1 = reglab.fit(b, (X, y), epochs=5, batch_size=64, lr=0.02, seed=4, preset="keras")
     h2 = reglab.fit(b, (X, y), epochs=5, batch_size=64, seed=4, warm_start=True, optimizer=h1.optimizer)
     assert h2.optimizer is h1.optimizer and h1.optimizer.iterations == 10
     assert_same_weights(weights(a), weights(b))
@@ -258,14 +258,14 @@ def test_warm_start_with_optimizer_continues_exactly():
 def test_warm_start_without_optimizer_starts_from_current_weights():
     X, y = blobs()
     model = mlp()
-    first = reglab.fit(model, (X, y), epochs=20, batch_size=64, lr=0.02, seed=4)
+    first = reglab.fit(model, (X, y), epochs=20, batch_size=64, lr=0.02, seed=4, preset="keras")
     before = weights(model)
     second = reglab.fit(model, (X, y), epochs=1, batch_size=64, optimizer="sgd", lr=0.0, warm_start=True)
     assert_same_weights(before, weights(model))
     # the loss picks up where the first fit ended, far below the first fit's initial loss
     assert second.history["loss"][0] < first.history["loss"][0] * 0.9
     # without warm_start the model is re-initialised from the seed
-    reglab.fit(model, (X, y), epochs=1, batch_size=64, optimizer="sgd", lr=0.0, seed=4)
+    reglab.fit(model, (X, y), epochs=1, batch_size=64, optimizer="sgd", lr=0.0, seed=4, preset="keras")
     fresh = presets.initialize(mlp(), "keras", seed=4)
     assert_same_weights(weights(model), weights(fresh))
 
@@ -347,17 +347,17 @@ def test_fit_initialises_like_initialize():
 
 def test_preset_optimizer_settings():
     X, y = blobs()
-    keras = reglab.fit(mlp(), (X, y), epochs=1)
+    keras = reglab.fit(mlp(), (X, y), epochs=1, preset="keras")
     opt = keras.optimizer
     assert isinstance(opt, optim.Adam) and (opt.lr, opt.epsilon, opt.epsilon_hat) == (1e-3, 1e-7, True)
     assert keras.params["batch_size"] == 32
     torch_like = reglab.fit(mlp(), (X, y), epochs=1, preset="torch").optimizer
     assert (torch_like.epsilon, torch_like.epsilon_hat) == (1e-8, False)
-    adamw = reglab.fit(mlp(), (X, y), epochs=1, optimizer="adamw").optimizer
+    adamw = reglab.fit(mlp(), (X, y), epochs=1, optimizer="adamw", preset="keras").optimizer
     assert isinstance(adamw, optim.AdamW) and adamw.weight_decay == 0.004
-    sgd = reglab.fit(mlp(), (X, y), epochs=1, optimizer="sgd", lr=0.1, momentum=0.9).optimizer
+    sgd = reglab.fit(mlp(), (X, y), epochs=1, optimizer="sgd", lr=0.1, momentum=0.9, preset="keras").optimizer
     assert isinstance(sgd, optim.SGD) and (sgd.lr, sgd.momentum) == (0.1, 0.9)
-    decayed = reglab.fit(mlp(), (X, y), epochs=1, weight_decay=0.01).optimizer
+    decayed = reglab.fit(mlp(), (X, y), epochs=1, weight_decay=0.01, preset="keras").optimizer
     assert decayed.weight_decay == 0.01
 
 
@@ -370,7 +370,7 @@ def test_l2_shrinks_the_kernel():
         model = mlp(hidden=32)
         if l2:
             reglab.regularize(model[0], kernel=reglab.L2(l2))
-        reglab.fit(model, (X, y), epochs=60, lr=0.01, seed=2)
+        reglab.fit(model, (X, y), epochs=60, lr=0.01, seed=2, preset="keras")
         norms[l2] = model[0].weight.norm().item()
     assert norms[1e-2] < 0.8 * norms[None]
 
@@ -395,7 +395,7 @@ def test_activity_l1_makes_relu_outputs_sparse(where, coefficient, margin):
             model = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 1))
             if coef:
                 reglab.regularize(model[0] if where == "before" else model[1], activity=reglab.L1(coef))
-            reglab.fit(model, (X, y), epochs=100, lr=0.01, seed=seed)
+            reglab.fit(model, (X, y), epochs=100, lr=0.01, seed=seed, preset="keras")
             out.append(zero_fraction(model, X))
     assert all(s > p for s, p in zip(sparse, plain))
     assert np.mean(sparse) > np.mean(plain) + margin
@@ -410,7 +410,7 @@ def test_max_norm_holds_after_every_step():
         def on_batch_end(self, trainer, batch, **kwargs):
             assert (trainer.model[0].weight.norm(dim=1) <= 0.3 + 1e-6).all()
 
-    reglab.fit(model, (X, y), epochs=3, batch_size=8, lr=0.05, callbacks=[Check()])
+    reglab.fit(model, (X, y), epochs=3, batch_size=8, lr=0.05, callbacks=[Check()], preset="keras")
 
 
 # --- against a plain PyTorch loop ------------------------------------------------------------
@@ -456,7 +456,7 @@ def test_fit_equals_plain_pytorch_loop(optimizer):
     kwargs = {"adam": {}, "adamw": {"weight_decay": 0.05},
               "sgd": {"lr": 0.1, "momentum": 0.9}}[optimizer]
     history = reglab.fit(model, (X, y), epochs=epochs, batch_size=64, optimizer=optimizer, seed=seed,
-                         **{"lr": lr, **kwargs})
+                         **{"lr": lr, **kwargs}, preset="keras")
 
     ref = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
     ref.load_state_dict(presets.initialize(nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1)),
@@ -490,7 +490,7 @@ def test_absurd_learning_rate_diverges_without_crashing():
     X, _ = blobs()
     y = X[:, 0] * 100
     model = mlp()
-    history = reglab.fit(model, (X, y), epochs=50, optimizer="sgd", lr=1e6, batch_size=64)
+    history = reglab.fit(model, (X, y), epochs=50, optimizer="sgd", lr=1e6, batch_size=64, preset="keras")
     assert history.diverged
     assert len(history.epoch) < 50
     assert all(math.isfinite(v) for values in history.history.values() for v in values)
@@ -521,7 +521,7 @@ def test_infinite_loss_stops_before_the_step():
     X, _ = blobs()
     y = X[:, 0]
     model, rec = BlowsUp(at=3), Record()
-    history = reglab.fit(model, (X, y), epochs=10, batch_size=64, callbacks=[rec])
+    history = reglab.fit(model, (X, y), epochs=10, batch_size=64, callbacks=[rec], preset="keras")
     assert history.diverged and history.epoch == [0, 1, 2]
     assert all(math.isfinite(v) for v in history.history["loss"])
     # the inf batch did not update the weights
@@ -535,7 +535,7 @@ def test_divergence_with_restore_best_weights():
     model, rec = BlowsUp(at=8), Record()
     es = EarlyStopping(patience=100, restore_best_weights=True)
     # each epoch runs one training and one validation forward pass: inf in epoch 4's training
-    history = reglab.fit(model, (X, y), (Xv, Xv[:, 0]), epochs=10, batch_size=64, lr=0.05, callbacks=[rec, es])
+    history = reglab.fit(model, (X, y), (Xv, Xv[:, 0]), epochs=10, batch_size=64, lr=0.05, callbacks=[rec, es], preset="keras")
     assert history.diverged and len(history.epoch) == 4
     best = int(np.argmin(history.history["val_loss"]))
     assert history.best_epoch == best
@@ -605,7 +605,21 @@ def fit_args(**overrides):
     (dict(validation=(torch.randn(0, 3), torch.zeros(0))), ValueError, "'validation'"),
     (dict(task="classification"), ValueError, "'task'"),
     (dict(preset="tensorflow"), ValueError, "'preset'"),
-    (dict(optimizer="rmsprop"), ValueError, "'optimizer'"),
+    (dict(optimizer="adadelta"), ValueError, "'optimizer'"),
+    (dict(optimizer=torch.optim.Adam([torch.zeros(1, requires_grad=True)])), TypeError, "'optimizer'"),
+    (dict(optimizer="adagrad", momentum=0.9), ValueError, "'momentum'"),
+    (dict(optimizer=torch.optim.SGD, momentum=0.9), ValueError, "functools.partial"),
+    (dict(clipnorm=-1.0), ValueError, "'clipnorm'"),
+    (dict(clipnorm=1.0, clipvalue=1.0), ValueError, "only one of clipnorm"),
+    (dict(label_smoothing=1.5), ValueError, "'label_smoothing'"),
+    (dict(class_weight="auto"), ValueError, "'class_weight'.*'balanced'"),
+    (dict(class_weight={7: 2.0}), ValueError, "class 7"),
+    (dict(sample_weight=[1.0] * 9), ValueError, "'sample_weight'.*9 values"),
+    (dict(sample_weight=[-1.0] * 20), ValueError, "'sample_weight'"),
+    (dict(schedule="cosine"), TypeError, "'schedule'"),
+    (dict(schedule={"kind": "cosine"}), TypeError, "decay_steps"),
+    (dict(schedule={"kind": "linear"}), ValueError, "'kind'"),
+    (dict(loss="mse"), TypeError, "'loss'"),
     (dict(lr=-0.1), ValueError, "'lr'"),
     (dict(lr="fast"), TypeError, "'lr'"),
     (dict(weight_decay=-1.0), ValueError, "'weight_decay'"),
@@ -618,18 +632,18 @@ def fit_args(**overrides):
 def test_bad_arguments_raise_clear_errors(overrides, error, match):
     model, train, kwargs = fit_args(**overrides)
     with pytest.raises(error, match=match):
-        reglab.fit(model, train, **kwargs)
+        reglab.fit(model, train, **{"preset": "keras", **kwargs})
 
 
 @pytest.mark.parametrize("overrides", [
-    dict(lr=-0.1), dict(optimizer="rmsprop"), dict(task="classification"), dict(epochs=0),
+    dict(lr=-0.1), dict(optimizer="adadelta"), dict(task="classification"), dict(epochs=0),
     dict(callbacks=[object()]), dict(train=(torch.randn(10, 3), torch.zeros(9))),
 ])
 def test_rejected_fit_leaves_the_model_untouched(overrides):
     model, train, kwargs = fit_args(**overrides)
     before = weights(model)
     with pytest.raises((TypeError, ValueError)):
-        reglab.fit(model, train, **kwargs)
+        reglab.fit(model, train, **{"preset": "keras", **kwargs})
     assert_same_weights(before, weights(model))
 
 
@@ -658,4 +672,4 @@ class Squeeze(nn.Module):
 ])
 def test_output_shape_that_does_not_fit_the_task_is_rejected(model, targets):
     with pytest.raises(ValueError, match="output has shape"):
-        reglab.fit(model, (torch.randn(20, 3), targets), epochs=1)
+        reglab.fit(model, (torch.randn(20, 3), targets), epochs=1, preset="keras")

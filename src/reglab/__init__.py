@@ -23,14 +23,21 @@ _EXPORTS = {
     **dict.fromkeys(["regularize", "penalty", "weight_penalty", "activity_penalty", "apply_constraints"], "attach"),
     **dict.fromkeys(["GaussianNoise", "GaussianDropout", "InputNoise", "RNNOutput", "SequenceDropout",
                      "ChannelsFirst", "KerasBatchNorm", "KerasLayerNorm"], "layers"),
+    **dict.fromkeys(["RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom", "RandomCrop", "RandomTimeShift",
+                     "RandomTimeMask", "DropPath", "drop_path_rates", "AlphaDropout"], "augment"),
     **dict.fromkeys(["fit", "evaluate", "History"], "training"),
+    **dict.fromkeys(["predict", "predict_proba"], "predictions"),
     **dict.fromkeys(["train_population", "PopulationResult"], "population"),
     **dict.fromkeys(["Callback", "EarlyStopping", "PenaltySchedule"], "callbacks"),
+    **dict.fromkeys(["ExponentialDecay", "StepDecay", "CosineDecay", "ReduceLROnPlateau"], "schedules"),
+    "Mixup": "mixup",
+    **dict.fromkeys(["EMA", "SWA"], "averaging"),
     "initialize": "presets",
     "Study": "notebook",
 }
 _SUBMODULES = ("penalties", "constraints", "optim", "presets", "tasks", "threads", "attach", "callbacks", "layers",
-               "training", "population", "data", "diagnose", "stats", "store", "study", "report", "notebook", "cli")
+               "training", "predictions", "population", "data", "diagnose", "stats", "store", "study", "report",
+               "notebook", "cli", "schedules", "augment", "mixup", "averaging")
 
 __all__ = [*_EXPORTS, "penalties", "constraints", "optim", "presets", "tasks", "threads"]
 

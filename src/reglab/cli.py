@@ -125,23 +125,51 @@ def _print_run(run_, published=None):
                    "unclear variants (up to --max-seeds) and compare again.")
 @click.option("--max-seeds", type=click.IntRange(2, 100_000), default=100, show_default=True, metavar="N",
               help="With --until-clear: the most seeds to run.")
+@click.option("--save-models", "save_models", type=click.Path(), default=None, metavar="DIR",
+              help="Write every member this run trains (not only the winner's) into DIR, created if missing: "
+                   "DIR/VARIANT/split<k>-seed<s>.safetensors (its weights), DIR/VARIANT/build.py (def build(): "
+                   "its model) and DIR/index.json (each member's stored test score). Members an earlier run "
+                   "finished are not trained again, so not written. Local executor only.")
+@click.option("--device", default=None, metavar="DEVICE",
+              help="Train on DEVICE: auto (a GPU when there is one), cpu, cuda, cuda:1, mps. Overrides the study's "
+                   "[training] device (default auto).")
 @THREADS_OPTION
 @_friendly
-def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size, until_clear, max_seeds, threads):
+def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size, until_clear, max_seeds, save_models,
+        device, threads):
     """Run (or resume) a study file and print its statistics.
 
     Finished (configuration, seed) pairs in the database are never trained again.
     Example: reglab run examples/moons_l2.toml --seeds 10 --db moons.db
     Seeds until the verdicts settle: reglab run STUDY.toml --seeds 5 --until-clear --max-seeds 40
     On a Dask cluster: reglab run STUDY.toml --executor dask --scheduler tcp://HOST:8786
+    Keep the trained models: reglab run STUDY.toml --save-models models/
     """
     from reglab import study as st
 
     _use_threads(threads)
     if executor == "local" and (scheduler is not None or workers is not None):
         raise UserError("--scheduler and --workers need --executor dask")
+    if save_models is not None and executor == "dask":
+        raise UserError("--save-models needs --executor local: Dask workers may run on other machines, "
+                        "which cannot write DIR; drop one of the two")
     study = st.load(study_file, seeds=seeds, epochs=epochs)
+    if device is not None:
+        from reglab.sources import resolve_device
+
+        try:
+            resolve_device(device, owner="--device")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        study.set_device(device)
     dataset = st.prepare(study)   # a study that cannot run is rejected before the database is touched
+    if save_models is not None:
+        from reglab.study.saved import check_folder
+
+        try:
+            save_models = check_folder(save_models, study)
+        except ValueError as exc:
+            raise UserError(f"--save-models: {exc}") from None
     if executor == "dask":
         from reglab.study.dask import DaskExecutor
 
@@ -151,7 +179,8 @@ def run(study_file, db, seeds, epochs, executor, scheduler, workers, task_size, 
     with _stop_on_interrupt(db, study.name), pool as ex, _open_store(db) as store:
         start = time.perf_counter()
         run_ = st.run(study, store, dataset=dataset, echo=click.echo, executor=ex, task_size=task_size,
-                      keep_histories=False, until_clear=max_seeds if until_clear else None)
+                      keep_histories=False, until_clear=max_seeds if until_clear else None,
+                      save_models=save_models)
         click.echo(f"{run_.trained} members trained, {len(run_.records) - run_.trained} from {db}, "
                    f"{time.perf_counter() - start:.1f} s")
     _print_run(run_, PUBLISHED.get(study.name))
@@ -210,7 +239,8 @@ def list_(db):
 def status(study_name, db):
     """How far a study has run: finished (configuration, seed) pairs per variant, over the seeds run so far.
 
-    Every variant in the database is listed, with the strengths a grid's refinement added.
+    Every variant in the database is listed, with the strengths a grid's refinement added. While the
+    study runs: the population in training (members, epoch), the run's member-epochs and its ETA.
     Example: reglab status moons-l2
     """
     from reglab.store import holder
@@ -219,7 +249,8 @@ def status(study_name, db):
         row = store.study(study_name)
         if row is None:
             raise UserError(f"no study {study_name!r} in {db}; `reglab list --db {db}` shows what is there.")
-        live = store.running(row["id"])
+        last = store.last_run(row["id"])
+        live = last if last is not None and last["alive"] else None
         progress = store.progress(row["id"])
         planned = (live or {}).get("planned") or {}
         run_seeds = planned.get("seeds")
@@ -236,12 +267,84 @@ def status(study_name, db):
         members = planned.get("members", expected)
         done = _finished_in_run(in_run["configs"], declared, members, len(run_seeds or seeds) * splits)
         click.echo(f"{study_name}: running{holder(live)}: {done} of {members} members finished")
+        for line in _training_lines(live):
+            click.echo(f"  {line}")
     else:
         click.echo(f"{study_name}: {finished} of {expected} results over the {over} run so far"
                    + (" (grid refinement may add more)" if refining else ""))
+        if last is not None:   # its row outlived it: killed, crashed or the machine went down
+            seen = _age(last["updated"] or last["started"])
+            training = last["training"] if isinstance(last["training"], dict) else {}
+            populations = _populations(training.get("populations"))
+            click.echo(f"  the last run{holder(last)} stopped without finishing"
+                       + (f", last heard from {seen} ago" if seen else "")
+                       + (f" while training {populations}" if populations else "")
+                       + "; run the study again to resume")
     for name, note, count, diverged in rows:
         label = f"{name} ({note})" if note else name
         click.echo(f"  {label:<24} {count:>4}/{len(seeds) * splits}" + (f"  ({diverged} diverged)" if diverged else ""))
+
+
+# A running study writes its progress every few seconds (reglab.study.progress.STATUS_SECONDS):
+# progress older than this means the run is stopped (SIGSTOP, a suspended laptop) or stuck.
+STALE_SECONDS = 60
+
+
+def _training_lines(live) -> list[str]:
+    """What a running study is training now, from the progress it writes into the store:
+    ``training: 10 members, epoch 140/400, updated 5 s ago`` and, for the whole run,
+    ``this run: 12/25 members finished, 3,400/12,500 member-epochs, ETA 4 min``."""
+    training = live.get("training")
+    if not isinstance(training, dict):
+        return []
+    age = _seconds_since(live.get("updated"))
+    updated = f"updated {_duration(age)} ago" if age is not None else "updated at an unknown time"
+    if age is not None and age > STALE_SECONDS:
+        updated += " (stale: the run has stopped reporting; it may be suspended or stuck)"
+    planned = (training.get("members") or [0, 0])[-1]
+    idle = "between populations" if planned else "starting"
+    lines = [f"training: {_populations(training.get('populations')) or idle}, {updated}"]
+    try:
+        (finished, members), (done, total) = training["members"], training["member_epochs"]
+        eta = training.get("eta_s")
+        lines.append(f"this run: {finished}/{members} members finished, {done:,}/{total:,} member-epochs"
+                     + (f", ETA {_duration(max(0.0, eta - (age or 0.0)))}" if eta is not None else ""))
+    except (KeyError, TypeError, ValueError):   # written by another reglab version: show what can be read
+        pass
+    return lines
+
+
+def _populations(populations) -> str:
+    """``10 members, epoch 140/400`` per population training (several: joined by ``; ``)."""
+    try:
+        return "; ".join(f"{p['members']} members" + (f", epoch {p['epoch']}/{p['epochs']}" if p.get("epochs") else "")
+                         for p in populations or [])
+    except (KeyError, TypeError, AttributeError):
+        return ""
+
+
+def _seconds_since(iso) -> float | None:
+    from datetime import datetime, timezone
+
+    try:
+        return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def _age(iso) -> str:
+    seconds = _seconds_since(iso)
+    return _duration(seconds) if seconds is not None else ""
+
+
+def _duration(seconds: float) -> str:
+    """As reglab.study.progress.duration (not imported: status loads no training code)."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
 
 
 def _splits(stored_spec) -> int:

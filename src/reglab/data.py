@@ -46,6 +46,7 @@ import errno
 import io
 import math
 import os
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -59,7 +60,9 @@ GENERATORS = {  # the seeds' settings: make_moons(100, noise=0.2, random_state=1
 }
 BUILTINS = ("breast_cancer", "wine", "iris", "digits", "diabetes")
 FILES = ("csv", "npz")
-NAMES = (*GENERATORS, *BUILTINS, *FILES)
+FACTORY = ("factory",)   # [data] factory = "package.module:function" (name = "factory" implied)
+NAMES = (*GENERATORS, *BUILTINS, *FILES, *FACTORY)
+SPLIT_BY_REGLAB = (*GENERATORS, *BUILTINS, *FILES)   # a factory gives its own train/test parts
 TASKS = ("binary", "multiclass", "regression")
 SHAPES = ("flat", "image", "sequence")
 GENERATOR_TRAIN_ROWS = 30          # the seeds train on the first 30 generated points
@@ -199,10 +202,10 @@ def _is_real(v) -> bool:
 _RULES = {
     "name": (NAMES, NAMES),
     "task": (NAMES, TASKS),
-    "train": (NAMES, (lambda v: _is_int(v) and v >= 1, "an int >= 1")),
-    "test_fraction": (NAMES, (lambda v: _is_real(v) and 0 < v < 1, "a float in (0, 1)")),
+    "train": (SPLIT_BY_REGLAB, (lambda v: _is_int(v) and v >= 1, "an int >= 1")),
+    "test_fraction": (SPLIT_BY_REGLAB, (lambda v: _is_real(v) and 0 < v < 1, "a float in (0, 1)")),
     "stratify": (NAMES, (lambda v: isinstance(v, bool), "true or false")),
-    "cv": (NAMES, CV),
+    "cv": (SPLIT_BY_REGLAB, CV),
     "split_seed": (NAMES, (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)")),
     "validation": (NAMES, (lambda v: (isinstance(v, str) and v == "test") or (_is_real(v) and 0 < v < 1),
                            '"test" or a float in (0, 1)')),
@@ -219,6 +222,10 @@ _RULES = {
                             "a non-empty list of column names")),
     "delimiter": (("csv",), (lambda v: isinstance(v, str) and len(v) == 1 and v not in '"\r\n',
                              'one character, e.g. ";" or "\\t"')),
+    "factory": (FACTORY, (lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) is not None,
+                          '"package.module:function"')),
+    "args": (FACTORY, (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                       "a table of keyword arguments")),
 }
 
 
@@ -236,8 +243,12 @@ def _check_spec(spec) -> dict:
         if key not in _RULES:
             raise DataError(f"[data] has an unknown key {key!r}{_did_you_mean(key, _RULES)}; "
                             f"allowed keys are {', '.join(_RULES)}")
+    if "factory" in spec and "name" not in spec:
+        spec = {"name": "factory", **spec}
     if "name" not in spec:
-        raise DataError(f"[data] needs name = one of {', '.join(NAMES)}")
+        raise DataError(f"[data] needs name = one of {', '.join(NAMES)} (or factory = \"package.module:function\")")
+    if spec["name"] == "factory" and "factory" not in spec:
+        raise DataError('[data] name = "factory" needs factory = "package.module:function"')
     name = spec["name"]
     for key in sorted(spec, key=lambda k: k != "name"):                # name first: the others depend on it
         value, (applies, rule) = spec[key], _RULES[key]
@@ -638,6 +649,8 @@ def load(spec: dict, *, base_dir: str | Path | None = None, splits: int = 1) -> 
                         f"Got {splits!r} instead.")
     splits = int(splits)
     name = spec["name"]
+    if name == "factory":
+        return _from_factory(spec, base_dir, splits)
     class_names = None
     if name in FILES:
         path, source = _resolve(spec, base_dir)
@@ -722,13 +735,16 @@ def _splits(spec, name, y, stratify, seed, splits, part, classes):
 
 
 def _assemble(*, spec, name, X, y, task, classes, class_names, feature_names, source, part, stratify, train, test,
-              split, seed) -> Dataset:
-    """One train/test split's dataset: its validation part carved, standardisation (and the target's)
-    fitted on its training rows."""
+              split, seed, given_val=None) -> Dataset:
+    """One train/test split's dataset: its validation part carved (or ``given_val``), standardisation
+    (and the target's) fitted on its training rows."""
     n = len(y)
     # A training part of a single class is not refused: the study trains and its summary says so
     # (reglab.study.runner: the diagnosis "one class in training" and a warning with the fix).
-    train, val, validation = _validation(spec, name, y, train, stratify, seed, part, classes)
+    if given_val is not None:
+        val, validation = given_val, "the factory's validation part"
+    else:
+        train, val, validation = _validation(spec, name, y, train, stratify, seed, part, classes)
     standardize = spec.get("standardize", name in STANDARDIZED_BY_DEFAULT)
     flat = X.reshape(n, -1)
     if standardize:
@@ -745,7 +761,7 @@ def _assemble(*, spec, name, X, y, task, classes, class_names, feature_names, so
         scaling = "none"
     # Integer features that are not rescaled (token ids, codes, counts) stay integers: a model with an
     # nn.Embedding gets them as ids; any other model gets them as floats (reglab.training.as_tensors).
-    integral = name in FILES and not standardize and bool(np.all(np.isfinite(flat))) and bool(np.all(flat == np.round(flat)))
+    integral = (name in FILES or name == "factory") and not standardize and bool(np.all(np.isfinite(flat))) and bool(np.all(flat == np.round(flat)))
     X = flat.reshape(X.shape).astype(np.int64 if integral else np.float32)
     standardize_target = spec.get("standardize_target", True)
     target_scale = None
@@ -777,3 +793,85 @@ def _assemble(*, spec, name, X, y, task, classes, class_names, feature_names, so
         info["shape"] = shape
     return Dataset(name=name, task=task, X_train=X[train], y_train=y[train], X_test=X[test], y_test=y[test],
                    X_val=part_of(val)[0], y_val=part_of(val)[1], feature_names=feature_names, info=info)
+
+
+# --------------------------------------------------------------------------------------- data factory
+
+
+def _from_factory(spec, base_dir, splits) -> Dataset:
+    """``[data] factory = "pkg.mod:fn"``: ``fn(**args)`` returns ``(train, test)`` or ``(train, test,
+    validation)`` (or a dict with those keys), each ``(X, y)`` arrays/tensors, a map-style torch
+    Dataset of ``(x, y)`` pairs or a DataLoader. The parts are read into memory once (a study keeps
+    its data as arrays; train data larger than memory through the Python API, reglab.sources).
+    Without a validation part one is carved from the training part as for files (``validation``)."""
+    ref = spec["factory"]
+    if splits > 1:
+        raise DataError(f"[data] factory {ref!r} gives one train/test split; remove the study's 'splits' "
+                        "(or return another split from the factory)")
+    from .study.spec import StudyError, resolve_factory
+
+    try:
+        fn = resolve_factory(ref, Path(base_dir) if base_dir is not None else Path.cwd(), what="data.factory")
+    except StudyError as exc:
+        raise DataError(str(exc)) from None
+    try:
+        parts = fn(**spec.get("args", {}))
+    except Exception as exc:   # noqa: BLE001 - the user's code: one line naming it
+        raise DataError(f"[data] factory {ref!r} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                        "fix the factory") from None
+    if isinstance(parts, dict):
+        unknown = set(parts) - {"train", "test", "validation"}
+        if unknown or not {"train", "test"} <= set(parts):
+            raise DataError(f"[data] factory {ref!r} must return train and test (and optionally validation); "
+                            f"got keys {sorted(parts)}")
+        parts = (parts["train"], parts["test"]) + ((parts["validation"],) if parts.get("validation") is not None else ())
+    if not isinstance(parts, (tuple, list)) or len(parts) not in (2, 3):
+        raise DataError(f"[data] factory {ref!r} must return (train, test) or (train, test, validation); "
+                        f"got {type(parts).__name__}")
+    names = ("train", "test", "validation")
+    arrays = [_materialize(p, f"[data] factory {ref!r}: its {names[i]} part") for i, p in enumerate(parts)]
+    shapes = {a[0].shape[1:] for a in arrays}
+    if len(shapes) > 1:
+        raise DataError(f"[data] factory {ref!r}: its parts have inputs of different shapes {sorted(shapes)}")
+    X = np.concatenate([a[0] for a in arrays])
+    raw_y = np.concatenate([a[1] for a in arrays])
+    where = lambda i: f"[data] factory {ref!r}, target[{i}]"   # noqa: E731
+    y, task, classes = _labels(raw_y, spec.get("task"), True, where, f"[data] factory {ref!r}")
+    sizes = np.cumsum([0] + [len(a[1]) for a in arrays])
+    train, test = np.arange(sizes[0], sizes[1]), np.arange(sizes[1], sizes[2])
+    val = np.arange(sizes[2], sizes[3]) if len(arrays) == 3 else None
+    stratify = spec.get("stratify", task != "regression")
+    return _assemble(spec=spec, name="factory", X=X, y=y, task=task, classes=classes, class_names=None,
+                     feature_names=None, source=f"factory {ref}", part=f"[data] factory {ref!r}", stratify=stratify,
+                     train=train, test=test, split="the factory's train and test parts", seed=spec.get("split_seed", 0),
+                     given_val=val)
+
+
+def _materialize(part, shown: str):
+    """``(X, y)`` NumPy arrays from a pair of arrays/tensors, a map-style Dataset or a DataLoader."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset as TorchDataset
+
+    from .sources import DatasetSource, LoaderSource
+
+    try:
+        if isinstance(part, DataLoader):
+            batches = list(LoaderSource(part, shown).epoch())
+            X, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        elif isinstance(part, TorchDataset):
+            src = DatasetSource(part, shown)
+            chunks = [src.fetch(list(range(s, min(s + 1024, src.n)))) for s in range(0, src.n, 1024)]
+            X, y = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+        elif isinstance(part, (tuple, list)) and len(part) == 2:
+            X, y = part
+        else:
+            raise TypeError(f"must be (X, y), a torch Dataset or a DataLoader; got {type(part).__name__}")
+        X = X.numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{shown} {exc}") from None
+    if len(X) != len(y) or len(X) == 0:
+        raise DataError(f"{shown} has {len(X)} inputs and {len(y)} targets; give as many of each, at least one")
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{shown} has inputs of dtype {X.dtype}; give numbers")
+    return X, y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y

@@ -44,16 +44,65 @@ if _nb is not None:
 from ._validate import check_choice, check_coefficient, check_number
 
 
+class Clipping:
+    """Keras's gradient clipping, applied before weight decay and the update (at most one kind):
+
+    - ``clipnorm``: each weight's gradient ``g * c / max(||g||, c)`` (its own L2 norm);
+    - ``global_clipnorm``: all gradients scaled by ``c / max(||all||, c)``;
+    - ``clipvalue``: every element clipped to ``[-c, c]``.
+
+    In a population the norms are each member's own (over a stacked tensor's non-member dimensions),
+    so a member is clipped exactly as its standalone fit.
+    """
+
+    def __init__(self, clipnorm=None, clipvalue=None, global_clipnorm=None, owner="optimizer"):
+        given = {k: v for k, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                                   ("global_clipnorm", global_clipnorm)) if v is not None}
+        if len(given) > 1:
+            raise ValueError(f"{owner} takes only one of clipnorm, clipvalue and global_clipnorm (as Keras); "
+                             f"got {', '.join(given)}.")
+        self.kind, self.value = next(iter(given.items()), (None, None))
+        if self.kind is not None:
+            self.value = check_number(self.value, self.kind, owner, low=0, low_open=True)
+
+    def __bool__(self):
+        return self.kind is not None
+
+    def __call__(self, grads, stacked: bool):
+        c = self.value
+        if self.kind == "clipvalue":
+            return [None if g is None else g.clamp(-c, c) for g in grads]
+
+        def norms(g):   # squared L2 norm per member (stacked) or of the whole tensor, broadcastable
+            dims = tuple(range(1, g.dim())) if stacked and g.dim() > 0 else tuple(range(g.dim()))
+            return g.square().sum(dims, keepdim=True) if dims else g.square()
+
+        def scaled(g, sq):   # Keras's clip_by_norm: g * c / max(norm, c), a zero gradient stays zero
+            norm = torch.where(sq > 0, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), sq)
+            return g * c / torch.clamp(norm, min=c)
+
+        if self.kind == "clipnorm":
+            return [None if g is None else scaled(g, norms(g)) for g in grads]
+        present = [g for g in grads if g is not None]
+        if stacked:
+            total = sum(norms(g).reshape(-1) for g in present)
+            return [None if g is None else scaled(g, total.view((-1,) + (1,) * (g.dim() - 1))) for g in grads]
+        total = sum(g.square().sum() for g in present)
+        return [None if g is None else scaled(g, total) for g in grads]
+
+
 class Optimizer:
     """Minimal stateful optimizer over a list of tensors (``p.grad`` or explicit gradients)."""
 
-    def __init__(self, params, lr, weight_decay=0.0):
+    def __init__(self, params, lr, weight_decay=0.0, *, clipnorm=None, clipvalue=None, global_clipnorm=None):
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list.")
         self.lr = check_coefficient(lr, "lr", type(self).__name__)
         self.weight_decay = check_coefficient(weight_decay, "weight_decay", type(self).__name__,
                                               allow_tensor=False)
+        self.clipping = Clipping(clipnorm, clipvalue, global_clipnorm, type(self).__name__)
+        self.stacked = False   # parameters carry a leading member dimension: clip each member's own norm
         self.iterations = 0
         self.state = [dict() for _ in self.params]
         self.flat, self.flat_state = None, {}
@@ -85,7 +134,7 @@ class Optimizer:
     def _member_view(self, value, p):
         """A per-member value (P,) shaped to broadcast against a stacked parameter."""
         if isinstance(value, torch.Tensor) and value.dim() == 1:
-            return value.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
+            return value.to(device=p.device, dtype=p.dtype).view((-1,) + (1,) * (p.dim() - 1))
         return value
 
     @torch.no_grad()
@@ -93,6 +142,8 @@ class Optimizer:
         """Apply one update. ``active`` (P,) bool freezes the members where it is False."""
         self.iterations += 1
         grads = [p.grad for p in self.params] if grads is None else grads
+        if self.clipping:
+            grads = self.clipping(grads, self.stacked)
         if (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor)
                 and all(g is not None for g in grads) and (self.flat_state or not any(self.state))):
             flat = self.flat
@@ -126,8 +177,8 @@ class Adam(Optimizer):
     placement: ``w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``."""
 
     def __init__(self, params, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0,
-                 epsilon_hat=True):
-        super().__init__(params, lr, weight_decay)
+                 epsilon_hat=True, **clipping):
+        super().__init__(params, lr, weight_decay, **clipping)
         self.beta_1 = check_number(beta_1, "beta_1", type(self).__name__, low=0, high=1, high_open=True)
         self.beta_2 = check_number(beta_2, "beta_2", type(self).__name__, low=0, high=1, high_open=True)
         self.epsilon = check_number(epsilon, "epsilon", type(self).__name__, low=0)
@@ -174,8 +225,8 @@ class SGD(Optimizer):
     """Keras's SGD: ``m = momentum * m - lr * g``; ``w += m`` (or ``w += momentum * m - lr * g``
     with Nesterov); plain ``w -= lr * g`` without momentum."""
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(params, lr, weight_decay)
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, **clipping):
+        super().__init__(params, lr, weight_decay, **clipping)
         self.momentum = check_number(momentum, "momentum", "SGD", low=0, high=1)
         self.nesterov = bool(nesterov)
 
@@ -193,7 +244,140 @@ class SGD(Optimizer):
             p.add_(m)
 
 
-OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD}
+class RMSprop(Optimizer):
+    """Keras's RMSprop: ``v = rho * v + (1 - rho) * g²``; ``w -= lr * g / sqrt(v + eps)`` (ε inside the
+    root; centered: ``sqrt(v - a² + eps)`` with ``a = rho * a + (1 - rho) * g``); with momentum
+    ``m = momentum * m + lr * g / sqrt(…)``, ``w -= m``. Keras's defaults: lr 1e-3, rho 0.9, ε 1e-7."""
+
+    def __init__(self, params, lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, weight_decay=0.0,
+                 **clipping):
+        super().__init__(params, lr, weight_decay, **clipping)
+        self.rho = check_number(rho, "rho", "RMSprop", low=0, high=1)
+        self.momentum = check_number(momentum, "momentum", "RMSprop", low=0, high=1)
+        self.epsilon = check_number(epsilon, "epsilon", "RMSprop", low=0)
+        self.centered = bool(centered)
+
+    def _update(self, p, g, lr, state):
+        if not state:
+            state["v"] = torch.zeros_like(p)
+            if self.centered:
+                state["a"] = torch.zeros_like(p)
+            if self.momentum > 0:
+                state["m"] = torch.zeros_like(p)
+        v = state["v"]
+        v.mul_(self.rho).add_(g * g * (1 - self.rho))
+        if self.centered:
+            a = state["a"]
+            a.mul_(self.rho).add_(g * (1 - self.rho))
+            denom = v - a * a + self.epsilon
+        else:
+            denom = v + self.epsilon
+        increment = g * lr / denom.sqrt()
+        if self.momentum > 0:
+            m = state["m"]
+            m.mul_(self.momentum).add_(increment)
+            p.sub_(m)
+        else:
+            p.sub_(increment)
+
+
+class Adagrad(Optimizer):
+    """Keras's Adagrad: ``acc += g²`` (starting at ``initial_accumulator_value`` 0.1);
+    ``w -= lr * g / sqrt(acc + eps)``. Keras's defaults: lr 1e-3, ε 1e-7."""
+
+    def __init__(self, params, lr=1e-3, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=0.0, **clipping):
+        super().__init__(params, lr, weight_decay, **clipping)
+        self.initial_accumulator_value = check_number(initial_accumulator_value, "initial_accumulator_value",
+                                                      "Adagrad", low=0)
+        self.epsilon = check_number(epsilon, "epsilon", "Adagrad", low=0)
+
+    def _update(self, p, g, lr, state):
+        if not state:
+            state["acc"] = torch.full_like(p, self.initial_accumulator_value)
+        acc = state["acc"]
+        acc.add_(g * g)
+        p.sub_(g * lr / (acc + self.epsilon).sqrt())
+
+
+# torch.optim classes whose update is element-wise (each weight's step reads only its own gradient
+# and state), so one instance over stacked members is P independent optimizers.
+ELEMENTWISE_TORCH = ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta")
+
+
+class TorchOptimizer(Optimizer):
+    """A ``torch.optim`` optimizer class run through reglab's step (clipping, frozen members).
+
+    ``cls`` is e.g. ``torch.optim.Adam`` (or a ``functools.partial`` of it with its settings). Its own
+    formulas apply — ``torch.optim.Adam`` puts ε outside the bias-corrected root and ``weight_decay``
+    is an L2 gradient term there, unlike Keras's Adam. In a population only element-wise classes are
+    accepted (:data:`ELEMENTWISE_TORCH`), with one learning rate for all members.
+    """
+
+    def __init__(self, cls, params, lr=None, **clipping):
+        params = list(params)
+        super().__init__(params, 1e-3 if lr is None else lr, 0.0, **clipping)
+        self.cls = cls
+        kwargs = {} if lr is None else {"lr": float(lr)}
+        try:
+            self.torch = cls([p for p in self.params], **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"The optimizer {_torch_name(cls)} could not be built: {exc}") from None
+        if not isinstance(self.torch, torch.optim.Optimizer):
+            raise TypeError(f"The 'optimizer' parameter must be a torch.optim.Optimizer class. Got {cls!r} instead.")
+        self.lr = self.torch.param_groups[0]["lr"]
+
+    def use_flat(self, flat):   # torch.optim keeps its own per-tensor state
+        return None
+
+    @torch.no_grad()
+    def step(self, grads=None, active=None) -> None:
+        self.iterations += 1
+        grads = [p.grad for p in self.params] if grads is None else grads
+        if self.clipping:
+            grads = self.clipping(grads, self.stacked)
+        if isinstance(self.lr, torch.Tensor):
+            raise ValueError(f"{_torch_name(self.cls)} takes one learning rate; per-member learning rates need "
+                             "one of reglab's optimizers ('adam', 'adamw', 'sgd', 'rmsprop', 'adagrad').")
+        for group in self.torch.param_groups:
+            group["lr"] = self.lr
+        before = [p.detach().clone() for p in self.params] if active is not None else None
+        saved = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.torch.state[p].items()}
+                 for p in self.params] if active is not None else None
+        for p, g in zip(self.params, grads):
+            p.grad = None if g is None else g.detach()
+        self.torch.step()
+        for p in self.params:
+            p.grad = None
+        if active is not None:   # frozen members keep their weights and their optimizer state
+            for p, old, state in zip(self.params, before, saved):
+                keep = self._member_view(~active, p).bool()
+                p.copy_(torch.where(keep, old, p))
+                for k, v in self.torch.state[p].items():
+                    if isinstance(v, torch.Tensor) and v.shape == p.shape and k in state:
+                        v.copy_(torch.where(keep, state[k], v))
+
+
+def _torch_name(cls) -> str:
+    func = getattr(cls, "func", cls)   # functools.partial
+    return f"torch.optim.{getattr(func, '__name__', repr(func))}"
+
+
+def is_torch_optimizer(value) -> bool:
+    """Whether ``value`` is a torch.optim.Optimizer subclass (or a functools.partial of one)."""
+    func = getattr(value, "func", value)
+    return isinstance(func, type) and issubclass(func, torch.optim.Optimizer)
+
+
+def check_elementwise(value) -> None:
+    """Refuse a torch.optim class whose update couples weights (L-BFGS, ...) for a population."""
+    func = getattr(value, "func", value)
+    if func.__name__ not in ELEMENTWISE_TORCH or func.__module__.split(".")[0] != "torch":
+        raise ValueError(f"{_torch_name(value)} is not element-wise, so one instance over stacked members would couple "
+                         f"them; a population takes torch.optim.{', torch.optim.'.join(ELEMENTWISE_TORCH)} or reglab's "
+                         "'adam', 'adamw', 'sgd', 'rmsprop', 'adagrad'. Train it with reglab.fit instead.")
+
+
+OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
 def make(name: str, params, **kwargs) -> Optimizer:

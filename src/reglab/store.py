@@ -203,6 +203,12 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
         "CREATE INDEX results_seeds ON results (study_id, seed)",
         "CREATE INDEX results_diverged ON results (study_id, config_key, split, seed) WHERE diverged = 1",
     )),
+    # `reglab status` of a running study: what its run is training now (JSON written every few seconds
+    # by the running process, see Store.report_training) and when it last wrote it (ISO 8601, UTC).
+    ("0005_run_training", (
+        "ALTER TABLE runs ADD COLUMN training TEXT",
+        "ALTER TABLE runs ADD COLUMN updated TEXT",
+    )),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -438,11 +444,27 @@ class Store:
             self._conn.execute("UPDATE runs SET planned = ? WHERE study_id = ? AND pid = ?",
                                (_dumps(dict(planned), "the run's plan"), study_id, os.getpid()))
 
-    def running(self, study_id: int) -> dict | None:
-        """The run holding ``study_id`` -- ``pid``, ``host``, ``started``, ``planned`` -- or None.
+    def report_training(self, study_id: int, training: Mapping) -> None:
+        """Record what the current run of ``study_id`` is training now (``training``, e.g. its
+        populations' members and epochs) with the time; :meth:`running` gives it back. One small
+        write, meant every few seconds: `reglab status` tells a live run from a stuck one by it."""
+        with self._operation("recording the run's progress"), self._transaction():
+            self._conn.execute("UPDATE runs SET training = ?, updated = ? WHERE study_id = ? AND pid = ?",
+                               (_dumps(dict(training), "the run's progress"), _now(), study_id, os.getpid()))
 
-        A row left by a run that was killed is ignored: the study's lock, not the row, says whether
-        a run is alive."""
+    def running(self, study_id: int) -> dict | None:
+        """The run holding ``study_id`` -- ``pid``, ``host``, ``started``, ``planned``, and ``training``
+        and ``updated`` (what it last reported, see :meth:`report_training`; None before) -- or None.
+
+        A row left by a run that was killed is ignored (:meth:`last_run` gives it): the study's
+        lock, not the row, says whether a run is alive."""
+        run = self.last_run(study_id)
+        return run if run is not None and run.pop("alive") else None
+
+    def last_run(self, study_id: int) -> dict | None:
+        """The latest run of ``study_id`` that has not ended cleanly: the one running now, or one that
+        was killed (``kill -9``, a crash, a power cut) -- the keys of :meth:`running` and ``alive``
+        (whether it holds the study's lock) -- or None."""
         if self.path == ":memory:" or fcntl is None:
             return None
         lock_path = os.path.realpath(str(self.path)) + ".lock"
@@ -452,14 +474,14 @@ class Store:
             busy = _LockFile.get(self.path).busy(study_id)
         except OSError:
             busy = False
-        if not busy:
-            return None
         with self._operation("reading the run"):
-            row = self._conn.execute("SELECT pid, host, started, planned FROM runs WHERE study_id = ?",
-                                     (study_id,)).fetchone()
+            row = self._conn.execute("SELECT pid, host, started, planned, training, updated FROM runs "
+                                     "WHERE study_id = ?", (study_id,)).fetchone()
         if row is None:
-            return {"pid": None, "host": None, "started": None, "planned": {}}
-        return {"pid": row[0], "host": row[1], "started": row[2], "planned": json.loads(row[3])}
+            return {"pid": None, "host": None, "started": None, "planned": {}, "training": None, "updated": None,
+                    "alive": True} if busy else None
+        return {"pid": row[0], "host": row[1], "started": row[2], "planned": json.loads(row[3]),
+                "training": json.loads(row[4]) if row[4] is not None else None, "updated": row[5], "alive": busy}
 
     def _name(self, study_id: int) -> str:
         with self._operation("reading the study"):

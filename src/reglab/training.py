@@ -12,12 +12,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from . import averaging as _averaging
+from . import mixup as _mixup
 from . import optim as _optim
 from . import presets as _presets
 from . import tasks as _tasks
-from ._validate import check_number
+from . import schedules as _schedules
+from . import sources as _sources
+from ._validate import check_choice, check_number
 from .attach import activity_penalty, apply_constraints, weight_penalty
 from .callbacks import Callback, EarlyStopping
 
@@ -83,67 +88,245 @@ def batches(n: int, batch_size: int, order: torch.Tensor | None):
         yield (order[start:stop] if order is not None else slice(start, stop)), stop - start
 
 
-def make_optimizer(params, optimizer, preset, lr, weight_decay, momentum):
+class Data:
+    """One split of a run's data — ``(X, y)`` moved to ``device`` once, or a torch Dataset/DataLoader
+    read by batches (:mod:`reglab.sources`) — with the task's targets and the model's input dtype."""
+
+    def __init__(self, raw, name, task, integers, device, owner="fit"):
+        self.name, self.integers, self.device = name, integers, device
+        if isinstance(raw, TensorDataset) and len(raw.tensors) == 2:
+            raw = tuple(raw.tensors)
+        self.source = _sources.source(raw, name)
+        if self.source is None:
+            X, y, self.task = as_tensors(raw, name, task, integers)
+            self.X, self.y, self.n = X.to(device), y.to(device), X.shape[0]
+            self.targets = y
+        else:
+            y = self.source.targets()
+            self.task = _tasks.infer(y) if task is None else _tasks.get(task)
+            self.targets = self.task.targets(y)
+            self.n = self.source.n if self.source.n is not None else len(self.targets)
+            self.X = self.y = None
+
+    @property
+    def shared_order(self) -> bool:
+        return self.source is not None and self.source.shared_order
+
+    def _convert(self, x, y):
+        """Collated inputs in the model's dtype and targets in the task's form, on the device."""
+        x = torch.as_tensor(x)
+        if self.integers and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
+            x = x.long()
+        else:
+            x = x.to(torch.get_default_dtype())
+        return x.to(self.device, non_blocking=True), self.task.targets(y).to(self.device, non_blocking=True)
+
+    def take(self, rows: torch.Tensor):
+        """Inputs and targets of ``rows`` (indices of any shape: (B,) for a run, (P, B) for members)."""
+        if self.source is None:
+            return self.X[rows], self.y[rows]
+        x, y = self.source.take(rows.reshape(-1).cpu())
+        x, y = self._convert(x, y)
+        return (x.reshape(tuple(rows.shape) + tuple(x.shape[1:])),
+                y.reshape(tuple(rows.shape) + tuple(y.shape[1:])))
+
+    def epoch(self, batch_size: int, order):
+        """``(rows, size, x, y)`` per batch: consecutive rows of ``order`` (or of 0..n-1) for tensors and
+        datasets, the loader's own batches (``rows`` None) for a DataLoader."""
+        if self.shared_order:
+            for x, y in self.source.epoch():
+                x, y = self._convert(x, y)
+                yield None, x.shape[0], x, y
+            return
+        for idx, size in batches(self.n, batch_size, order):
+            if self.source is None:
+                yield idx, size, self.X[idx], self.y[idx]
+            else:
+                rows = idx if isinstance(idx, torch.Tensor) else torch.arange(idx.start, idx.stop)
+                yield idx, size, *self.take(rows)
+
+    def in_order(self, batch_size: int):
+        """``(size, x, y)`` of consecutive batches (evaluation)."""
+        if self.source is None:
+            for idx, size in batches(self.n, batch_size, None):
+                yield size, self.X[idx], self.y[idx]
+            return
+        for x, y in self.source.in_order(batch_size):
+            x, y = self._convert(x, y)
+            yield x.shape[0], x, y
+
+    def sample(self, k: int) -> torch.Tensor:
+        """A few input rows (checks and memory estimates)."""
+        if self.source is None:
+            return self.X[:k]
+        x = torch.as_tensor(self.source.sample(k))
+        return self._convert(x, torch.zeros(x.shape[0]))[0] if self.task.name != "multiclass" else \
+            self._convert(x, torch.zeros(x.shape[0], dtype=torch.long))[0]
+
+
+def make_optimizer(params, optimizer, preset, lr, weight_decay, momentum, clipping=None, owner="fit"):
+    """reglab's Keras-exact optimizer by name ("adam", "adamw", "sgd", "rmsprop", "adagrad"), a
+    :class:`reglab.optim.Optimizer` to continue with its state, or a ``torch.optim`` class."""
+    clipping = {k: v for k, v in (clipping or {}).items() if v is not None}
     if isinstance(optimizer, _optim.Optimizer):
+        if clipping:
+            optimizer.clipping = _optim.Clipping(**clipping, owner=owner)
         return optimizer
+    if _optim.is_torch_optimizer(optimizer):
+        if weight_decay or momentum:
+            raise ValueError(f"weight_decay and momentum of {owner} configure reglab's optimizers; give them to the "
+                             "torch.optim class instead, e.g. functools.partial(torch.optim.SGD, momentum=0.9).")
+        return _optim.TorchOptimizer(optimizer, params, lr=lr, **clipping)
+    if optimizer is not None and not isinstance(optimizer, str):
+        raise TypeError(f"The 'optimizer' parameter of {owner} must be one of {', '.join(map(repr, _optim.OPTIMIZERS))}, "
+                        f"a reglab.optim.Optimizer or a torch.optim class. Got {optimizer!r} instead.")
     name = optimizer or preset.optimizer
+    check_choice(name, "optimizer", owner, tuple(_optim.OPTIMIZERS))
     lr = preset.lr if lr is None else lr
     if name in ("adam", "adamw"):
-        kwargs = dict(lr=lr, epsilon=preset.epsilon, epsilon_hat=preset.epsilon_hat)
+        kwargs = dict(lr=lr, epsilon=preset.epsilon, epsilon_hat=preset.epsilon_hat, **clipping)
         if name == "adamw" or weight_decay:
             kwargs["weight_decay"] = 0.004 if (name == "adamw" and weight_decay is None) else (weight_decay or 0.0)
         return _optim.make(name, params, **kwargs)
-    return _optim.make(name, params, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay or 0.0)
+    if name in ("rmsprop", "sgd"):
+        return _optim.make(name, params, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay or 0.0, **clipping)
+    if momentum:
+        raise ValueError(f"The 'momentum' parameter of {owner} does not apply to {name!r}.")
+    return _optim.make(name, params, lr=lr, weight_decay=weight_decay or 0.0, **clipping)
+
+
+def sample_weights(sample_weight, n: int, name: str = "train", owner: str = "fit") -> torch.Tensor | None:
+    """One finite weight >= 0 per row of the ``name`` data, as a float tensor (or None)."""
+    if sample_weight is None:
+        return None
+    w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64)).reshape(-1) \
+        if not isinstance(sample_weight, torch.Tensor) else sample_weight.double().reshape(-1)
+    if w.numel() != n:
+        raise ValueError(f"The 'sample_weight' parameter of {owner} has {w.numel()} values for {n} {name} rows.")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"The 'sample_weight' parameter of {owner} must be finite and >= 0.")
+    return w.to(torch.get_default_dtype())
+
+
+class LearningRates:
+    """Drives an optimizer's learning rate from a schedule, one rate per member (fit: one member)."""
+
+    def __init__(self, schedule, opt, base, members: int):
+        self.schedule, self.opt = schedule, opt
+        if schedule is not None:
+            base = base.detach().double().numpy() if isinstance(base, torch.Tensor) else np.full(members, float(base))
+            schedule.start(np.broadcast_to(base, (members,)).copy())
+
+    def _set(self, rates) -> None:
+        rates = np.asarray(rates, dtype=np.float64)
+        self.opt.lr = float(rates[0]) if bool((rates == rates[0]).all()) else torch.as_tensor(rates, dtype=torch.float32)
+
+    def epoch_begin(self, epoch: int) -> None:
+        if self.schedule is not None:
+            self.schedule.epoch_begin(epoch)
+            if not self.schedule.per_step:
+                self._set(self.schedule.rate(self.opt.iterations, self.schedule.base))
+
+    def before_step(self) -> None:
+        if self.schedule is not None and self.schedule.per_step:
+            self._set(self.schedule.rate(self.opt.iterations, self.schedule.base))
+
+    def epoch_end(self, epoch: int, logs: dict, running) -> None:
+        if self.schedule is not None:
+            self.schedule.epoch_end(epoch, logs, running)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, *, task=None, batch_size: int = 32, penalty_scale: float = 1.0) -> dict:
+def evaluate(model: nn.Module, data, *, task=None, batch_size: int = 32, penalty_scale: float = 1.0,
+             loss=None, label_smoothing=0.0, device=None) -> dict:
     """Loss (data + penalties), data loss, penalty and metric of ``model`` on ``data`` in eval mode.
 
     Like Keras's ``evaluate``, batches of ``batch_size`` are averaged weighted by their size, so the
-    activity penalty of each batch is counted as it would be during training.
+    activity penalty of each batch is counted as it would be during training. ``loss`` and
+    ``label_smoothing`` as in :func:`fit` (the data loss is then that loss; default: the task's).
+    ``data`` and ``device`` as in :func:`fit`.
     """
-    X, y, task = as_tensors(data, "data", task, integers=wants_integers(model))
+    dev = _sources.resolve_device(device, _sources.model_device(model), "evaluate")
+    data = Data(data, "data", task, wants_integers(model), dev, "evaluate")
+    objective = _tasks.Objective(data.task, loss, label_smoothing)
     was_training = model.training
+    model.to(dev)
     model.eval()
     try:
-        return _evaluate(model, X, y, task, batch_size, penalty_scale)
+        return _evaluate(model, data, objective, batch_size, penalty_scale)
     finally:
         model.train(was_training)
 
 
-def _evaluate(model, X, y, task, batch_size, scale):
-    n = X.shape[0]
-    data_sum = metric_sum = activity_sum = 0.0
-    for idx, size in batches(n, batch_size, None):
-        out = model(X[idx])
-        data_sum += float(task.sample_loss(out, y[idx]).sum())
-        metric_sum += float(task.sample_metric(out, y[idx]).sum())
-        activity_sum += float(activity_penalty(model, scale)) * size
+def accumulator(device: torch.device) -> torch.device:
+    """Where float64 running sums live: on a CUDA device (no copy to the host per batch), else the
+    CPU (MPS has no float64)."""
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def _evaluate(model, data, objective, batch_size, scale):
+    task = objective.task
+    n = 0
+    sums = torch.zeros(3, dtype=torch.float64, device=accumulator(data.device))   # data loss, metric, activity
+    for size, xb, yb in data.in_order(batch_size):
+        out = model(xb)
+        parts = (objective.sample_loss(out, yb, weighted=False).sum(), task.sample_metric(out, yb).sum(),
+                 activity_penalty(model, scale))
+        sums += torch.stack([v.detach().to(sums.device).double() for v in parts]) * torch.tensor(
+            [1.0, 1.0, float(size)], dtype=torch.float64, device=sums.device)
+        n += size
+    data_sum, metric_sum, activity_sum = sums.tolist()
     pen = float(weight_penalty(model, scale)) + activity_sum / n
     return {"loss": data_sum / n + pen, "data_loss": data_sum / n, "penalty": pen, task.metric: metric_sum / n}
 
 
 def fit(model: nn.Module, train, validation=None, *, epochs: int, batch_size: int | None = None,
         optimizer=None, lr: float | None = None, weight_decay: float | None = None, momentum: float = 0.0,
-        task=None, preset="keras", seed: int = 0, callbacks=(), warm_start: bool = False,
-        progress: bool | None = None) -> History:
-    """Train ``model`` on ``train = (X, y)`` for ``epochs`` epochs; returns a :class:`History`.
+        task=None, loss=None, class_weight=None, sample_weight=None, label_smoothing: float = 0.0,
+        clipnorm: float | None = None, clipvalue: float | None = None, global_clipnorm: float | None = None,
+        schedule=None, mixup=None, ema=None, swa=None,
+        preset=None, seed: int = 0, callbacks=(), warm_start: bool = False,
+        device=None, progress: bool | None = None) -> History:
+    """Train ``model`` on ``train`` for ``epochs`` epochs; returns a :class:`History`.
 
-    - ``preset="keras"`` (default) re-initialises the model as Keras would build it and uses Keras's
-      Adam and batch size; ``"torch"`` re-draws PyTorch's own initialisation. ``warm_start=True``
-      keeps the current weights (continue a fitted model, e.g. with a stronger penalty).
-    - ``optimizer``: "adam", "adamw" (decoupled weight decay, Keras default 0.004), "sgd", or a
-      :class:`reglab.optim.Optimizer` to continue with its state.
+    - ``train``/``validation``: ``(X, y)`` arrays or tensors, a map-style ``torch.utils.data.Dataset``
+      of ``(x, y)`` pairs (shuffled by reglab from ``seed``, read by index batches), or a
+      ``DataLoader`` (its own batches and order). See :mod:`reglab.sources`.
+    - ``device``: None trains where the model's weights are; ``"auto"`` takes a CUDA GPU (else MPS,
+      else the CPU); or ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``. The model, the data (once)
+      and every random draw live there.
+
+    - ``preset``: None (default) trains the weights the model has — a pretrained or custom-initialised
+      model is kept — with Keras's training defaults (Adam with ε = 1e-7, batch 32). ``"keras"``
+      re-initialises the model first as Keras would build it (Glorot uniform, zero biases, …: the
+      tutorials' results); ``"torch"`` re-draws PyTorch's own initialisation and uses
+      torch.optim.Adam's ε placement. The re-initialisation is drawn from ``seed``;
+      ``warm_start=True`` keeps the weights even with a preset.
+    - ``optimizer``: "adam", "adamw" (decoupled weight decay, Keras default 0.004), "sgd", "rmsprop",
+      "adagrad" (Keras's formulas and defaults), a :class:`reglab.optim.Optimizer` to continue with
+      its state, or a ``torch.optim`` class (e.g. ``torch.optim.AdamW`` or a ``functools.partial``
+      of one with its settings; its own formulas apply).
+    - ``clipnorm`` / ``clipvalue`` / ``global_clipnorm``: Keras's gradient clipping (one of them).
+    - ``schedule``: a learning-rate schedule (:class:`reglab.ExponentialDecay`, ``StepDecay``,
+      ``CosineDecay`` with warm-up, ``ReduceLROnPlateau``), a dict ``{"kind": ..., ...}`` or a callable
+      ``epoch -> lr``; decays use ``lr`` as the initial rate.
+    - ``mixup``: :class:`reglab.Mixup` (timm's Mixup/CutMix of every batch, e.g.
+      ``reglab.Mixup(mixup_alpha=0.2)``); ``ema``: :class:`reglab.EMA` (Keras's ``use_ema``) or ``swa``:
+      :class:`reglab.SWA` (torch's swa_utils) — the model ends with the averaged weights, the history
+      is the live weights'. Each may be a dict of its arguments; see :mod:`reglab.mixup`, :mod:`reglab.averaging`.
     - ``task``: "binary", "multiclass" or "regression"; inferred from the targets when omitted. The
-      model outputs raw scores; sigmoid/softmax live in the loss.
+      model outputs raw scores; sigmoid/softmax live in the loss. ``loss``: a callable
+      ``loss(logits, target)`` instead of the task's loss, returning one loss per sample or the mean.
+    - ``class_weight`` ("balanced" or ``{class: weight}``), ``sample_weight`` (one per training row) and
+      ``label_smoothing``: see :class:`reglab.tasks.Objective` (Keras's definitions).
     - ``seed`` fixes initialisation, shuffling and noise: the same seed gives bit-identical results.
     - ``callbacks``: :class:`reglab.Callback` objects, e.g. :class:`reglab.EarlyStopping`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fit() needs a torch.nn.Module. Got {type(model).__name__} instead.")
     epochs = check_number(epochs, "epochs", "fit", low=1, integer=True)
-    preset = _presets.get(preset)
+    reinit = preset is not None and not warm_start
+    preset = _presets.get("keras" if preset is None else preset)
     batch_size = check_number(preset.batch_size if batch_size is None else batch_size, "batch_size", "fit",
                               low=1, integer=True)
     seed = check_number(seed, "seed", "fit", low=0, integer=True)
@@ -151,68 +334,95 @@ def fit(model: nn.Module, train, validation=None, *, epochs: int, batch_size: in
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(f"fit() callbacks must be reglab.Callback instances. Got {cb!r} instead.")
+    schedule = _schedules.get(schedule)
+    mixup = _mixup.get(mixup)
+    ema, swa = _averaging.settings(ema, swa)
     integers = wants_integers(model)
-    X, y, task = as_tensors(train, "train", task, integers)
-    val = as_tensors(validation, "validation", task, integers)[:2] if validation is not None else None
+    device = _sources.resolve_device(device, _sources.model_device(model))
+    data = Data(train, "train", task, integers, device)
+    task = data.task
+    val = Data(validation, "validation", task, integers, device) if validation is not None else None
     if val is None and any(isinstance(cb, EarlyStopping) and cb.monitor.startswith("val_") for cb in callbacks):
         raise ValueError("EarlyStopping monitors a validation metric but fit() got no validation data; "
                          "pass validation=(X_val, y_val) or monitor='loss'.")
+    objective = _tasks.Objective(task, loss, label_smoothing, _tasks.class_weights(class_weight, data.targets, task))
+    weights = sample_weights(sample_weight, data.n)
+    if weights is not None:
+        if data.shared_order:
+            raise ValueError("sample_weight needs (X, y) or a Dataset: a DataLoader yields its own batches "
+                             "(return the weight from the Dataset and use loss= instead).")
+        weights = weights.to(device)
 
     streams = _presets.Streams.from_seed(seed)
     # Built before the re-initialisation (which is in place) so that a bad optimizer argument
     # fails without touching the model.
-    opt = make_optimizer(model.parameters(), optimizer, preset, lr, weight_decay, momentum)
-    if not warm_start:
-        _presets.initialize(model, preset, seed)
+    opt = make_optimizer(model.parameters(), optimizer, preset, lr, weight_decay, momentum,
+                         dict(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm))
+    if reinit:
+        _presets.initialize(model.cpu(), preset, seed)   # drawn on the CPU: the same weights on any device
+    model.to(device)
     history = History(params={"epochs": epochs, "batch_size": batch_size, "seed": seed, "task": task.name},
                       optimizer=opt)
     trainer = Trainer(model, opt, history)
+    rates = LearningRates(schedule, opt, opt.lr, 1)
     shuffle_gen = torch.Generator().manual_seed(streams.shuffle)
-    n = X.shape[0]
+    mixing = _mixup.Mixing(mixup, [seed])
+    averages = _averaging.Averages(ema, swa, model.parameters(), [seed])
+    n = data.n
 
     def notify(hook, **kwargs):
         for cb in callbacks:
             getattr(cb, hook)(trainer, **kwargs)
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(streams.noise)
         notify("on_train_begin")
         bar = tqdm(range(epochs), desc="fit", disable=_progress_off(progress), delay=2, leave=False)
         for epoch in bar:
+            rates.epoch_begin(epoch)
             notify("on_epoch_begin", epoch=epoch)
             model.train()
             # One batch covers the data: its order cannot matter, so it is not drawn.
-            order = torch.randperm(n, generator=shuffle_gen) if n > batch_size else None
-            sums = torch.zeros(4, dtype=torch.float64)   # loss, data loss, penalty, metric
-            for b, (idx, size) in enumerate(batches(n, batch_size, order)):
-                out = model(X[idx])
-                data_loss = task.sample_loss(out, y[idx]).mean()
+            order = (torch.randperm(n, generator=shuffle_gen).to(device)
+                     if n > batch_size and not data.shared_order else None)
+            sums = torch.zeros(4, dtype=torch.float64, device=accumulator(device))   # loss, data loss, penalty, metric
+            seen = 0
+            for b, (idx, size, xb, yb) in enumerate(data.epoch(batch_size, order)):
+                xb, mix = mixing(xb)
+                out = model(xb)
+                data_loss = mix.sample_loss(objective, out, yb, None if weights is None else weights[idx]).mean()
                 pen = weight_penalty(model, trainer.penalty_scale) + activity_penalty(model, trainer.penalty_scale)
-                loss = data_loss + pen
-                if not torch.isfinite(loss):
+                loss_value = data_loss + pen
+                if not torch.isfinite(loss_value):
                     history.diverged = True
                     break
                 opt.zero_grad()
-                loss.backward()
+                loss_value.backward()
+                rates.before_step()
                 opt.step()
+                averages.after_step()
                 apply_constraints(model)
-                metric = task.sample_metric(out, y[idx]).mean()
-                sums += torch.stack([loss.detach(), data_loss.detach(), pen.detach(), metric]).double() * size
+                metric = mix.sample_metric(task, out, yb).mean()
+                sums += torch.stack([loss_value.detach(), data_loss.detach(), pen.detach(), metric]).to(sums.device).double() * size
+                seen += size
                 notify("on_batch_end", batch=b)
             if history.diverged:
                 break
-            sums = (sums / n).tolist()
+            averages.epoch_end(epoch)
+            sums = (sums / seen).tolist()
             logs = {"loss": sums[0], "data_loss": sums[1], "penalty": sums[2], task.metric: sums[3]}
             if val is not None:
                 model.eval()
                 with torch.no_grad():
                     logs.update({f"val_{k}": v for k, v in
-                                 _evaluate(model, val[0], val[1], task, batch_size, trainer.penalty_scale).items()})
+                                 _evaluate(model, val, objective, batch_size, trainer.penalty_scale).items()})
             history.append(epoch, logs)
+            rates.epoch_end(epoch, {k: np.array([v]) for k, v in logs.items()}, np.array([True]))
             notify("on_epoch_end", epoch=epoch, logs=logs)
             if trainer.stop_training:
                 break
         bar.close()
+        averages.finish_model(model, (xb for _, _, xb, _ in data.epoch(batch_size, None)))
         notify("on_train_end")
     model.eval()
     for cb in callbacks:

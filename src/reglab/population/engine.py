@@ -22,14 +22,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import averaging as _averaging
+from .. import mixup as _mixup
 from .. import optim as _optim
 from .. import presets as _presets
 from .. import threads as _threads
 from .. import tasks as _tasks
 from .._validate import check_number
 from ..attach import registry
-from ..callbacks import EarlyStopping, StoppingRule
-from ..training import as_tensors, batches, evaluate, make_optimizer, wants_integers
+from .. import schedules as _schedules
+from ..callbacks import Callback, EarlyStopping, StoppingRule
+from .. import sources as _sources
+from ..training import (Data, LearningRates, accumulator, batches, evaluate, make_optimizer, sample_weights,
+                        wants_integers)
 from . import fused
 from . import layers as L
 from .functional import ModulePopulation, NotBatchable
@@ -239,6 +244,7 @@ def _as_list(configs):
 
 
 def _member_bytes(model, X, batch_size):
+    """``X``: a few input rows."""
     """Rough bytes one member needs: activations kept for backward, gradients, optimizer state."""
     numel = [0]
 
@@ -279,18 +285,36 @@ def parse_bytes(value) -> int:
 
 def train_population(build, configs=None, seeds=(0,), *, train, validation=None, epochs: int,
                      batch_size: int | None = None, optimizer=None, lr=None, weight_decay=None,
-                     momentum: float = 0.0, task=None, preset="keras", early_stopping: EarlyStopping | None = None,
-                     memory_budget="1GiB", chunk_size: int | None = None, progress: bool | None = None,
-                     threads: int | None = None) -> PopulationResult:
+                     momentum: float = 0.0, task=None, loss=None, class_weight=None, sample_weight=None,
+                     label_smoothing=0.0, clipnorm=None, clipvalue=None, global_clipnorm=None, schedule=None,
+                     mixup=None, ema=None, swa=None, preset="keras", early_stopping: EarlyStopping | None = None,
+                     callbacks=(), memory_budget="1GiB", chunk_size: int | None = None, progress: bool | None = None,
+                     threads: int | None = None, device=None) -> PopulationResult:
     """Train ``len(configs) × len(seeds)`` members of ``build(**config)`` at once.
 
     ``build`` returns an ``nn.Sequential`` (the same definition ``reglab.fit`` trains) with reglab
     penalties and constraints attached; configs differ in penalty strengths and kinds, constraint
     bounds, dropout/noise rates. Member ``c * len(seeds) + s`` is config ``c`` with seed ``seeds[s]``
     and equals ``reglab.fit(build(**configs[c]), train, validation, seed=seeds[s], ...)`` with the same
-    options. ``lr`` may be one float or one value per config. Members that do not share an architecture
+    options (and ``preset="keras"``). ``lr``, ``label_smoothing`` and ``class_weight`` may be one value or
+    one per config; ``loss``, ``sample_weight``, clipping, ``schedule``, ``mixup``, ``ema`` and ``swa`` are as
+    in :func:`reglab.fit` and shared (a schedule runs per member from each member's ``lr``; each member
+    draws its own mixup from its seed). ``preset=None`` keeps the weights ``build`` gives (every seed
+    then starts from them; seeds still differ in shuffling and noise); ``"keras"``/``"torch"`` re-draw
+    each member's initialisation from its seed.
+    ``callbacks``: :class:`reglab.Callback` objects (e.g. :class:`reglab.PenaltySchedule`, or your own
+    that read ``trainer.history``/``logs``), called per chunk of members with ``logs`` holding one
+    value per member of the chunk (NaN once stopped); an :class:`EarlyStopping` among them acts as
+    ``early_stopping``. Members that do not share an architecture
     run in separate populations; a population larger than ``memory_budget`` (or ``chunk_size``) runs
     in chunks. A member whose loss turns NaN/inf is frozen and marked diverged.
+
+    ``train``/``validation`` as in :func:`reglab.fit`: ``(X, y)``, a map-style Dataset (each member
+    draws its own shuffle order and reads its index batches, no copy per member) or a DataLoader
+    (its batches, in one order shared by every member). ``device``: None trains where ``build``'s
+    models are, ``"auto"`` on a GPU when there is one, or the device named; stacked weights,
+    optimizer state, each member's generators, masks and batches all live there (the fused MLP
+    kernel runs on the CPU only).
 
     ``threads``: None (default) follows ``REGLAB_THREADS``, else lets a :class:`reglab.threads.Governor`
     choose: every usable CPU on a quiet machine, and when other processes share the CPU whichever of
@@ -304,21 +328,34 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
     if not seeds:
         raise ValueError("The 'seeds' parameter of train_population is empty; give at least one seed.")
     epochs = check_number(epochs, "epochs", "train_population", low=1, integer=True)
-    preset = _presets.get(preset)
+    reinit = preset is not None
+    preset = _presets.get("keras" if preset is None else preset)
     batch_size = check_number(preset.batch_size if batch_size is None else batch_size, "batch_size",
                               "train_population", low=1, integer=True)
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"train_population callbacks must be reglab.Callback instances. Got {cb!r} instead.")
+    stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    if stoppers:
+        if early_stopping is not None or len(stoppers) > 1:
+            raise ValueError("train_population takes one EarlyStopping: pass it as early_stopping= or in callbacks.")
+        early_stopping = stoppers[0]
+        callbacks = [cb for cb in callbacks if cb is not early_stopping]
+    _schedules.get(schedule)   # a bad schedule fails before anything is built
+    mixup = _mixup.get(mixup, "train_population")
+    ema, swa = _averaging.settings(ema, swa, "train_population")
+    if optimizer is not None and _optim.is_torch_optimizer(optimizer):
+        _optim.check_elementwise(optimizer)
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"The 'early_stopping' parameter must be a reglab.EarlyStopping. Got {early_stopping!r} instead.")
     if chunk_size is not None:
         chunk_size = check_number(chunk_size, "chunk_size", "train_population", low=1, integer=True)
     budget = parse_bytes(memory_budget)
     keep_freed_memory()
-    if lr is None or isinstance(lr, (int, float)):
-        lrs = [lr] * len(configs)
-    else:
-        lrs = list(lr)
-        if len(lrs) != len(configs):
-            raise ValueError(f"The 'lr' parameter has {len(lrs)} values for {len(configs)} configs; give one per config or one float.")
+    lrs = _per_config(lr, "lr", len(configs))
+    smoothing = _per_config(label_smoothing, "label_smoothing", len(configs))
+    class_weight = _per_config(class_weight, "class_weight", len(configs), scalar=(str, dict))
 
     templates = []
     for i, config in enumerate(configs):
@@ -328,11 +365,20 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
         templates.append(model)
     members = [{"config_index": c, "config": configs[c], "seed": s} for c in range(len(configs)) for s in seeds]
     integers = wants_integers(templates[0])
-    X, Y, task = as_tensors(train, "train", task, integers)
-    val = as_tensors(validation, "validation", task, integers)[:2] if validation is not None else None
+    device = _sources.resolve_device(device, _sources.model_device(templates[0]), "train_population")
+    X = Data(train, "train", task, integers, device, "train_population")
+    task, Y = X.task, X.targets
+    val = Data(validation, "validation", task, integers, device, "train_population") if validation is not None else None
     if val is None and early_stopping is not None and early_stopping.monitor.startswith("val_"):
         raise ValueError("EarlyStopping monitors a validation metric but train_population got no validation data; "
                          "pass validation=(X_val, y_val) or monitor='loss'.")
+    weights = [_tasks.class_weights(cw, Y, task, "train_population") for cw in class_weight]
+    for s_value in smoothing:
+        _tasks.Objective(task, loss, s_value)   # one clear error before training
+    training = dict(loss=loss, smoothing=smoothing, class_weights=weights,
+                    sample_weight=_weights_on(sample_weights(sample_weight, X.n, owner="train_population"), X),
+                    clipping=dict(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm),
+                    schedule=schedule, callbacks=callbacks, reinit=reinit, mixup=mixup, ema=ema, swa=swa)
 
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
@@ -347,29 +393,54 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
     with _threads.restored():   # whatever the governor picks is undone afterwards
         governor = _threads.Governor.for_training(threads)
         _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batch_size, optimizer, preset,
-                      weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor)
+                      weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor, training)
     bar.close()
     return out
 
 
+def _per_config(value, name, n, scalar=()):
+    """One value per config from one value (a number, None, or a ``scalar`` type) or a list of n."""
+    if value is None or isinstance(value, (int, float, *scalar)) or (isinstance(value, torch.Tensor) and value.dim() == 0):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"The '{name}' parameter has {len(values)} values for {n} configs; give one per config or one value.")
+    return values
+
+
+def _objective(task, training, config_indices):
+    """The chunk's objective: per-member label smoothing and class weights from their configs."""
+    smooth = [training["smoothing"][c] or 0.0 for c in config_indices]
+    weights = [training["class_weights"][c] for c in config_indices]
+    if all(w is None for w in weights):
+        cw = None
+    else:
+        width = max(w.numel() for w in weights if w is not None)
+        cw = torch.stack([torch.ones(width) if w is None else w for w in weights])
+    smoothing = torch.tensor(smooth, dtype=torch.float64) if any(smooth) else 0.0
+    return _tasks.Objective(task, training["loss"], smoothing, cw)
+
+
 def _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batch_size, optimizer, preset,
-                  weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor):
+                  weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor, training):
     for idx in groups.values():
-        per_member = _member_bytes(templates[members[idx[0]]["config_index"]], X, batch_size)
+        per_member = _member_bytes(templates[members[idx[0]]["config_index"]], X.sample(1).cpu(), batch_size)
         size = chunk_size or max(1, budget // per_member)
         for start in range(0, len(idx), size):
             chunk = idx[start:start + size]
             models = []
             for i in chunk:
                 model = copy.deepcopy(templates[members[i]["config_index"]])
-                _presets.initialize(model, preset, members[i]["seed"])
-                models.append(model)
+                if training["reinit"]:   # drawn on the CPU: the same weights on any device
+                    _presets.initialize(model.cpu(), preset, members[i]["seed"])
+                models.append(model.to(X.device))
             lr_chunk = [lrs[members[i]["config_index"]] for i in chunk]
             lr_value = lr_chunk[0] if len(set(lr_chunk)) == 1 else torch.tensor(
                 [preset.lr if v is None else float(v) for v in lr_chunk])
-            result = _train_chunk(make_population(models), [members[i]["seed"] for i in chunk], X, Y, val, task,
+            objective = _objective(task, training, [members[i]["config_index"] for i in chunk])
+            result = _train_chunk(make_population(models), [members[i]["seed"] for i in chunk], X, Y, val, objective,
                                   epochs, batch_size, optimizer, preset, lr_value, weight_decay, momentum,
-                                  early_stopping, bar, governor)
+                                  early_stopping, bar, governor, training, chunk)
             for j, i in enumerate(chunk):
                 for key, values in result["history"].items():
                     out.history.setdefault(key, np.full((len(members), epochs), np.nan))[i] = values[j]
@@ -378,67 +449,125 @@ def _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batc
                 out.models[i] = models[j]
 
 
-def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, optimizer, preset, lr,
-                 weight_decay, momentum, early_stopping, bar, governor):
-    P, n = pop.P, X.shape[0]
+class PopulationTrainer:
+    """What callbacks see while a chunk of members trains: ``population``, ``members`` (their indices
+    in the result), ``optimizer``, ``history`` (key -> array (members, epochs)), ``active`` (members
+    still training), ``epochs``, ``penalty_scale`` (set by :class:`reglab.PenaltySchedule`) and
+    ``stop_training`` (stops the whole chunk)."""
+
+    def __init__(self, population, members, optimizer, history, epochs):
+        self.population, self.members, self.optimizer, self.history = population, list(members), optimizer, history
+        self.epochs = epochs
+        self.active = np.ones(len(self.members), bool)
+        self.penalty_scale = 1.0
+        self.stop_training = False
+
+
+def _weights_on(weights, data):
+    if weights is not None and data.shared_order:
+        raise ValueError("sample_weight needs (X, y) or a Dataset: a DataLoader yields its own batches.")
+    return None if weights is None else weights.to(data.device)
+
+
+def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_size, optimizer, preset, lr,
+                 weight_decay, momentum, early_stopping, bar, governor, training, member_ids):
+    """``X``: the training :class:`reglab.training.Data` (``Y`` unused: its targets come with it)."""
+    train_data, device = X, X.device
+    P, n = pop.P, train_data.n
+    task = objective.task
     streams = [_presets.Streams.from_seed(s) for s in seeds]
-    shuffle_gens = [torch.Generator().manual_seed(s.shuffle) for s in streams]
-    train_ctx = Context(True, [torch.Generator().manual_seed(s.noise) for s in streams])
+    shuffle_gens = [torch.Generator().manual_seed(s.shuffle) for s in streams]   # orders: drawn on the CPU
+    # noise (dropout masks, ...) is drawn where it is used, each member from its own generator
+    train_ctx = Context(True, [torch.Generator(device=device).manual_seed(s.noise) for s in streams])
     eval_ctx = Context(False, [])
-    opt = make_optimizer(pop.params, optimizer, preset, lr, weight_decay, momentum)
+    opt = make_optimizer(pop.params, optimizer, preset, lr, weight_decay, momentum, training["clipping"],
+                         owner="train_population")
+    opt.stacked = True
     if getattr(pop, "flat", None) is not None and isinstance(opt, _optim.Optimizer):
         opt.use_flat(pop.flat)
+    callbacks = training["callbacks"]
+    schedule = copy.deepcopy(_schedules.get(training["schedule"]))   # its state is this chunk's
+    rates = LearningRates(schedule, opt, opt.lr, P)
+    mixing = _mixup.Mixing(training["mixup"], seeds, stacked=True, owner="train_population")
+    averages = _averaging.Averages(training["ema"], training["swa"], pop.params, seeds, stacked=True)
+    sample_weight = training["sample_weight"]
+    # The fused kernel computes the task's own loss, penalties scaled by 1 and Adam without clipping.
+    # A callback that acts before or during an epoch may set penalty_scale (PenaltySchedule does).
+    writes = any(type(cb).on_epoch_begin is not Callback.on_epoch_begin or type(cb).on_train_begin is not
+                 Callback.on_train_begin or type(cb).on_batch_end is not Callback.on_batch_end for cb in callbacks)
+    plain = objective.plain and sample_weight is None and not writes and device.type == "cpu"
+    fused_pop = pop.fused if plain and not (mixing.on or averages.on) else None
     # The whole step (data loss, L1/L2 penalties, Adam) runs in one compiled loop when it can.
-    fused_step = pop.fused.optimizer_plan(opt, pop.penalties) if pop.fused is not None else None
+    fused_step = (fused_pop.optimizer_plan(opt, pop.penalties)
+                  if fused_pop is not None and not opt.clipping else None)
     rule = early_stopping.rule(P) if early_stopping is not None else None
     restore = early_stopping is not None and early_stopping.restore_best_weights
     state = list(pop.params) + list(pop.buffers)   # what restore_best_weights keeps (BatchNorm statistics too)
     best_params = [p.detach().clone() for p in state] if restore else None
     has_best = torch.zeros(P, dtype=torch.bool)
 
-    active = torch.ones(P, dtype=torch.bool)
-    diverged = torch.zeros(P, dtype=torch.bool)
+    active = torch.ones(P, dtype=torch.bool, device=device)
+    diverged = torch.zeros(P, dtype=torch.bool, device=device)
+    has_best = has_best.to(device)
     epochs_run = np.zeros(P, int)
     stopped = np.full(P, -1)
     names = ["loss", "data_loss", "penalty", task.metric]
     history = {k: np.full((P, epochs), np.nan) for k in names}
     if val is not None:
         history.update({f"val_{k}": np.full((P, epochs), np.nan) for k in names})
-    Xs = X.expand((P,) + X.shape) if n <= batch_size else None   # one shared batch: never copied
-    Ys = Y.expand((P,) + Y.shape) if n <= batch_size else None
+    if n <= batch_size and not train_data.shared_order:   # one shared batch: never copied
+        whole = train_data.take(torch.arange(n, device=device))
+        Xs, Ys = whole[0].expand((P,) + whole[0].shape), whole[1].expand((P,) + whole[1].shape)
+    trainer = PopulationTrainer(pop, member_ids, opt, history, epochs)
 
+    def notify(hook, **kwargs):
+        for cb in callbacks:
+            getattr(cb, hook)(trainer, **kwargs)
+
+    notify("on_train_begin")
     for epoch in range(epochs):
-        if not bool(active.any()):
+        if not bool(active.any()) or trainer.stop_training:
             break
-        order = torch.stack([torch.randperm(n, generator=g) for g in shuffle_gens]) if n > batch_size else None
-        sums = torch.zeros(4, P, dtype=torch.float64)
-        for idx, size in batches(n, batch_size, None):
-            if order is None:
+        rates.epoch_begin(epoch)
+        notify("on_epoch_begin", epoch=epoch)
+        scale = trainer.penalty_scale
+        if scale != 1.0 and fused_pop is not None:   # pragma: no cover - only a callback without hooks could
+            raise ValueError("penalty_scale changed inside train_population; set it from a callback's on_epoch_begin.")
+        order = (torch.stack([torch.randperm(n, generator=g) for g in shuffle_gens]).to(device)
+                 if n > batch_size and not train_data.shared_order else None)
+        sums = torch.zeros(4, P, dtype=torch.float64, device=accumulator(device))
+        for b, (idx, size, xb, yb) in enumerate(_member_batches(train_data, batch_size, order, P)):
+            if order is None and not train_data.shared_order:
                 xb, yb = Xs, Ys
+                wb = None if sample_weight is None else sample_weight.expand(P, n)
+            elif order is None:   # a DataLoader's batch, shared by every member
+                xb, yb = xb.expand((P,) + xb.shape), yb.expand((P,) + yb.shape)
+                wb = None
             else:
-                rows = order[:, idx]
-                xb, yb = X[rows], Y[rows]
+                wb = None if sample_weight is None else sample_weight[order[:, idx]]
+            xb, mix = mixing(xb)
             if fused_step is not None:
-                data, metric, pen = pop.fused.train_step(xb, yb, task, opt, fused_step, active)
+                rates.before_step()
+                data, metric, pen = fused_pop.train_step(xb, yb, task, opt, fused_step, active)
                 loss = data + pen
                 finite = torch.isfinite(loss)
                 if not bool(finite[active].all()):
                     diverged |= active & ~finite
                     active &= finite
                 pop.apply_constraints(active)
-                sums += torch.stack([loss, data, pen, metric]).double() * size
+                sums += torch.stack([loss, data, pen, metric]).to(sums.device).double() * size
                 if not bool(active.any()):
                     break
                 continue
-            if pop.fused is not None:
-                data, metric, act, grads = pop.fused.run(xb, yb, task, grad=True)
+            if fused_pop is not None:
+                data, metric, act, grads = fused_pop.run(xb, yb, task, grad=True)
                 pen = pop.weight_penalty() + act
             else:
                 # A stopped member's buffers (BatchNorm statistics) stay as they were when it stopped.
                 frozen = ([b.clone() for b in pop.buffers], active.clone()) if pop.buffers and not bool(active.all()) else None
                 out, act = pop.forward(xb, train_ctx)
-                data = task.sample_loss(out, yb).mean(-1)
-                pen = pop.weight_penalty() + act
+                data = mix.sample_loss(objective, out, yb, wb).mean(-1)
+                pen = pop.weight_penalty() + act if scale == 1.0 else pop.weight_penalty() * scale + act * scale
             loss = data + pen
             finite = torch.isfinite(loss)
             if not bool(finite[active].all()):
@@ -447,51 +576,75 @@ def _train_chunk(pop: Population, seeds, X, Y, val, task, epochs, batch_size, op
                 if not bool(active.any()):
                     _unfreeze(pop, frozen)
                     break
-            if pop.fused is None:
+            if fused_pop is None:
                 grads = torch.autograd.grad(torch.where(active, loss, 0).sum(), pop.params, allow_unused=True)
-                metric = task.sample_metric(out, yb).mean(-1)
+                metric = mix.sample_metric(task, out, yb).mean(-1)
             elif pen.requires_grad:
                 extra = torch.autograd.grad(torch.where(active, pen, 0).sum(), pop.params, allow_unused=True)
                 grads = [g if e is None else g + e for g, e in zip(grads, extra)]
-            if pop.fused is None:
+            if fused_pop is None:
                 _unfreeze(pop, frozen)   # after backward, which may read the buffers
+            rates.before_step()
             opt.step(grads, active=None if bool(active.all()) else active)
+            averages.after_step(active)
             pop.apply_constraints(active)
-            sums += torch.stack([loss.detach(), data.detach(), pen.detach(), metric]).double() * size
-        running = active.numpy().copy()
-        logs = (sums / n).numpy()
+            sums += torch.stack([loss.detach(), data.detach(), pen.detach(), metric]).to(sums.device).double() * size
+            notify("on_batch_end", batch=b)
+        averages.epoch_end(epoch, active)
+        running = active.cpu().numpy().copy()
+        logs = (sums / n).cpu().numpy()
         for k, key in enumerate(names):
             history[key][running, epoch] = logs[k][running]
         if val is not None:
             with torch.no_grad():
-                vlogs = _evaluate(pop, val[0], val[1], task, batch_size, eval_ctx)
+                vlogs = _evaluate(pop, val, None, objective, batch_size, eval_ctx, fused_pop, scale)
             for key, values in vlogs.items():
                 history[f"val_{key}"][running, epoch] = values[running]
         epochs_run[running] += 1
         bar.update(int(running.sum()))
         governor.tick(int(running.sum()))
+        epoch_logs = {key: values[:, epoch] for key, values in history.items()}
+        rates.epoch_end(epoch, epoch_logs, running)
         if rule is not None:
             monitor = early_stopping.monitor
             if monitor not in history:
                 raise ValueError(f"EarlyStopping monitors {monitor!r}, which this run does not log; logged: {', '.join(history)}.")
             improved, stop, first = rule.update(epoch, history[monitor][:, epoch], running)
             if restore:
-                take = torch.from_numpy(improved | (first & ~has_best.numpy()))
+                take = torch.from_numpy(improved | (first & ~has_best.cpu().numpy())).to(device)
                 if bool(take.any()):
                     for b, p in zip(best_params, state):
                         b.copy_(torch.where(take.view((-1,) + (1,) * (p.dim() - 1)), p.detach(), b))
                     has_best |= take
-            stop_t = torch.from_numpy(stop)
+            stop_t = torch.from_numpy(stop).to(device)
             stopped[stop] = epoch
             active &= ~stop_t
+        trainer.active = active.cpu().numpy().copy()
+        notify("on_epoch_end", epoch=epoch, logs=epoch_logs)
+    averages.finish_population(pop, (xb for _, _, xb, _ in train_data.epoch(batch_size, None)),
+                               lambda x, generators: pop.forward(x, Context(True, generators)))
+    notify("on_train_end")
     with torch.no_grad():
         if restore and bool(has_best.any()):
             for b, p in zip(best_params, state):
                 p.copy_(torch.where(has_best.view((-1,) + (1,) * (p.dim() - 1)), b, p))
     pop.write_back()
-    best = np.where(has_best.numpy(), rule.best_epoch, -1) if restore else np.full(P, -1)
+    best = np.where(has_best.cpu().numpy(), rule.best_epoch, -1) if restore else np.full(P, -1)
     return {"history": history, "epochs_run": epochs_run, "stopped_epoch": stopped, "best_epoch": best,
-            "diverged": diverged.numpy()}
+            "diverged": diverged.cpu().numpy()}
+
+
+def _member_batches(data, batch_size, order, P):
+    """``(idx, size, x, y)`` per batch of an epoch: each member's rows ``order[:, idx]`` (x, y of shape
+    (P, B, ...)), the loader's shared batches ((B, ...)), or the whole set once (x, y None)."""
+    if data.shared_order:
+        yield from data.epoch(batch_size, None)
+        return
+    for idx, size in batches(data.n, batch_size, None):
+        if order is None:
+            yield idx, size, None, None
+        else:
+            yield idx, size, *data.take(order[:, idx])
 
 
 @torch.no_grad()
@@ -504,25 +657,30 @@ def _unfreeze(pop, frozen) -> None:
         b.copy_(torch.where(was_active.view((-1,) + (1,) * (b.dim() - 1)), b, old))
 
 
-def _evaluate(pop: Population, X, Y, task, batch_size, ctx) -> dict:
-    n = X.shape[0]
-    data_sum = torch.zeros(pop.P, dtype=torch.float64)
+def _evaluate(pop: Population, X, Y, objective, batch_size, ctx, fused_pop=None, scale=1.0) -> dict:
+    """``X``: the validation :class:`reglab.training.Data` (``Y`` unused)."""
+    task = objective.task
+    acc = accumulator(X.device)
+    data_sum = torch.zeros(pop.P, dtype=torch.float64, device=acc)
     metric_sum = torch.zeros_like(data_sum)
     act_sum = torch.zeros_like(data_sum)
-    for idx, size in batches(n, batch_size, None):
-        if pop.fused is not None:
-            data, metric, act, _ = pop.fused.run(X[idx], Y[idx], task, grad=False)
+    n = 0
+    for size, xb, yb in X.in_order(batch_size):
+        n += size
+        if fused_pop is not None:
+            data, metric, act, _ = fused_pop.run(xb, yb, task, grad=False)
             data_sum += data.double() * size
             metric_sum += metric.double() * size
             act_sum += act.double() * size
             continue
         if isinstance(pop, ModulePopulation):
-            out, act = pop.forward(X[idx], ctx, shared=True)
+            out, act = pop.forward(xb, ctx, shared=True)
         else:
-            out, act = pop.forward(X[idx].expand((pop.P,) + X[idx].shape), ctx)
-        data_sum += task.sample_loss(out, Y[idx]).sum(-1).double()
-        metric_sum += task.sample_metric(out, Y[idx]).sum(-1).double()
-        act_sum += act.double() * size
-    pen = pop.weight_penalty().double() + act_sum / n
-    return {"loss": (data_sum / n + pen).numpy(), "data_loss": (data_sum / n).numpy(),
-            "penalty": pen.numpy(), task.metric: (metric_sum / n).numpy()}
+            out, act = pop.forward(xb.expand((pop.P,) + xb.shape), ctx)
+        data_sum += objective.sample_loss(out, yb, weighted=False, stacked=True).sum(-1).to(acc).double()
+        metric_sum += task.sample_metric(out, yb).sum(-1).to(acc).double()
+        act_sum += (act * scale if scale != 1.0 else act).to(acc).double() * size
+    wp = pop.weight_penalty().to(acc)
+    pen = (wp * scale if scale != 1.0 else wp).double() + act_sum / n
+    return {"loss": (data_sum / n + pen).cpu().numpy(), "data_loss": (data_sum / n).cpu().numpy(),
+            "penalty": pen.cpu().numpy(), task.metric: (metric_sum / n).cpu().numpy()}

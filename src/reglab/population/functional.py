@@ -6,12 +6,15 @@ under ``torch.func.vmap``. What ``vmap`` cannot do by itself is done around it:
 
 - **Random numbers.** Each member must draw its dropout masks and noise from its own generator,
   exactly as its standalone ``reglab.fit`` draws them from the global one. The base's random
-  layers (``nn.Dropout``/``Dropout1d/2d/3d``, reglab's noise layers) and random functions called in
+  layers (``nn.Dropout``/``Dropout1d/2d/3d``, reglab's noise layers, every
+  :class:`reglab.augment.RandomLayer`: augmentation, DropPath, AlphaDropout) and random functions called in
   a custom ``forward()`` (``F.dropout``, the attention dropout of ``scaled_dot_product_attention``
   and ``nn.MultiheadAttention``) are *sites*. A probe (one forward of the base for one member,
   once per input shape) lists the sites in call order with their shapes; before each forward
   every member draws its tensors for every site from its own generator, outside ``vmap``, and the
-  sites consume them in order. Any other random call fails under ``vmap(randomness="error")`` and
+  sites consume them in order. A ``RandomLayer`` site is drawn by each member's own layer
+  (``layer.sample(shape, dtype, device, generator)``) and run as the base's ``layer.transform``
+  under ``vmap``. Any other random call fails under ``vmap(randomness="error")`` and
   is reported with the module to change.
 - **Recurrent layers.** ``aten::lstm``/``gru``/``rnn`` have no batching rule; the base's
   ``nn.LSTM``/``GRU``/``RNN`` run as cell loops written for one member, which ``vmap`` batches.
@@ -33,6 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..attach import registry
+from ..augment import RandomLayer
 from ..layers import GaussianDropout, GaussianNoise, SequenceDropout
 from .merge import MergedConstraint, MergedPenalty, MergedRules
 
@@ -44,6 +48,8 @@ ADDITIVE = (GaussianNoise,)
 
 def site_kind(module: nn.Module) -> type | None:
     """The random layer type ``module`` is (for drawing), or None."""
+    if isinstance(module, RandomLayer):
+        return type(module)
     if isinstance(module, (nn.AlphaDropout, nn.FeatureAlphaDropout)):
         return None
     for cls in (SequenceDropout, GaussianNoise, GaussianDropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Dropout):
@@ -113,6 +119,7 @@ class _Site:
     rates: list | None    # per-member rates of a layer; one shared rate for a function call
     shape: tuple = ()
     order: tuple | None = None   # memory order of a dropout's input (see memory_order)
+    members: list | None = None  # a RandomLayer site: each member's own layer, which samples for it
 
 
 class _Sites(TorchFunctionMode):
@@ -297,7 +304,9 @@ def _settings(module: nn.Module) -> tuple:
     """The plain attributes that change what ``module`` computes (its rate excepted for random layers)."""
     skip = {"training", "_reglab"}
     kind = site_kind(module)
-    if kind is not None:
+    if kind is not None and issubclass(kind, RandomLayer):
+        skip |= set(kind.member_settings)   # only change what each member's own layer samples
+    elif kind is not None:
         skip |= {RATE_ATTR.get(kind, "p"), "inplace"}
     simple = (int, float, str, bool, type(None))
     out = []
@@ -366,7 +375,10 @@ class ModulePopulation(MergedRules):
         self.site_modules = {}
         for name, m in self.base.named_modules():
             kind = site_kind(m)
-            if kind is not None:
+            if kind is not None and issubclass(kind, RandomLayer):
+                self.site_modules[name] = _Site(kind, name, None, members=[mm.get_submodule(name) for mm in models])
+                m.forward = self._site_forward(m, name)
+            elif kind is not None:
                 per_member = [float(getattr(dict(mm.named_modules())[name], RATE_ATTR.get(kind, "p"))) for mm in models]
                 self.site_modules[name] = _Site(kind, name, per_member)
                 m.forward = self._site_forward(m, name)
@@ -425,6 +437,13 @@ class ModulePopulation(MergedRules):
     # -- random sites -----------------------------------------------------------------------------
     def _site_forward(self, module, name):
         kind = site_kind(module)
+        if issubclass(kind, RandomLayer):
+            def transform(x):
+                if not module.training:
+                    return module.inference(x)
+                params = self._next(name, x)
+                return module.inference(x) if params is None else module.transform(x, params)   # None: probing
+            return transform
 
         def forward(x):
             if not module.training:
@@ -438,7 +457,9 @@ class ModulePopulation(MergedRules):
     def _next(self, name, x=None):
         if self._draws is None:   # probing: record, draw nothing
             site = self.site_modules.get(name)
-            if site is not None:
+            if site is not None and site.members is not None:   # a RandomLayer samples for the input's shape
+                self._probe_calls.append(_Site(site.kind, name, None, tuple(x.shape), None, site.members))
+            elif site is not None:
                 plain = site.kind in (nn.Dropout,)   # the kinds that draw into empty_like(x)
                 self._probe_calls.append(_Site(site.kind, name, site.rates, noise_shape(site.kind, tuple(x.shape)),
                                                memory_order(x) if plain else None))
@@ -473,6 +494,11 @@ class ModulePopulation(MergedRules):
         dtype = self.params[0].dtype
         draws, slots = [], []
         for site in plan:
+            if site.members is not None:   # each member's own RandomLayer samples from its generator
+                slots.append(len(draws))
+                draws.append(torch.stack([m.sample(site.shape, dtype, device, gen)
+                                          for m, gen in zip(site.members, generators)]))
+                continue
             layer = isinstance(site.kind, type)
             kind = site.kind if layer else nn.Dropout
             rates = site.rates if layer else site.rates * self.P
@@ -579,7 +605,8 @@ def _explain(exc: RuntimeError, model: nn.Module) -> Exception:
     first = (text.splitlines() or [type(exc).__name__])[0]
     if "randomness" in text or "random operation" in text:
         return NotBatchable(f"{type(model).__name__} draws random numbers in forward() outside the layers reglab draws per "
-                            "member (nn.Dropout*, F.dropout, attention dropout, reglab.GaussianNoise/GaussianDropout); "
+                            "member (nn.Dropout*, F.dropout, attention dropout, reglab.GaussianNoise/GaussianDropout, "
+                            "reglab's augmentation layers, DropPath, AlphaDropout); "
                             "use those layers, or train the model with reglab.fit.")
     if "vmap" in text or "Batching rule" in text or "data-dependent" in text or ".item()" in text:
         return NotBatchable(f"{type(model).__name__} cannot run as a population under torch.func.vmap ({first}); "

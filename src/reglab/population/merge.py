@@ -54,9 +54,10 @@ class MergedPenalty:
             value = pen.members(w)
             total = value if total is None else total + value
         if self.custom:
-            extra = torch.zeros(w.shape[0], dtype=w.dtype)
+            extra = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
             for i, pen in self.custom:
-                extra = extra.index_put((torch.tensor([i]),), torch.as_tensor(pen(w[i]), dtype=w.dtype).reshape(1),
+                extra = extra.index_put((torch.tensor([i], device=w.device),),
+                                        torch.as_tensor(pen(w[i]), dtype=w.dtype).reshape(1),
                                         accumulate=True)
             total = extra if total is None else total + extra
         return total
@@ -94,6 +95,8 @@ class MergedConstraint:
     @torch.no_grad()
     def apply_(self, w: torch.Tensor, active: torch.Tensor | None) -> None:
         for con, mask in self.groups:
+            if mask is not None and mask.device != w.device:
+                mask = mask.to(w.device)
             keep = mask if active is None else (active if mask is None else mask & active)
             projected = con.members(w)
             if keep is None:

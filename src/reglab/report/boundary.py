@@ -78,15 +78,10 @@ def _retrain(run, names, seed: int) -> dict:
         groups.setdefault(runner._group_key(by_name[n].training), []).append(by_name[n])
     models = {}
     for vs in groups.values():
-        training = vs[0].training
-        # the same call as reglab.study.runner._train, for one seed
+        # the same call as reglab.study.runner.execute, for one seed
         result = train_population(
             build, [{"variant": v.name} for v in vs], [seed], train=(ds.X_train, ds.y_train),
-            validation=ds.validation(), epochs=training.get("epochs", 100), batch_size=training.get("batch_size"),
-            optimizer=training.get("optimizer"), lr=[v.training.get("lr") for v in vs],
-            weight_decay=training.get("weight_decay"), momentum=training.get("momentum", 0.0), task=ds.task,
-            preset=training.get("preset", "keras"), early_stopping=runner._early_stopping(training), progress=False,
-            threads=1)
+            validation=ds.validation(), task=ds.task, progress=False, threads=1, **runner.population_options(vs))
         for i, member in enumerate(result.members):
             models[vs[member["config_index"]].name] = (result.models[i], result.task)
     return models

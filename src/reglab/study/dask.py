@@ -236,6 +236,14 @@ class DaskExecutor:
             raise self._lost(exc) from None
         return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
 
+    def gpus(self) -> int:
+        """GPUs the cluster's workers advertise as Dask resources (``dask worker --resources GPU=1``)."""
+        try:
+            workers = self.client.scheduler_info().get("workers", {}).values()
+        except (OSError, TimeoutError, AttributeError):
+            return 0
+        return int(sum(float((w.get("resources") or {}).get("GPU", 0)) for w in workers))
+
     def window(self) -> int:
         """How many tasks :meth:`map` keeps submitted at once: ``IN_FLIGHT_PER_THREAD`` per worker
         thread, at least ``MIN_IN_FLIGHT`` (enough to keep every worker busy while results travel)."""
@@ -258,11 +266,14 @@ class DaskExecutor:
         waiting = iter(tasks)
         done = distributed.as_completed()
         bar = tqdm(total=len(tasks), desc="tasks", unit="task", disable=None if progress is None else not progress)
+        # Workers started with --resources GPU=1 (one per GPU, e.g. CUDA_VISIBLE_DEVICES=i) take one task
+        # at a time each, which then trains on that worker's GPU (the study's device "auto").
+        resources = {"GPU": 1} if self.gpus() else None
 
         def submit(n):
             try:
                 for task in itertools.islice(waiting, max(0, n)):
-                    future = client.submit(run_task, payload, data, task, pure=False, retries=2)
+                    future = client.submit(run_task, payload, data, task, pure=False, retries=2, resources=resources)
                     futures[future] = task
                     done.add(future)
             except (OSError, TimeoutError) as exc:

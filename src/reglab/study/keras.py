@@ -32,6 +32,12 @@ Keras layers whose PyTorch counterparts have other defaults or another layout, a
   per sample and feature, shared by every step, Keras's noise shape (N, 1, features)); after a
   Conv1D (N, C, steps) → ``nn.Dropout1d`` (mask (N, C, 1)). ``SpatialDropout2D(rate)`` on images
   (N, C, H, W) → ``nn.Dropout2d`` (mask (N, C, 1, 1): whole channels, Keras's (N, 1, 1, C)).
+- ``RandomFlip``, ``RandomTranslation``, ``RandomRotation``, ``RandomZoom``, ``RandomCrop`` with
+  Keras's arguments and defaults (factors as fractions, ``fill_mode="reflect"``,
+  ``interpolation="bilinear"``, ``fill_value=0.0``) → :mod:`reglab.augment`'s layers of the same
+  names, on images (N, C, H, W); active in training only, each sample drawing its own parameters
+  from the run's stream. ``AlphaDropout(rate)`` → :class:`reglab.AlphaDropout`. A ``seed`` (and
+  AlphaDropout's ``noise_shape``) is refused: every random layer draws from the run's seed.
 
 >>> model = build(["Dense(8, input_dim=2, activation='relu', kernel_regularizer=l2(0.001))",
 ...                "Dense(1, activation='sigmoid')"], input_shape=(2,))
@@ -54,6 +60,7 @@ from .. import constraints as C
 from .. import penalties as R
 from .._parse import Call, ParseError, parse_call
 from ..attach import registry, regularize
+from ..augment import AlphaDropout, RandomCrop, RandomFlip, RandomRotation, RandomTranslation, RandomZoom
 from ..layers import (ChannelsFirst, GaussianDropout, GaussianNoise, KerasBatchNorm, KerasLayerNorm, RNNOutput,
                       SequenceDropout)
 
@@ -98,14 +105,27 @@ _ALLOWED = {
     "Embedding": {"input_dim", "output_dim", "embeddings_regularizer", "embeddings_constraint", "mask_zero",
                   "input_length"},
     "SpatialDropout1D": {"rate"}, "SpatialDropout2D": {"rate"},
+    "RandomFlip": {"mode", "seed"}, "RandomCrop": {"height", "width", "seed"},
+    "RandomTranslation": {"height_factor", "width_factor", "fill_mode", "interpolation", "seed", "fill_value"},
+    "RandomRotation": {"factor", "fill_mode", "interpolation", "seed", "fill_value"},
+    "RandomZoom": {"height_factor", "width_factor", "fill_mode", "interpolation", "seed", "fill_value"},
+    "AlphaDropout": {"rate", "noise_shape", "seed"},
 }
+# Keras's augmentation layers: their classes here and the arguments a line must give.
+_AUGMENT = {"RandomFlip": (RandomFlip, ()), "RandomTranslation": (RandomTranslation, ("height_factor", "width_factor")),
+            "RandomRotation": (RandomRotation, ("factor",)), "RandomZoom": (RandomZoom, ("height_factor",)),
+            "RandomCrop": (RandomCrop, ("height", "width"))}
 _POSITIONAL = {"Dense": ["units"], "Conv1D": ["filters", "kernel_size"], "Conv2D": ["filters", "kernel_size"],
                "LSTM": ["units"], "GRU": ["units"], "SimpleRNN": ["units"], "MaxPooling1D": ["pool_size"],
                "MaxPooling2D": ["pool_size"], "AveragePooling1D": ["pool_size"], "AveragePooling2D": ["pool_size"],
                "Dropout": ["rate"], "GaussianNoise": ["stddev"], "GaussianDropout": ["rate"], "Activation": ["activation"],
                "BatchNormalization": ["axis", "momentum", "epsilon", "center", "scale"],
                "LayerNormalization": ["axis", "epsilon", "center", "scale"], "Embedding": ["input_dim", "output_dim"],
-               "SpatialDropout1D": ["rate"], "SpatialDropout2D": ["rate"]}
+               "SpatialDropout1D": ["rate"], "SpatialDropout2D": ["rate"], "RandomFlip": ["mode", "seed"],
+               "RandomTranslation": ["height_factor", "width_factor", "fill_mode", "interpolation", "seed", "fill_value"],
+               "RandomRotation": ["factor", "fill_mode", "interpolation", "seed", "fill_value"],
+               "RandomZoom": ["height_factor", "width_factor", "fill_mode", "interpolation", "seed", "fill_value"],
+               "RandomCrop": ["height", "width", "seed"], "AlphaDropout": ["rate", "noise_shape", "seed"]}
 _ALIASES = {"Convolution1D": "Conv1D", "Convolution2D": "Conv2D", "MaxPool1D": "MaxPooling1D",
             "MaxPool2D": "MaxPooling2D", "AvgPool1D": "AveragePooling1D", "AvgPool2D": "AveragePooling2D"}
 
@@ -161,6 +181,12 @@ def parse_line(line: str) -> tuple[str, dict]:
             raise ModelError(f"{line!r}: input_shape must be a tuple of positive ints such as (8, 8). Got {shape!r}.")
     if kind == "ActivityRegularization":
         _rule(Call("l1_l2", (), {k: args[k] for k in ("l1", "l2") if k in args}), R.get, f"{line!r}")
+    if args.get("seed") is not None:
+        raise ModelError(f"{line!r}: seed is not supported: every random layer draws from the run's seed (each "
+                         f"population member from its own stream); remove seed={args['seed']!r}.")
+    if args.get("noise_shape") is not None:
+        raise ModelError(f"{line!r}: noise_shape is not supported: AlphaDropout draws one mask value per element; "
+                         f"remove noise_shape={args['noise_shape']!r}.")
     return kind, args
 
 
@@ -355,6 +381,27 @@ def _add(kind, args, shape, modules, where, last, task, convention):
                              f"shape {shape}; use Dropout, or SpatialDropout1D for sequences.")
         # Keras's channels-last mask (N, 1, 1, C) is nn.Dropout2d's (N, C, 1, 1) on (N, C, H, W).
         modules.append(nn.Dropout2d(rate))
+        return shape
+    elif kind in _AUGMENT:
+        cls, required = _AUGMENT[kind]
+        if len(shape) != 3:
+            raise ModelError(f"{where}: {kind} needs images, samples of shape (channels, height, width); these have "
+                             f"shape {shape}.")
+        missing = [name for name in required if name not in args]
+        if missing:
+            raise ModelError(f"{where}: {kind} needs {' and '.join(missing)} (Keras has no default).")
+        options = {k: v for k, v in args.items() if k in _ALLOWED[kind] and k != "seed"}
+        try:
+            module = cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        if kind == "RandomCrop" and shape[0] * module.height * module.width > MAX_LAYER_WEIGHTS:
+            raise ModelError(f"{where}: would give each sample {shape[0] * module.height * module.width:,} values (more "
+                             f"than {MAX_LAYER_WEIGHTS:,}); lower height or width.")
+        modules.append(module)
+        return (shape[0], module.height, module.width) if kind == "RandomCrop" else shape
+    elif kind == "AlphaDropout":
+        modules.append(AlphaDropout(_fraction(args.get("rate"), where, "rate")))
         return shape
     elif kind == "Activation":
         act = _activation(args.get("activation"), where)

@@ -2,7 +2,10 @@
 
 Re-running a study resumes it: (configuration, seed) pairs already in the store are not trained
 again. Results are saved population by population, each in one transaction, so an interrupted
-run loses at most the members in flight.
+run loses at most the members in flight; the local executor cuts a population that would train
+longer than a few minutes into shorter ones (:mod:`reglab.study.sizing`), so that is at most a few
+minutes of training. While it runs, :mod:`reglab.study.progress` shows how far it has got and
+writes it to the store for `reglab status`.
 
 A study over several train/test splits (``splits = K``) trains every (variant, split, seed): a
 population belongs to one split's data, a record carries its ``split`` (none for split 0, see
@@ -12,10 +15,13 @@ corrected resampled t-test (:func:`reglab.stats.paired`), since the splits' trai
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import json
 import math
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -44,9 +50,29 @@ class StudyRun:
     trained: int = 0          # members trained by this call (the rest came from the store)
 
 
+# Training settings that may differ between the members of one population (one value per member).
+PER_MEMBER = ("lr", "label_smoothing", "class_weight")
+
+
 def _group_key(training: dict) -> str:
-    shared = {k: v for k, v in training.items() if k != "lr"}
+    shared = {k: v for k, v in training.items() if k not in PER_MEMBER}
     return json.dumps(shared, sort_keys=True)
+
+
+def population_options(vs) -> dict:
+    """The keyword arguments of ``train_population`` for variants ``vs`` of one group (same
+    ``_group_key``): the shared settings of the first, the per-member ones of each."""
+    training = vs[0].training
+    return dict(epochs=training.get("epochs", 100), batch_size=training.get("batch_size"),
+                optimizer=training.get("optimizer"), lr=[v.training.get("lr") for v in vs],
+                weight_decay=training.get("weight_decay"), momentum=training.get("momentum", 0.0),
+                label_smoothing=[v.training.get("label_smoothing", 0.0) for v in vs],
+                class_weight=[v.training.get("class_weight") for v in vs],
+                clipnorm=training.get("clipnorm"), clipvalue=training.get("clipvalue"),
+                global_clipnorm=training.get("global_clipnorm"), schedule=training.get("schedule"),
+                mixup=training.get("mixup"), ema=training.get("ema"), swa=training.get("swa"),
+                preset=training.get("preset", "keras"), early_stopping=_early_stopping(training),
+                device=training.get("device", "auto"))
 
 
 def _early_stopping(training):
@@ -86,6 +112,13 @@ def prepare(study: S.Study):
                                    "the study's inputs are floats; give integer columns and set [data] standardize = false") from None
             raise S.StudyError(f"variants.{v.name}: the model does not fit the data: "
                                f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+        if v.training.get("mixup"):   # mixup needs float inputs, CutMix images: said before anything trains
+            from .. import mixup as _mixup
+
+            try:
+                _mixup.Mixing(_mixup.get(v.training["mixup"]), [0], owner=f"variants.{v.name}")._check(sample)
+            except (ValueError, TypeError) as exc:
+                raise S.StudyError(S.one_line(str(exc))) from None
         # A model the population engine cannot train (not an nn.Sequential, an unsupported layer,
         # a rule it cannot place) is refused here too: before the store is touched.
         try:
@@ -116,9 +149,12 @@ def _check_token_ids(model, dataset, where):
 
 
 def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=None, echo=None,
-        task_size: int | None = None, keep_histories: bool = True, until_clear: int | None = None) -> StudyRun:
+        task_size: int | None = None, keep_histories: bool = True, until_clear: int | None = None,
+        save_models=None) -> StudyRun:
     """Run (or resume) ``study``; returns every record and the summary. ``executor`` runs the
-    populations (default: :class:`LocalExecutor`, in this process). ``task_size`` caps the members
+    populations (default: :class:`LocalExecutor`, in this process). ``progress``: None shows one bar
+    for the run when stderr is a terminal and otherwise prints a line through ``echo`` every 30 s
+    (:mod:`reglab.study.progress`); True always the bar; False neither. ``task_size`` caps the members
     of one population: smaller tasks are saved more often (an interruption loses less) but train
     less in parallel; default: no cap. ``keep_histories=False`` (with a store) keeps in memory only
     the learning curves the summary reads -- the store has every curve -- so that memory does not
@@ -126,7 +162,10 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
 
     ``until_clear=N``: while some comparison is unclear ("no clear difference") and fewer than N
     seeds ran, double the seeds (at most N) for the baseline and the unclear variants only, and
-    compare again; the paired statistics use the seeds both sides have."""
+    compare again; the paired statistics use the seeds both sides have.
+
+    ``save_models``: a folder (created if missing) to write every member this call trains into, with
+    the code that builds it and an index (:mod:`reglab.study.saved`); local executor only."""
     if until_clear is not None and (isinstance(until_clear, bool) or not isinstance(until_clear, int) or until_clear < 2):
         raise ValueError(f"until_clear must be an int >= 2 (the most seeds to run) or None. Got {until_clear!r} instead.")
     if task_size is not None and (isinstance(task_size, bool) or not isinstance(task_size, int) or task_size < 1):
@@ -136,14 +175,26 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
     if have != study.splits:
         raise ValueError(f"the dataset has {have} train/test split(s) but the study has splits = {study.splits}; "
                          f"pass the dataset of reglab.study.prepare(study), or none")
+    if save_models is not None:   # checked before the store is touched
+        from .saved import check_folder
+
+        if executor is not None and type(executor) is not LocalExecutor:
+            raise ValueError("The 'save_models' parameter of run needs the local executor (executor=None): "
+                             f"another executor's tasks may run on other machines. Got {type(executor).__name__}.")
+        try:
+            executor = LocalExecutor(check_folder(save_models, study))
+        except ValueError as exc:
+            raise ValueError(f"The 'save_models' parameter of run: {exc}.") from None
     executor = LocalExecutor() if executor is None else executor
     study_id = store.open_study(study.name, study.as_dict()) if store is not None else None
     planned = {"seeds": list(study.seeds), "members": len(study.variants) * len(study.seeds) * study.splits}
-    with store.lease(study_id, planned) if store is not None else contextlib.nullcontext():
+    with store.lease(study_id, planned) if store is not None else contextlib.nullcontext(), \
+            _progress(progress, echo, store, study_id) as tracker:
+        echo = tracker.note if echo is not None else None   # lines printed while a bar shows do not break it
         slim = _slim if store is not None and not keep_histories else None
         records = store.results(study_id) if store is not None else []
         run_ = StudyRun(study, dataset, [slim(r) for r in records] if slim else records)
-        _train(study, study.variants, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
+        _train(study, study.variants, dataset, store, study_id, run_, tracker, echo, executor, task_size, slim)
         if study.protocol == "grid" and study.grid.get("refine", True) and len(S.values(study.grid)) == 1:
             coarse = {v.key for v in study.variants}   # decide from the coarse grid alone, as on the first run
             refined = _refined_variants(study, [r for r in run_.records if r["config_key"] in coarse], dataset.task)
@@ -152,7 +203,7 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
                 if store is not None:
                     members = len(study.variants) * len(study.seeds) * study.splits
                     store.plan_run(study_id, {**planned, "members": members})
-                _train(study, refined, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
+                _train(study, refined, dataset, store, study_id, run_, tracker, echo, executor, task_size, slim)
         while until_clear is not None:
             unclear = _unclear(study, run_, dataset)
             if not unclear or len(study.seeds) >= until_clear:
@@ -169,7 +220,7 @@ def run(study: S.Study, store=None, *, dataset=None, executor=None, progress=Non
             if store is not None:
                 store.plan_run(study_id, {"seeds": list(study.seeds),
                                           "members": len(study.variants) * len(study.seeds) * study.splits})
-            _train(study, subset, dataset, store, study_id, run_, progress, echo, executor, task_size, slim)
+            _train(study, subset, dataset, store, study_id, run_, tracker, echo, executor, task_size, slim)
     run_.records = _current(study, run_.records)
     run_.summary = summarize(study, run_.records, dataset)
     return run_
@@ -242,11 +293,14 @@ def _split(task: Task, task_size: int | None) -> list[Task]:
     return [Task(task.variants, task.seeds[i:i + step], task.split) for i in range(0, len(task.seeds), step)]
 
 
-def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | None = None) -> list[dict]:
+def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | None = None,
+            save_models=None, callbacks=()) -> list[dict]:
     """Train one task's population and return its records (what the store keeps).
 
     ``threads``: None lets reglab.threads choose (REGLAB_THREADS, else the governor); an int pins it.
-    The population trains on the data of the task's split (``dataset.for_split(task.split)``)."""
+    The population trains on the data of the task's split (``dataset.for_split(task.split)``).
+    ``save_models``: a folder to write every member into (:mod:`reglab.study.saved`).
+    ``callbacks``: :class:`reglab.Callback` objects for ``train_population`` (progress, timing)."""
     dataset = dataset.for_split(task.split)
     by_name = {v.name: v for v in study.variants}
     vs = [by_name[name] for name in task.variants]
@@ -254,13 +308,14 @@ def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | N
     build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
     result = train_population(
         build, [{"variant": v.name} for v in vs], list(task.seeds), train=(dataset.X_train, dataset.y_train),
-        validation=dataset.validation(), epochs=training.get("epochs", 100),
-        batch_size=training.get("batch_size"), optimizer=training.get("optimizer"),
-        lr=[v.training.get("lr") for v in vs], weight_decay=training.get("weight_decay"),
-        momentum=training.get("momentum", 0.0), task=dataset.task, preset=training.get("preset", "keras"),
-        early_stopping=_early_stopping(training), progress=progress, threads=threads)
+        validation=dataset.validation(), task=dataset.task, progress=progress, threads=threads,
+        callbacks=list(callbacks), **population_options(vs))
     records = [_record(vs[m["config_index"]], m["seed"], i, result, dataset, study)
                for i, m in enumerate(result.members)]
+    if save_models is not None:
+        from .saved import save_members
+
+        save_members(save_models, study, dataset, task.split, vs, result, records)
     return [_in_split(r, task.split) for r in records] if task.split else records
 
 
@@ -275,16 +330,68 @@ def _in_split(record: dict, split: int) -> dict:
 
 
 class LocalExecutor:
-    """Runs tasks one after another in this process."""
+    """Runs tasks one after another in this process; ``save_models``: a folder to write every
+    member into as its task finishes (:mod:`reglab.study.saved`).
+
+    A task that would train longer than :data:`reglab.study.sizing.MAX_TASK_SECONDS` is cut into
+    shorter ones (:mod:`reglab.study.sizing`), each yielded, hence saved, when it finishes: the
+    records are the same, an interruption loses less."""
 
     chunks = 1
 
-    def map(self, study, dataset, tasks, progress=None):
-        for task in tasks:
-            yield task, execute(study, dataset, task, progress)
+    def __init__(self, save_models=None):
+        self.save_models = save_models
+
+    def map(self, study, dataset, tasks, progress=None, tracker=None):
+        """Yield ``(task, records)`` for each task trained (the pieces of a task that was cut);
+        ``tracker``: a :class:`reglab.study.progress.RunProgress` that follows every epoch."""
+        from . import sizing
+        from .progress import duration
+
+        budget = sizing.TimeBudget(sizing.MAX_TASK_SECONDS)
+        queue = collections.deque(tasks)
+        while queue:
+            task = queue.popleft()
+            epochs = _epochs(study, task)
+            pieces = budget.pieces(task, epochs)   # cut before it starts, at the rate measured on its variants
+            if len(pieces) > 1:
+                queue.extendleft(reversed(pieces))
+                continue
+            callbacks = [budget.clock(task, epochs)] + ([tracker.callback(task, epochs)] if tracker else [])
+            try:
+                records = execute(study, dataset, task, progress, save_models=self.save_models, callbacks=callbacks)
+            except sizing.TaskTooLong as long:
+                pieces = budget.split(task, long.seconds)
+                if tracker is not None:
+                    tracker.dropped(task)
+                    tracker.note(f"a population of {sizing.members(task)} members would train about "
+                                 f"{duration(long.seconds)}: cut into {len(pieces)}, each saved when it finishes")
+                queue.extendleft(reversed(pieces))
+                continue
+            yield task, records
 
 
-def _train(study, variants, dataset, store, study_id, run_, progress, echo, executor, task_size=None, slim=None):
+def _epochs(study, task: Task) -> int:
+    """The epochs ``task`` trains (its variants share them)."""
+    variant = next(v for v in study.variants if v.name == task.variants[0])
+    return population_options([variant])["epochs"]
+
+
+def _progress(progress, echo, store, study_id):
+    """The run's :class:`reglab.study.progress.RunProgress`. ``progress=None``: a bar when stderr is a
+    terminal, else a plain line through ``echo`` every ``LINE_SECONDS``; True: a bar; False:
+    neither. The store gets the progress in every case (`reglab status`)."""
+    from .progress import RunProgress
+
+    try:
+        terminal = sys.stderr.isatty()
+    except (AttributeError, ValueError):   # replaced or closed
+        terminal = False
+    return RunProgress(bar=progress is True or (progress is None and terminal), lines=progress is None and not terminal,
+                       echo=echo, store=store, study_id=study_id)
+
+
+def _train(study, variants, dataset, store, study_id, run_, tracker, echo, executor, task_size=None, slim=None):
     done = {_done(r) for r in run_.records}
     tasks = plan(study, variants, done, executor.chunks, task_size)
     if echo and tasks:
@@ -296,7 +403,10 @@ def _train(study, variants, dataset, store, study_id, run_, progress, echo, exec
         else:
             echo(f"training {len(tasks[0].variants)} variant(s) × {len(tasks[0].seeds)} seed(s) = {members} members"
                  + (f" on split {tasks[0].split}" if study.splits > 1 else ""))
-    for task, new in executor.map(study, dataset, tasks, progress):
+    tracker.plan(tasks, functools.partial(_epochs, study))
+    # the run's bar replaces the populations' own; the local executor reports every epoch
+    follow = {"tracker": tracker} if isinstance(executor, LocalExecutor) else {}
+    for task, new in executor.map(study, dataset, tasks, False, **follow):
         if store is not None:
             with _interrupts_deferred():   # a finished task is saved whole even if Ctrl-C lands now
                 store.save(study_id, new)  # the driver is the only writer; one transaction per task
@@ -304,6 +414,7 @@ def _train(study, variants, dataset, store, study_id, run_, progress, echo, exec
                 new = [slim(r) for r in new]
         run_.records.extend(new)
         run_.trained += len(new)
+        tracker.finished(task, _epochs(study, task))
 
 
 SUMMARY_HISTORY = ("val_loss", "epoch")   # all that summarize() reads of a learning curve

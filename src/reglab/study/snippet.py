@@ -40,7 +40,7 @@ model = nn.Sequential(
 <BLANKLINE>
 history = reglab.fit(
     model, train, validation,
-    epochs=5, task='binary', seed=0,
+    epochs=5, task='binary', preset='keras', seed=0,
 )
 """
 
@@ -49,6 +49,7 @@ from __future__ import annotations
 import ast
 import keyword
 import math
+from pathlib import Path
 
 from torch import nn
 
@@ -56,7 +57,7 @@ from .. import constraints as C
 from .. import layers as L
 from .. import penalties as R
 
-__all__ = ["variant_snippet"]
+__all__ = ["build_code", "variant_snippet"]
 
 DATA_NOTE = ("# train = (X_train, y_train); validation = (X_val, y_val): your data, as NumPy arrays or tensors,\n"
              "# scaled as the study scaled its data (the strengths below were chosen for that scale)")
@@ -87,25 +88,52 @@ def variant_snippet(study, variant, model: nn.Module, *, task: str | None = None
 
 
 def _snippet(study, variant, model, task, seed) -> str:
-    factory = (study.model.get("factory") if study is not None else None)
     is_factory = variant.layers is None
     head = [f"# Variant {variant.name!r}" + (f" of the study {study.name!r}" if study is not None else "")
             + ", as PyTorch code.", DATA_NOTE]
     if study is not None and study.data:
         head.append("# (the study's data: " + _one_line(_table_text(study.data)) + ")")
-    body: list[str] = []
-    if is_factory:
-        imports = ["import reglab"]
-        body += _factory_lines(factory, variant.args)
-        body += _rule_lines(variant.rules, variant.activity_convention)
-    else:
-        imports = ["from torch import nn", "", "import reglab"]
-        if task in ("binary", "multiclass"):
-            body.append("# the model outputs logits: reglab.fit's loss applies the sigmoid / softmax")
-        body += _sequential_lines(model)
-        body += _attached_lines(model)
+    imports, body = _model_lines(study, variant, model)
+    if not is_factory and task in ("binary", "multiclass"):
+        body.insert(0, "# the model outputs logits: reglab.fit's loss applies the sigmoid / softmax")
     body += [""] + _fit_lines(variant.training, task, seed)
     return "\n".join(head + [""] + imports + [""] + body) + "\n"
+
+
+def _model_lines(study, variant, model) -> tuple[list[str], list[str]]:
+    """The imports and the lines that bind ``model``: the model built and its regularization attached."""
+    if variant.layers is None:
+        factory = study.model.get("factory") if study is not None else None
+        return ["import reglab"], (_factory_lines(factory, variant.args)
+                                   + _rule_lines(variant.rules, variant.activity_convention))
+    return ["from torch import nn", "", "import reglab"], _sequential_lines(model) + _attached_lines(model)
+
+
+def build_code(study, variant, model: nn.Module) -> str:
+    """``variant``'s architecture as a Python module whose ``build()`` returns the model (its
+    regularization attached, its weights freshly initialised): what ``reglab run --save-models``
+    writes beside the members' weights, so that ``build().load_state_dict(weights)`` restores one.
+
+    The lines are :func:`variant_snippet`'s, without the training. A factory model's module is
+    imported from the study file's folder, which the code puts on ``sys.path``, as the study did.
+    A model that cannot be written as code gives a ``build()`` that raises NotImplementedError.
+    """
+    head = [f"# Variant {variant.name!r}" + (f" of the study {study.name!r}" if study is not None else "")
+            + ": build() gives the model the saved weights fit (reglab run --save-models).",
+            "# model = build(); model.load_state_dict(safetensors.torch.load_file(PATH)); then",
+            "# reglab.predict(model, X) / reglab.predict_proba(model, X), X scaled as the study scaled its data."]
+    try:
+        imports, body = _model_lines(study, variant, model)
+    except Exception as exc:   # noqa: BLE001 - the weights are saved even when the code cannot be written
+        reason = _one_line(f"the model cannot be written as code ({type(exc).__name__}: {exc})")
+        return "\n".join(head + ["", "", "def build():", f"    raise NotImplementedError({reason!r})"]) + "\n"
+    if variant.layers is None and study is not None and study.model.get("factory"):
+        folder = str(Path(study.base_dir).resolve())
+        imports = ["import sys", "", *imports, "",
+                   f"STUDY_FOLDER = {folder!r}   # where the study imported model.factory from",
+                   "if STUDY_FOLDER not in sys.path:", "    sys.path.insert(0, STUDY_FOLDER)"]
+    body = ["    " + line if line else "" for text in body for line in text.split("\n")]
+    return "\n".join(head + [""] + imports + ["", "", "def build():"] + body + ["    return model"]) + "\n"
 
 
 # ---------------------------------------------------------------------------------- the model
@@ -299,17 +327,30 @@ def _factory_lines(ref: str | None, args: dict | None = None) -> list[str]:
 
 # ----------------------------------------------------------------------------------- training
 
-_FIT_KEYS = ("batch_size", "optimizer", "lr", "weight_decay", "momentum")
+_FIT_KEYS = ("batch_size", "optimizer", "lr", "weight_decay", "momentum", "label_smoothing", "clipnorm", "clipvalue",
+             "global_clipnorm")
+_SCHEDULES = {"exponential": "reglab.ExponentialDecay", "step": "reglab.StepDecay", "cosine": "reglab.CosineDecay",
+              "plateau": "reglab.ReduceLROnPlateau"}
 
 
 def _fit_lines(training: dict, task: str | None, seed: int) -> list[str]:
     """``reglab.fit(...)`` with the arguments the study's runner gives train_population (runner.execute)."""
     args = [f"epochs={_literal(training.get('epochs', FIT_DEFAULT_EPOCHS))}"]
     args += [f"{key}={_literal(training[key])}" for key in _FIT_KEYS if training.get(key) is not None]
+    cw = training.get("class_weight")
+    if cw is not None:
+        args.append("class_weight=" + (_literal(cw) if isinstance(cw, str) else
+                                        "{" + ", ".join(f"{int(k)}: {_literal(v)}" for k, v in cw.items()) + "}"))
+    if training.get("schedule"):
+        kwargs = dict(training["schedule"])
+        args.append("schedule=" + _call(_SCHEDULES[kwargs.pop("kind")], **kwargs))
+    for key, kind in (("mixup", "reglab.Mixup"), ("ema", "reglab.EMA"), ("swa", "reglab.SWA")):
+        if training.get(key) is not None:
+            args.append(f"{key}=" + _call(kind, **training[key]))
     if task is not None:
         args.append(f"task={task!r}")
-    if training.get("preset") is not None:
-        args.append(f"preset={_literal(training['preset'])}")
+    # a study re-initialises every member from its seed (Keras's initialisers unless it says "torch")
+    args.append(f"preset={_literal(training.get('preset', 'keras'))}")
     es = training.get("early_stopping")
     if es:
         args.append("callbacks=[" + _call("reglab.EarlyStopping", **es) + "]")

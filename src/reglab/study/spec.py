@@ -43,7 +43,11 @@ def one_line(text: str) -> str:
 TOP_KEYS = {"name", "question", "protocol", "seeds", "splits", "baseline", "data", "model", "training", "variants",
             "grid"}
 MODEL_KEYS = {"layers", "factory", "args", "rules", "activity_convention"}
-TRAINING_KEYS = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "preset", "early_stopping"}
+TRAINING_KEYS = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "preset", "early_stopping",
+                 "label_smoothing", "class_weight", "clipnorm", "clipvalue", "global_clipnorm", "schedule", "mixup",
+                 "ema", "swa", "device"}
+# Where a study trains does not change what it measures: not part of a variant's stored key.
+NOT_IN_KEY = ("device",)
 VARIANT_KEYS = {"layers", "insert", "replace", "rules", "args", "training", "activity_convention", "description"}
 GRID_KEYS = {"variant", "values", "refine", "refine_points", "include_none", "parameter"}
 EARLY_KEYS = {"monitor", "min_delta", "patience", "mode", "baseline", "restore_best_weights", "start_from_epoch"}
@@ -99,7 +103,8 @@ class Variant:
     def key(self) -> str:
         """Stable key of the configuration in the store (factory arguments only when there are some,
         so that the keys stored before they existed stay the same)."""
-        fields = {"layers": self.layers, "rules": self.rules, "training": self.training,
+        training = {k: v for k, v in self.training.items() if k not in NOT_IN_KEY}
+        fields = {"layers": self.layers, "rules": self.rules, "training": training,
                   "activity": self.activity_convention, **({"args": self.args} if self.args else {})}
         return self.name + " " + json.dumps(fields, sort_keys=True, default=str)
 
@@ -154,6 +159,12 @@ class Study:
             else:
                 spec["data"].setdefault("cv", "shuffle")
         return spec
+
+    def set_device(self, device: str) -> None:
+        """Train every variant (grid points made later included) on ``device``."""
+        self.training["device"] = device
+        for v in self.variants:
+            v.training["device"] = device
 
     def validation_decides(self) -> list[str]:
         """What the validation data decides in this study, in words: "stopped training" (a variant
@@ -404,8 +415,36 @@ def _training(table, where):
     for key in ("lr", "weight_decay", "momentum"):
         if key in out and (not _finite(out[key]) or out[key] < 0):
             raise StudyError(f"{where}.{key} must be a finite number >= 0. Got {_show(out[key])}.")
-    if "optimizer" in out and out["optimizer"] not in ("adam", "adamw", "sgd"):
-        raise StudyError(f"{where}.optimizer must be 'adam', 'adamw' or 'sgd'. Got {out['optimizer']!r}.")
+    if "optimizer" in out and out["optimizer"] not in ("adam", "adamw", "sgd", "rmsprop", "adagrad"):
+        raise StudyError(f"{where}.optimizer must be 'adam', 'adamw', 'sgd', 'rmsprop' or 'adagrad'. "
+                         f"Got {out['optimizer']!r}.")
+    for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+        if key in out and (not _finite(out[key]) or out[key] <= 0):
+            raise StudyError(f"{where}.{key} must be a finite number > 0. Got {_show(out[key])}.")
+    if sum(key in out for key in ("clipnorm", "clipvalue", "global_clipnorm")) > 1:
+        raise StudyError(f"{where} takes only one of clipnorm, clipvalue and global_clipnorm (as Keras).")
+    if "label_smoothing" in out and (not _finite(out["label_smoothing"]) or not 0 <= out["label_smoothing"] <= 1):
+        raise StudyError(f"{where}.label_smoothing must be a number in [0, 1]. Got {_show(out['label_smoothing'])}.")
+    if "class_weight" in out:
+        out["class_weight"] = _class_weight(out["class_weight"], f"{where}.class_weight")
+    if "schedule" in out:
+        from .. import schedules
+
+        table = _table(out["schedule"], f"{where}.schedule")
+        try:
+            schedules.get(table)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise StudyError(f"{where}.schedule: {one_line(str(exc))} (kinds: {', '.join(schedules.KINDS)}).") from None
+        out["schedule"] = dict(table)
+    if "device" in out:
+        from ..sources import resolve_device
+
+        if not isinstance(out["device"], str):
+            raise StudyError(f"{where}.device must be a string like \"auto\", \"cpu\" or \"cuda\". Got {out['device']!r}.")
+        try:
+            resolve_device(out["device"], owner=f"{where}.device")
+        except ValueError as exc:
+            raise StudyError(one_line(str(exc))) from None
     if "preset" in out and out["preset"] not in ("keras", "torch"):
         raise StudyError(f"{where}.preset must be 'keras' or 'torch'. Got {out['preset']!r}.")
     if "early_stopping" in out:
@@ -420,6 +459,46 @@ def _training(table, where):
             EarlyStopping(**es)
         except (ValueError, TypeError, OverflowError) as exc:
             raise StudyError(f"{where}.early_stopping: {exc}") from None
+    for key in ("mixup", "ema", "swa"):
+        if key in out:
+            out[key] = _option(key, out[key], f"{where}.{key}")
+    _one_average(out, where)
+    return out
+
+
+def _option(key, value, where) -> dict:
+    """``mixup`` / ``ema`` / ``swa``: a table of the arguments of :class:`reglab.Mixup` / ``EMA`` / ``SWA``,
+    e.g. ``mixup = { mixup_alpha = 0.2 }``, ``ema = { momentum = 0.99 }``, ``swa = { start_epoch = 10 }``."""
+    from .. import averaging, mixup
+
+    kind = {"mixup": mixup.Mixup, "ema": averaging.EMA, "swa": averaging.SWA}[key]
+    table = _table(value, where)
+    _unknown(table, set(kind.defaults), where)
+    try:
+        kind(**table)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise StudyError(f"{where}: {exc}") from None
+    return dict(table)
+
+
+def _one_average(training: dict, where) -> None:
+    if "ema" in training and "swa" in training:
+        raise StudyError(f"{where} sets both ema and swa; each replaces the final weights by its own average, "
+                         "so give one (a variant's [training] adds to the study's).")
+
+
+def _class_weight(value, where):
+    """``"balanced"`` or a table ``{ "0" = 1.0, "1" = 5.0 }`` (TOML keys are strings) → class -> weight."""
+    if value == "balanced":
+        return value
+    table = _table(value, where)
+    out = {}
+    for key, weight in table.items():
+        if not re.fullmatch(r"\d+", str(key)):
+            raise StudyError(f"{where} keys must be class numbers like \"0\", \"1\". Got {key!r}.")
+        if not _finite(weight) or weight < 0:
+            raise StudyError(f"{where}.{key} must be a finite number >= 0. Got {_show(weight)}.")
+        out[str(int(key))] = float(weight)
     return out
 
 
@@ -451,6 +530,7 @@ def variant(study: Study, name: str, table: dict, convention: str, params: dict 
     _unknown(table, VARIANT_KEYS, where)
     training = _merge_training(study.training, _training(_table(table.get("training"), f"{where}.training"),
                                                          f"{where}.training"))
+    _one_average(training, f"{where}.training")
     convention = _convention(table.get("activity_convention", convention), f"{where}.activity_convention")
     if "factory" in study.model:
         for key in ("layers", "insert", "replace"):
@@ -607,21 +687,21 @@ def _args(value, where) -> dict:
     return table
 
 
-def resolve_factory(ref: str, base_dir: Path):
+def resolve_factory(ref: str, base_dir: Path, what: str = "model.factory"):
     """Import ``package.module:function`` (the study's folder first on the path); no eval."""
     module_name, _, attr = ref.partition(":")
     sys.path.insert(0, str(base_dir))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise StudyError(f"model.factory: cannot import {module_name!r} ({exc}); put it next to the study file or install it.") from None
+        raise StudyError(f"{what}: cannot import {module_name!r} ({exc}); put it next to the study file or install it.") from None
     except Exception as exc:   # noqa: BLE001 - e.g. a SyntaxError in the user's module
-        raise StudyError(f"model.factory: importing {module_name!r} raised {_failure(exc)}; fix that module.") from None
+        raise StudyError(f"{what}: importing {module_name!r} raised {_failure(exc)}; fix that module.") from None
     finally:
         sys.path.remove(str(base_dir))
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise StudyError(f"model.factory: {module_name!r} has no function {attr!r}.")
+        raise StudyError(f"{what}: {module_name!r} has no function {attr!r}.")
     return fn
 
 
