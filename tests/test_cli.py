@@ -19,7 +19,8 @@ def test_every_command_has_help():
 def test_demo_runs_every_seed_case_study(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--seeds", "2", "--epochs", "5", "--db", str(tmp_path / "demo.db")])
     assert result.exit_code == 0, result.output
-    for study in ("moons-l2", "moons-l2-grid", "moons-unit-norm", "circles-activity", "circles-activity-grid"):
+    for study in ("moons-l2", "moons-l2-grid", "moons-unit-norm", "circles-activity", "circles-activity-grid",
+                  "digits-toolbox", "resmlp-toolbox"):
         assert f"== {study} (" in result.output
     assert "test 0.914" in result.output   # the seeds' published figures alongside
     assert "train 0.967 / test 0.829" in result.output

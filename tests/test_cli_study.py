@@ -216,7 +216,8 @@ def test_demo_prints_every_case_study_with_the_seeds_figures(tmp_path):
     sections = {}
     for chunk in out.split("\n== ")[1:]:
         sections[chunk.split(" ", 1)[0]] = chunk
-    assert set(sections) == {"moons-l2", "moons-l2-grid", "moons-unit-norm", "circles-activity", "circles-activity-grid"}
+    assert set(sections) == {"moons-l2", "moons-l2-grid", "moons-unit-norm", "circles-activity", "circles-activity-grid",
+                             "digits-toolbox", "resmlp-toolbox"}
     for name, figures in PUBLISHED.items():
         assert f"{name} (" in out and "2 seeds" in sections[name].splitlines()[0]
         lines = sections[name].splitlines()
@@ -226,7 +227,7 @@ def test_demo_prints_every_case_study_with_the_seeds_figures(tmp_path):
             assert row.endswith(f"| train {train:.3f} / test {test:.3f}"), row
     assert "demo finished" in out
     with Store(tmp_path / "demo.db") as store:
-        assert [s["name"] for s in store.studies()] == list(PUBLISHED)
+        assert [s["name"] for s in store.studies()] == list(PUBLISHED) + ["digits-toolbox", "resmlp-toolbox"]
 
 
 KILL_STUDY = """\

@@ -22,7 +22,7 @@ from reglab.attach import attached
 from reglab.data import load as load_data
 from reglab.study import from_dict, run
 from reglab.study import spec as S
-from reglab.study.snippet import variant_snippet
+from reglab.study.snippet import _leaf_code, variant_snippet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,6 +47,7 @@ VARIANTS = {
             {"optimizer": "sgd", "momentum": 0.9, "lr": 0.05}),
     "batch_lr": ({"training": {"batch_size": 4, "lr": 0.02, "preset": "torch"}},
                  {"batch_size": 4, "lr": 0.02, "preset": "torch"}),
+    "alpha_dropout": ({"insert": {"0": "AlphaDropout(0.1)"}}, {}),
     # per-member settings: trained in the same population as "none", each member its own
     "smooth_weights": ({"training": {"label_smoothing": 0.1, "class_weight": {"0": 1.0, "1": 3.0}}},
                        {"label_smoothing": 0.1, "class_weight": {0: 1.0, 1: 3.0}}),
@@ -269,3 +270,28 @@ def test_a_snippet_is_always_written():
     # Without the study a factory's function is unknown: the snippet says so instead of guessing.
     code = variant_snippet(None, S.Variant("f", layers=None, rules={"0": {"kernel": "l2(0.1)"}}), model)
     assert "model.factory" in code and "reglab.regularize(model[0], kernel=reglab.L2(l2=0.1))" in code
+
+
+def test_the_augmentation_layers_are_written_as_code():
+    """The digits toolbox's augmentation variant (Keras lines → reglab layers) as code builds the same
+    model, arguments that differ from the defaults included."""
+    from importlib import resources
+
+    from reglab import data as data_mod
+    from reglab.study import load
+
+    path = resources.files("reglab") / "examples" / "digits_toolbox.toml"
+    with resources.as_file(path) as file:
+        study = load(file)
+    digits = data_mod.load(study.data, base_dir=study.base_dir)
+    variant = next(v for v in study.variants if v.name == "augmentation")
+    build = S.builder(study, tuple(digits.X_train.shape[1:]), digits.task, classes=10)
+    code = variant_snippet(study, variant, build("augmentation"), task=digits.task)
+    assert "reglab.RandomTranslation(0.125, 0.125, fill_mode='constant')" in code
+    assert "reglab.RandomRotation(0.03, fill_mode='constant')" in code
+    namespace = execute(code.split("history = reglab.fit(")[0], None, None)
+    assert_same_model(namespace["model"], build("augmentation"), digits.X_test[:20])
+    drop = reglab.DropPath(0.2, scale_by_keep=False)
+    assert _leaf_code(drop) == "reglab.DropPath(p=0.2, scale_by_keep=False)"
+    assert _leaf_code(reglab.RandomZoom((-0.2, 0.1), fill_mode="nearest")) == \
+        "reglab.RandomZoom((-0.2, 0.1), fill_mode='nearest')"

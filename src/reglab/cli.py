@@ -88,6 +88,9 @@ PUBLISHED = {
     "circles-activity-grid": {"none": (1.000, 0.786)},
 }
 DEMO_STUDIES = ["moons_l2", "moons_l2_grid", "moons_unit_norm", "circles_activity", "circles_activity_grid"]
+# The toolbox beyond the seeds (augmentation, dropout, mixup on images; DropPath and EMA on a residual
+# MLP): at most their own seeds and epochs, so the demo stays within a few minutes.
+TOOLBOX_STUDIES = ["digits_toolbox", "resmlp_toolbox"]
 
 
 def _open_store(db, create=True):
@@ -496,7 +499,8 @@ def report(study_name, db, out):
 @THREADS_OPTION
 @_friendly
 def demo(seeds, epochs, db, out, threads):
-    """Run all the seeds' case studies: L2 and unit norm on moons, the L2 grid, activity L1 on circles.
+    """Run all the seeds' case studies: L2 and unit norm on moons, the L2 grid, activity L1 on circles;
+    then the toolbox on a digits CNN (augmentation, dropout, mixup) and a residual MLP (DropPath, EMA).
 
     Each is trained for real over every seed as vectorised populations; the statistics (mean ± std,
     95% CI, paired difference to no regularization with Holm-corrected verdicts) are printed with the
@@ -509,10 +513,14 @@ def demo(seeds, epochs, db, out, threads):
     _use_threads(threads)
     start = time.perf_counter()
     with _stop_on_interrupt(db, None), _open_store(db) as store:
-        for name in DEMO_STUDIES:
+        for name in DEMO_STUDIES + TOOLBOX_STUDIES:
             path = resources.files("reglab") / "examples" / f"{name}.toml"
             with resources.as_file(path) as file:
                 study = st.load(file, seeds=seeds, epochs=epochs)
+                if name in TOOLBOX_STUDIES:
+                    own = st.load(file)
+                    study = st.load(file, seeds=min(seeds, len(own.seeds)),
+                                    epochs=min(epochs, own.training.get("epochs", epochs)))
             run_ = st.run(study, store, keep_histories=False)
             _print_run(run_, PUBLISHED.get(study.name))
             if out:

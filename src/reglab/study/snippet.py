@@ -47,12 +47,14 @@ history = reglab.fit(
 from __future__ import annotations
 
 import ast
+import inspect
 import keyword
 import math
 from pathlib import Path
 
 from torch import nn
 
+from .. import augment as A
 from .. import constraints as C
 from .. import layers as L
 from .. import penalties as R
@@ -241,7 +243,22 @@ def _leaf_code(m: nn.Module) -> str:
         return _call("reglab.RNNOutput", return_sequences=m.return_sequences)
     if kind is L.ChannelsFirst:
         return "reglab.ChannelsFirst()"
+    if isinstance(m, A.RandomLayer) and kind.__module__ == A.__name__:
+        return _augment_code(m)
     return _generic(m)
+
+
+def _augment_code(m) -> str:
+    """reglab's augmentation layers, DropPath and AlphaDropout keep their arguments as attributes of
+    the same names: the call is their constructor's arguments, those that differ from the defaults."""
+    args, kwargs = [], {}
+    for name, param in list(inspect.signature(type(m).__init__).parameters.items())[1:]:
+        value = getattr(m, name)
+        if param.default is inspect.Parameter.empty:
+            args.append(value)
+        elif value != param.default:
+            kwargs[name] = value
+    return _call(f"reglab.{type(m).__name__}", *args, **kwargs)
 
 
 def _generic(m: nn.Module) -> str:
