@@ -397,3 +397,53 @@ def test_a_population_with_preset_none_keeps_what_build_gives():
                                      preset=None, progress=False)
     for model in result.models:
         assert all(bool((p == 0.05).all()) for p in model.parameters())
+
+
+# --- sample weights in a study file: a CSV column --------------------------------------------------
+
+def test_a_csv_weight_column_weighs_a_studys_training_rows(tmp_path):
+    from reglab import diagnose
+    from reglab.study import load, run
+
+    g = np.random.default_rng(0)
+    X = g.normal(size=(150, 3))
+    y = (X[:, 0] + 0.3 * g.normal(size=150) > 0).astype(int)
+    w = np.where(y == 1, 3.0, 0.5)
+    rows = ["a,b,c,w,label"] + [f"{a:.5f},{b:.5f},{c:.5f},{wi},{yi}" for (a, b, c), wi, yi in zip(X, w, y)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "s.toml").write_text(
+        'name = "weighted"\nseeds = 2\n[data]\nname = "csv"\npath = "d.csv"\nlabel = "label"\nweight = "w"\n'
+        "[training]\nepochs = 4\n[model]\n"
+        'layers = ["Dense(8, input_dim=3, activation=\'relu\')", "Dense(1, activation=\'sigmoid\')"]\n[variants.none]\n')
+    study = load(tmp_path / "s.toml")
+    result = run(study)
+    ds = result.dataset
+    assert ds.X_train.shape[1] == 3 and ds.w_train is not None and "weigh" in ds.info["sample_weight"]
+    record = result.records[0]
+    code = record["extra"]["snippet"]
+    assert "sample_weight=w_train" in code
+    namespace = {"train": (ds.X_train, ds.y_train), "validation": ds.validation(), "w_train": ds.w_train}
+    exec(compile(code, "<snippet>", "exec"), namespace)   # noqa: S102 - the snippet retrains the member
+    norms = diagnose.weight_norms(namespace["model"])
+    for layer, values in record["extra"]["weight_norms"].items():
+        assert norms[layer] == pytest.approx(values, rel=1e-5)
+    # and the weights matter: unweighted, the same member ends elsewhere
+    plain = mlp(3)
+    reglab.fit(plain, (ds.X_train, ds.y_train), ds.validation(), epochs=4, seed=record["seed"], preset="keras",
+               progress=False)
+    assert abs(diagnose.weight_norms(plain)["0"]["l2"] - norms["0"]["l2"]) > 1e-3
+
+
+@pytest.mark.parametrize("csv, spec, message", [
+    ("a,w,label\n1,2,0\n2,-1,1\n", {"weight": "w"}, "weight -1 is negative"),
+    ("a,w,label\n1,2,0\n2,x,1\n", {"weight": "w"}, "column 'w'"),
+    ("a,w,label\n1,2,0\n2,1,1\n", {"weight": "v"}, "weight column 'v' is not a column"),
+    ("a,w,label\n1,2,0\n2,1,1\n", {"weight": "label"}, "is the label and cannot also be the weight"),
+    ("a,w,label\n1,2,0\n2,1,1\n", {"weight": "w", "features": ["a", "w"]}, "cannot also be a feature"),
+])
+def test_a_bad_weight_column_is_one_line(tmp_path, csv, spec, message):
+    from reglab.data import DataError, load
+
+    (tmp_path / "d.csv").write_text(csv)
+    with pytest.raises(DataError, match=message):
+        load({"name": "csv", "path": "d.csv", "label": "label", **spec}, base_dir=tmp_path)

@@ -100,6 +100,7 @@ class Dataset:
     info: dict = field(default_factory=dict)   # JSON-serialisable: source, rows, split, scaling, shapes, classes
     # with several train/test splits: every split's dataset, this one (split 0) first; else None
     splits: list | None = field(default=None, repr=False, compare=False)
+    w_train: np.ndarray | None = None          # sample weights of the training rows ([data] weight = "column")
 
     def for_split(self, k: int) -> Dataset:
         """The dataset of train/test split ``k`` (``0 <= k < len(splits)``); split 0 is this one."""
@@ -218,6 +219,7 @@ _RULES = {
     "shape": (("digits",), SHAPES),
     "path": (FILES, (lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "", "a file path")),
     "label": (("csv",), (lambda v: isinstance(v, str) and v != "", "a column name")),
+    "weight": (("csv",), (lambda v: isinstance(v, str) and v != "", "a column name")),
     "features": (("csv",), (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(f, str) for f in v),
                             "a non-empty list of column names")),
     "delimiter": (("csv",), (lambda v: isinstance(v, str) and len(v) == 1 and v not in '"\r\n',
@@ -364,8 +366,17 @@ def _read_csv(spec, path: Path, shown: str):
             raise DataError(f"{where}, column {label!r}: the label is empty; fill it in or drop the row")
         labels.append(cell)
     y = np.array(labels, dtype=str)
+    weights = None
+    if spec.get("weight") is not None:
+        w_col = header.index(spec["weight"])
+        weights = np.empty(len(rows), dtype=np.float64)
+        for i, row in enumerate(rows):
+            weights[i] = _cell(row[w_col].strip(), f"{shown}, row {i + 1} (line {lines[i]}), column {spec['weight']!r}")
+            if weights[i] < 0:
+                raise DataError(f"{shown}, row {i + 1} (line {lines[i]}), column {spec['weight']!r}: the weight "
+                                f"{weights[i]:g} is negative; sample weights must be >= 0")
     return X, y, list(features), lambda i: f"{shown}, row {i + 1} (line {lines[i]}), column {label!r}", \
-        f"{shown}, column {label!r}"
+        f"{shown}, column {label!r}", weights
 
 
 def _csv_columns(spec, header: list[str], shown: str, delimiter: str) -> tuple[str, list[str]]:
@@ -380,6 +391,16 @@ def _csv_columns(spec, header: list[str], shown: str, delimiter: str) -> tuple[s
     label = spec["label"]
     if label not in header:
         raise DataError(_missing_label(shown, header, label, delimiter))
+    weight = spec.get("weight")
+    if weight is not None:
+        if weight not in header:
+            raise DataError(f"{shown}: the weight column {weight!r} is not a column{_did_you_mean(weight, header)}; "
+                            f"columns are {_columns(header)}; fix `weight` in [data]")
+        if weight == label:
+            raise DataError(f"{shown}: column {weight!r} is the label and cannot also be the weight column")
+        if weight in spec.get("features", ()):
+            raise DataError(f"{shown}: column {weight!r} is the weight column and cannot also be a feature; "
+                            f"remove it from `features`")
     if "features" in spec:
         features = spec["features"]
         for j, name in enumerate(features):
@@ -392,7 +413,7 @@ def _csv_columns(spec, header: list[str], shown: str, delimiter: str) -> tuple[s
             if name in features[:j]:
                 raise DataError(f"{shown}: `features` lists {name!r} twice; list each column once")
     else:
-        features = [name for name in header if name != label]
+        features = [name for name in header if name not in (label, weight)]
         if not features:
             raise DataError(f"{shown}: has no feature columns besides the label {label!r}; add feature columns")
     return label, features
@@ -654,11 +675,12 @@ def load(spec: dict, *, base_dir: str | Path | None = None, splits: int = 1) -> 
     class_names = None
     if name in FILES:
         path, source = _resolve(spec, base_dir)
-        read = _read_csv if name == "csv" else (lambda s, p, shown: _read_npz(p, shown))
-        X, raw_y, feature_names, where, whole = read(spec, path, source)
+        read = _read_csv if name == "csv" else (lambda s, p, shown: (*_read_npz(p, shown), None))
+        X, raw_y, feature_names, where, whole, weights = read(spec, path, source)
         default_task, infer_strictly = None, True
     else:
         X, raw_y, feature_names, source, class_names = _read_builtin(name, spec)
+        weights = None
         where, whole = (lambda i: f"dataset {name!r}, target[{i}]"), f"dataset {name!r}"
         default_task, infer_strictly = ("regression" if name == "diabetes" else None), False
     part = source if name in FILES else f"dataset {name!r}"
@@ -669,7 +691,7 @@ def load(spec: dict, *, base_dir: str | Path | None = None, splits: int = 1) -> 
         raise DataError(f"{part}: stratify = true needs class labels, but the task is regression; remove stratify")
     seed = spec.get("split_seed", 0)
     common = dict(spec=spec, name=name, X=X, y=y, task=task, classes=classes, class_names=class_names,
-                  feature_names=feature_names, source=source, part=part, stratify=stratify)
+                  feature_names=feature_names, source=source, part=part, stratify=stratify, weights=weights)
     datasets = [_assemble(**common, train=train, test=test, split=split, seed=split_seed)
                 for train, test, split, split_seed in _splits(spec, name, y, stratify, seed, splits, part, classes)]
     if splits > 1:
@@ -735,7 +757,7 @@ def _splits(spec, name, y, stratify, seed, splits, part, classes):
 
 
 def _assemble(*, spec, name, X, y, task, classes, class_names, feature_names, source, part, stratify, train, test,
-              split, seed, given_val=None) -> Dataset:
+              split, seed, given_val=None, weights=None) -> Dataset:
     """One train/test split's dataset: its validation part carved (or ``given_val``), standardisation
     (and the target's) fitted on its training rows."""
     n = len(y)
@@ -791,8 +813,12 @@ def _assemble(*, spec, name, X, y, task, classes, class_names, feature_names, so
         info["class_names"] = class_names
     if name == "digits":
         info["shape"] = shape
+    if weights is not None:
+        info["sample_weight"] = (f"column {spec['weight']!r} weighs each training row's loss (Keras's sample_weight); "
+                                 "validation and test scores are unweighted")
     return Dataset(name=name, task=task, X_train=X[train], y_train=y[train], X_test=X[test], y_test=y[test],
-                   X_val=part_of(val)[0], y_val=part_of(val)[1], feature_names=feature_names, info=info)
+                   X_val=part_of(val)[0], y_val=part_of(val)[1], feature_names=feature_names, info=info,
+                   w_train=None if weights is None else weights[train].astype(np.float32))
 
 
 # --------------------------------------------------------------------------------------- data factory

@@ -81,7 +81,8 @@ def _retrain(run, names, seed: int) -> dict:
         # the same call as reglab.study.runner.execute, for one seed
         result = train_population(
             build, [{"variant": v.name} for v in vs], [seed], train=(ds.X_train, ds.y_train),
-            validation=ds.validation(), task=ds.task, progress=False, threads=1, **runner.population_options(vs))
+            validation=ds.validation(), task=ds.task, progress=False, threads=1, sample_weight=ds.w_train,
+            **runner.population_options(vs))
         for i, member in enumerate(result.members):
             models[vs[member["config_index"]].name] = (result.models[i], result.task)
     return models

@@ -309,6 +309,7 @@ def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | N
     result = train_population(
         build, [{"variant": v.name} for v in vs], list(task.seeds), train=(dataset.X_train, dataset.y_train),
         validation=dataset.validation(), task=dataset.task, progress=progress, threads=threads,
+        sample_weight=dataset.w_train,
         callbacks=list(callbacks), **population_options(vs))
     records = [_record(vs[m["config_index"]], m["seed"], i, result, dataset, study)
                for i, m in enumerate(result.members)]

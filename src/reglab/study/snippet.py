@@ -98,7 +98,10 @@ def _snippet(study, variant, model, task, seed) -> str:
     imports, body = _model_lines(study, variant, model)
     if not is_factory and task in ("binary", "multiclass"):
         body.insert(0, "# the model outputs logits: reglab.fit's loss applies the sigmoid / softmax")
-    body += [""] + _fit_lines(variant.training, task, seed)
+    weighted = study is not None and bool((study.data or {}).get("weight"))
+    if weighted:
+        head.append(f"# w_train: the training rows' weights (column {study.data['weight']!r} of the data)")
+    body += [""] + _fit_lines(variant.training, task, seed, weighted)
     return "\n".join(head + [""] + imports + [""] + body) + "\n"
 
 
@@ -350,9 +353,11 @@ _SCHEDULES = {"exponential": "reglab.ExponentialDecay", "step": "reglab.StepDeca
               "plateau": "reglab.ReduceLROnPlateau"}
 
 
-def _fit_lines(training: dict, task: str | None, seed: int) -> list[str]:
+def _fit_lines(training: dict, task: str | None, seed: int, weighted: bool = False) -> list[str]:
     """``reglab.fit(...)`` with the arguments the study's runner gives train_population (runner.execute)."""
     args = [f"epochs={_literal(training.get('epochs', FIT_DEFAULT_EPOCHS))}"]
+    if weighted:
+        args.append("sample_weight=w_train")
     args += [f"{key}={_literal(training[key])}" for key in _FIT_KEYS if training.get(key) is not None]
     cw = training.get("class_weight")
     if cw is not None:
