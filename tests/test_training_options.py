@@ -447,3 +447,16 @@ def test_a_bad_weight_column_is_one_line(tmp_path, csv, spec, message):
     (tmp_path / "d.csv").write_text(csv)
     with pytest.raises(DataError, match=message):
         load({"name": "csv", "path": "d.csv", "label": "label", **spec}, base_dir=tmp_path)
+
+
+def test_default_learning_rates_are_keras():
+    """keras.optimizers.SGD() takes 0.01, Adam/AdamW/RMSprop/Adagrad 0.001."""
+    X, y = blobs()
+    for name, lr in (("sgd", 0.01), ("adam", 0.001), ("adamw", 0.001), ("rmsprop", 0.001), ("adagrad", 0.001)):
+        assert reglab.fit(mlp(), (X, y), epochs=1, optimizer=name, progress=False).optimizer.lr == lr
+    result = reglab.train_population(mlp, [{}, {}], [0], train=(X, y), epochs=1, optimizer="sgd", lr=[None, 0.5],
+                                     progress=False)
+    member = mlp()
+    reglab.fit(member, (X, y), epochs=1, optimizer="sgd", seed=0, preset="keras", progress=False)
+    for a, b in zip(member.parameters(), result.models[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

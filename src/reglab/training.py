@@ -182,7 +182,8 @@ def make_optimizer(params, optimizer, preset, lr, weight_decay, momentum, clippi
                         f"a reglab.optim.Optimizer or a torch.optim class. Got {optimizer!r} instead.")
     name = optimizer or preset.optimizer
     check_choice(name, "optimizer", owner, tuple(_optim.OPTIMIZERS))
-    lr = preset.lr if lr is None else lr
+    if lr is None:
+        lr = default_lr(name, preset)
     if name in ("adam", "adamw"):
         kwargs = dict(lr=lr, epsilon=preset.epsilon, epsilon_hat=preset.epsilon_hat, **clipping)
         if name == "adamw" or weight_decay:
@@ -193,6 +194,16 @@ def make_optimizer(params, optimizer, preset, lr, weight_decay, momentum, clippi
     if momentum:
         raise ValueError(f"The 'momentum' parameter of {owner} does not apply to {name!r}.")
     return _optim.make(name, params, lr=lr, weight_decay=weight_decay or 0.0, **clipping)
+
+
+KERAS_SGD_LR = 0.01   # keras.optimizers.SGD(learning_rate=0.01)
+
+
+def default_lr(optimizer, preset) -> float:
+    """The learning rate when none is given: Keras's defaults under the keras preset (0.01 for SGD,
+    0.001 for Adam, AdamW, RMSprop, Adagrad), else the preset's."""
+    name = optimizer if isinstance(optimizer, str) else None
+    return KERAS_SGD_LR if name == "sgd" and preset.init == "keras" else preset.lr
 
 
 def sample_weights(sample_weight, n: int, name: str = "train", owner: str = "fit") -> torch.Tensor | None:

@@ -33,8 +33,8 @@ from ..attach import registry
 from .. import schedules as _schedules
 from ..callbacks import Callback, EarlyStopping, StoppingRule
 from .. import sources as _sources
-from ..training import (Data, LearningRates, accumulator, batches, evaluate, make_optimizer, sample_weights,
-                        wants_integers)
+from ..training import (Data, LearningRates, accumulator, batches, default_lr, evaluate, make_optimizer,
+                        sample_weights, wants_integers)
 from . import fused
 from . import layers as L
 from .functional import ModulePopulation, NotBatchable
@@ -436,7 +436,7 @@ def _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batc
                 models.append(model.to(X.device))
             lr_chunk = [lrs[members[i]["config_index"]] for i in chunk]
             lr_value = lr_chunk[0] if len(set(lr_chunk)) == 1 else torch.tensor(
-                [preset.lr if v is None else float(v) for v in lr_chunk])
+                [default_lr(optimizer, preset) if v is None else float(v) for v in lr_chunk])
             objective = _objective(task, training, [members[i]["config_index"] for i in chunk])
             result = _train_chunk(make_population(models), [members[i]["seed"] for i in chunk], X, Y, val, objective,
                                   epochs, batch_size, optimizer, preset, lr_value, weight_decay, momentum,
