@@ -551,10 +551,21 @@ def bad_value(**kwargs):
     (dict(configs=[{}], lr=[0.1, 0.2, 0.3]), ValueError, "'lr' parameter has 3 values for 1 configs"),
     (dict(build=lambda: "not a model"), TypeError, "must return an nn.Module.*str"),
     (dict(build=lambda: None), TypeError, "must return an nn.Module"),
+    (dict(preset="tf"), ValueError, "'preset' parameter of train_population"),
+    (dict(optimizer="adadelta"), ValueError, "'optimizer' parameter of train_population"),
+    (dict(configs=[{}, {}], label_smoothing=[0.1]), ValueError, "'label_smoothing' parameter has 1 values"),
+    (dict(schedule={"kind": "warp"}), ValueError, "'kind'"),
+    (dict(optimizer=torch.optim.LBFGS), ValueError, "not element-wise"),
+    (dict(callbacks=[object()]), TypeError, "callbacks must be reglab.Callback"),
+    (dict(device="tpu"), ValueError, "'device' parameter of train_population"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    built = []
+    if "build" not in kwargs:   # refused before any model is built
+        kwargs["build"] = lambda: built.append(1) or shallow_build()
     with pytest.raises(error, match=match):
         bad_value(**kwargs)
+    assert not built or "early_stopping" in kwargs   # early stopping is checked against the data
 
 
 def test_early_stopping_on_an_unlogged_metric_raises():

@@ -37,10 +37,10 @@ PRESETS = {
 }
 
 
-def get(preset) -> Preset:
+def get(preset, owner: str = "fit") -> Preset:
     if isinstance(preset, Preset):
         return preset
-    check_choice(preset, "preset", "fit", tuple(PRESETS))
+    check_choice(preset, "preset", owner, tuple(PRESETS))
     return PRESETS[preset]
 
 

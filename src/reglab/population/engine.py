@@ -15,7 +15,7 @@ import ctypes
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,16 +28,16 @@ from .. import optim as _optim
 from .. import presets as _presets
 from .. import threads as _threads
 from .. import tasks as _tasks
-from .._validate import check_number
+from .._validate import check_choice, check_number
 from ..attach import registry
 from .. import schedules as _schedules
-from ..callbacks import Callback, EarlyStopping, StoppingRule
+from ..callbacks import Callback, EarlyStopping
 from .. import sources as _sources
 from ..training import (Data, LearningRates, accumulator, batches, default_lr, evaluate, make_optimizer,
                         sample_weights, wants_integers)
 from . import fused
 from . import layers as L
-from .functional import ModulePopulation, NotBatchable
+from .functional import ModulePopulation
 from .functional import signature as module_signature
 from .merge import MergedConstraint, MergedPenalty, MergedRules
 
@@ -192,7 +192,6 @@ class PopulationResult:
     models: list                  # each member's nn.Module with its final weights (eval mode)
     task: object = None
     batch_size: int = 32
-    timings: dict = field(default_factory=dict)
 
     def __len__(self):
         return len(self.members)
@@ -329,7 +328,9 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
         raise ValueError("The 'seeds' parameter of train_population is empty; give at least one seed.")
     epochs = check_number(epochs, "epochs", "train_population", low=1, integer=True)
     reinit = preset is not None
-    preset = _presets.get("keras" if preset is None else preset)
+    preset = _presets.get("keras" if preset is None else preset, "train_population")
+    if optimizer is not None and isinstance(optimizer, str):   # before any model is built
+        check_choice(optimizer, "optimizer", "train_population", tuple(_optim.OPTIMIZERS))
     batch_size = check_number(preset.batch_size if batch_size is None else batch_size, "batch_size",
                               "train_population", low=1, integer=True)
     callbacks = list(callbacks)
@@ -357,6 +358,8 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
     smoothing = _per_config(label_smoothing, "label_smoothing", len(configs))
     class_weight = _per_config(class_weight, "class_weight", len(configs), scalar=(str, dict))
 
+    if device is not None:   # a bad name fails before anything is built (None: where build's models are)
+        _sources.resolve_device(device, None, "train_population")
     templates = []
     for i, config in enumerate(configs):
         model = build(**config)

@@ -66,23 +66,16 @@ def retrain(run, names, seed: int) -> dict:
 
 
 def _retrain(run, names, seed: int) -> dict:
-    from ..population import train_population
     from ..study import runner
-    from ..study import spec as S
 
     study, ds = run.study, run.dataset
-    build = S.builder(study, tuple(ds.X_train.shape[1:]), ds.task)
     by_name = {v.name: v for v in study.variants}
     groups: dict[str, list] = {}
     for n in names:
-        groups.setdefault(runner._group_key(by_name[n].training), []).append(by_name[n])
+        groups.setdefault(runner.group_key(by_name[n].training), []).append(by_name[n])
     models = {}
     for vs in groups.values():
-        # the same call as reglab.study.runner.execute, for one seed
-        result = train_population(
-            build, [{"variant": v.name} for v in vs], [seed], train=(ds.X_train, ds.y_train),
-            validation=ds.validation(), task=ds.task, progress=False, threads=1, sample_weight=ds.w_train,
-            **runner.population_options(vs))
+        result = runner.train_group(study, ds, vs, [seed], progress=False, threads=1)   # as the study trained them
         for i, member in enumerate(result.members):
             models[vs[member["config_index"]].name] = (result.models[i], result.task)
     return models

@@ -54,14 +54,16 @@ class StudyRun:
 PER_MEMBER = ("lr", "label_smoothing", "class_weight")
 
 
-def _group_key(training: dict) -> str:
+def group_key(training: dict) -> str:
+    """Variants whose training settings agree but for the per-member ones (``PER_MEMBER``) train as
+    one population: this key groups them."""
     shared = {k: v for k, v in training.items() if k not in PER_MEMBER}
     return json.dumps(shared, sort_keys=True)
 
 
 def population_options(vs) -> dict:
     """The keyword arguments of ``train_population`` for variants ``vs`` of one group (same
-    ``_group_key``): the shared settings of the first, the per-member ones of each."""
+    :func:`group_key`): the shared settings of the first, the per-member ones of each."""
     training = vs[0].training
     return dict(epochs=training.get("epochs", 100), batch_size=training.get("batch_size"),
                 optimizer=training.get("optimizer"), lr=[v.training.get("lr") for v in vs],
@@ -266,7 +268,7 @@ def plan(study: S.Study, variants, done: set, chunks: int = 1, task_size: int | 
     done = {d if len(d) == 3 else (d[0], 0, d[1]) for d in done}
     groups: dict[str, list] = {}
     for v in variants:
-        groups.setdefault(_group_key(v.training), []).append(v)
+        groups.setdefault(group_key(v.training), []).append(v)
     tasks = []
     for members in groups.values():
         for split in range(study.splits):
@@ -304,13 +306,7 @@ def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | N
     dataset = dataset.for_split(task.split)
     by_name = {v.name: v for v in study.variants}
     vs = [by_name[name] for name in task.variants]
-    training = vs[0].training
-    build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
-    result = train_population(
-        build, [{"variant": v.name} for v in vs], list(task.seeds), train=(dataset.X_train, dataset.y_train),
-        validation=dataset.validation(), task=dataset.task, progress=progress, threads=threads,
-        sample_weight=dataset.w_train,
-        callbacks=list(callbacks), **population_options(vs))
+    result = train_group(study, dataset, vs, task.seeds, progress=progress, threads=threads, callbacks=callbacks)
     records = [_record(vs[m["config_index"]], m["seed"], i, result, dataset, study)
                for i, m in enumerate(result.members)]
     if save_models is not None:
@@ -318,6 +314,18 @@ def execute(study: S.Study, dataset, task: Task, progress=None, threads: int | N
 
         save_members(save_models, study, dataset, task.split, vs, result, records)
     return [_in_split(r, task.split) for r in records] if task.split else records
+
+
+def train_group(study: S.Study, dataset, variants: list, seeds, *, progress=None, threads: int | None = None,
+                callbacks=()):
+    """Train ``variants`` (one :func:`group_key`) × ``seeds`` on ``dataset`` as one population call:
+    the one way a study trains, used by :func:`execute` (so the local and Dask executors) and the
+    report's decision-boundary figure (which retrains a seed's members)."""
+    build = S.builder(study, tuple(dataset.X_train.shape[1:]), dataset.task)
+    return train_population(
+        build, [{"variant": v.name} for v in variants], list(seeds), train=(dataset.X_train, dataset.y_train),
+        validation=dataset.validation(), task=dataset.task, progress=progress, threads=threads,
+        sample_weight=dataset.w_train, callbacks=list(callbacks), **population_options(variants))
 
 
 def _in_split(record: dict, split: int) -> dict:

@@ -111,9 +111,9 @@ def table(summary: dict, published: dict | None = None) -> str:
         if paired:
             delta = f"{paired['mean_diff']:+.3f} [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}]" \
                 if not math.isnan(paired["ci_low"]) else _signed(paired["mean_diff"])
-            pb, ph, verdict = _num(paired["p_better"], ".2f"), _num(row["p_holm"], ".3g"), row["verdict"]
+            pb, ph = _num(paired["p_better"], ".2f"), _num(row["p_holm"], ".3g")
         else:
-            delta, pb, ph, verdict = "(baseline)", "", "", ""
+            delta, pb, ph = "(baseline)", "", ""
         line = (f"{row['variant'][:18]:<18} {row['n']:>3} {_pm(row['train']):>16} {_pm(row['test']):>16} "
                 f"{_ci(row['test']):>16} {delta:>22} {pb:>9} {ph:>8}  {verdict_text(row)}{detectable(row)}")
         if published and row["variant"] in published:
@@ -170,7 +170,7 @@ def diagnosis(summary: dict) -> str:
             line += (f"; the best is {best['variant']} ({summary['metric']} {_pm(best['test'])}, "
                      f"Δ {_signed(p['mean_diff'])} {_ci(dict(ci_low=p['ci_low'], ci_high=p['ci_high']))})")
         elif best is not None and best["variant"] == summary["baseline"]:
-            line += f"; the best mean is the baseline's"
+            line += "; the best mean is the baseline's"
         lines.append(line)
     return "\n".join(lines)
 
