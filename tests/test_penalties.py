@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 import reglab
 from reglab import penalties
-from reglab._parse import ParseError
+from reglab._parse import ParseError, parse_call
 from reglab.penalties import L1, L1L2, L2, Custom, Orthogonal
 
 # ---------------------------------------------------------------- NumPy references (Keras 3)
@@ -408,7 +408,7 @@ def test_parse_errors_are_specific():
     with pytest.raises(TypeError, match="'l2' parameter of L2"):
         penalties.get("l2(True)")
     with pytest.raises(TypeError, match="string"):
-        penalties.parse_call(3)  # type: ignore[arg-type]
+        parse_call(3)  # type: ignore[arg-type]
     assert issubclass(ParseError, ValueError)
 
 

@@ -95,3 +95,23 @@ def _short(number: int) -> str:
 
 def _clip(text: str) -> str:
     return repr(text) if len(text) <= 60 else repr(text[:40]) + f"... ({len(text)} characters)"
+
+
+def resolve(identifier, *, base: type, noun: str, from_call, lookup, wrap, example: str):
+    """Keras's ``get()`` for penalties and constraints alike: None stays None, an instance of ``base``
+    is itself, a class means its defaults, text is parsed (``"l2(1e-3)"``), a dict is a Keras config
+    (``class_name`` + ``config``), any other callable is wrapped; anything else is refused naming
+    ``example``."""
+    if identifier is None or isinstance(identifier, base):
+        return identifier
+    if isinstance(identifier, type) and issubclass(identifier, base):
+        return identifier()  # a class such as reglab.L2 means its defaults, as in Keras's get()
+    if isinstance(identifier, str):
+        return from_call(parse_call(identifier, noun), identifier)
+    if isinstance(identifier, dict):
+        if "class_name" not in identifier:
+            raise ValueError(f"A {noun} config needs 'class_name' and 'config' keys. Got {identifier!r} instead.")
+        return lookup(identifier["class_name"], identifier).from_config(identifier.get("config", {}))
+    if callable(identifier):
+        return wrap(identifier)
+    raise TypeError(f"Cannot make a {noun} from {identifier!r}; use e.g. {example}.")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._parse import Call, ParseError, parse_call
+from ._parse import Call, ParseError, resolve
 from ._validate import check_coefficient
 
 EPSILON = 1e-7
@@ -203,19 +203,8 @@ def get(identifier) -> Constraint | None:
     >>> get("unit_norm")
     UnitNorm()
     """
-    if identifier is None or isinstance(identifier, Constraint):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Constraint):
-        return identifier()  # a class such as reglab.UnitNorm means its defaults, as in Keras's get()
-    if isinstance(identifier, str):
-        return from_call(parse_call(identifier, "constraint"), identifier)
-    if isinstance(identifier, dict):
-        if "class_name" not in identifier:
-            raise ValueError(f"A constraint config needs 'class_name' and 'config' keys. Got {identifier!r} instead.")
-        return _lookup(identifier["class_name"], identifier).from_config(identifier.get("config", {}))
-    if callable(identifier):
-        return Lambda(identifier)
-    raise TypeError(f"Cannot make a constraint from {identifier!r}; use e.g. 'max_norm(3)' or reglab.MaxNorm(3).")
+    return resolve(identifier, base=Constraint, noun="constraint", from_call=from_call, lookup=_lookup, wrap=Lambda,
+                   example="'max_norm(3)' or reglab.MaxNorm(3)")
 
 
 def from_call(call: Call, text: str | None = None) -> Constraint:

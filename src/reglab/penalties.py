@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ._parse import Call, ParseError, parse_call
+from ._parse import Call, ParseError, resolve
 from ._validate import check_choice, check_coefficient
 
 
@@ -223,19 +223,8 @@ def get(identifier) -> Penalty | None:
     >>> get({"class_name": "L1", "config": {"l1": 0.001}})
     L1(l1=0.001)
     """
-    if identifier is None or isinstance(identifier, Penalty):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Penalty):
-        return identifier()  # a class such as reglab.L2 means its defaults, as in Keras's get()
-    if isinstance(identifier, str):
-        return from_call(parse_call(identifier, "penalty"), identifier)
-    if isinstance(identifier, dict):
-        if "class_name" not in identifier:
-            raise ValueError(f"A penalty config needs 'class_name' and 'config' keys. Got {identifier!r} instead.")
-        return _lookup(identifier["class_name"], identifier).from_config(identifier.get("config", {}))
-    if callable(identifier):
-        return Custom(identifier)
-    raise TypeError(f"Cannot make a penalty from {identifier!r}; use e.g. 'l2(1e-3)', reglab.L2(1e-3) or a callable.")
+    return resolve(identifier, base=Penalty, noun="penalty", from_call=from_call, lookup=_lookup, wrap=Custom,
+                   example="'l2(1e-3)', reglab.L2(1e-3) or a callable")
 
 
 def from_call(call: Call, text: str | None = None) -> Penalty:
