@@ -135,11 +135,23 @@ def _png_only(fig, folder, key):
     return path, path
 
 
+_RUNS: dict = {}
+
+
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request, tmp_path_factory):
     """One fault study run through the API and through every CLI command, with what they printed
-    and every warning raised meanwhile."""
-    name = request.param
+    and every warning raised meanwhile (each study runs once; the tests of one study share it)."""
+    return _case(request.param, tmp_path_factory)
+
+
+def _case(name, tmp_path_factory):
+    if name not in _RUNS:
+        _RUNS[name] = _run_case(name, tmp_path_factory)
+    return _RUNS[name]
+
+
+def _run_case(name, tmp_path_factory):
     spec, data = CASES[name]
     folder = tmp_path_factory.mktemp(name)
     (folder / "study.toml").write_text(spec)
@@ -212,12 +224,11 @@ def _check_exports(case, diverged_variants):
 
 
 def only(name):
+    """A test of the fault study ``name`` alone (run once, shared with the tests of every study)."""
     def decorate(fn):
-        def test(case):
-            if case["name"] != name:
-                pytest.skip(f"for the {name} study")
-            fn(case)
-        test.__name__ = fn.__name__
+        def test(tmp_path_factory):
+            fn(_case(name, tmp_path_factory))
+        test.__name__, test.__doc__ = fn.__name__, fn.__doc__
         return test
     return decorate
 
