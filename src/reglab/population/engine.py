@@ -163,7 +163,7 @@ class Population(MergedRules):
                 merged, mean = self.activity[pos]
                 out = x[0] if isinstance(x, tuple) else x
                 value = merged.members(out)
-                value = torch.where(mean, value / out.shape[1], value)
+                value = torch.where(mean.to(value.device), value / out.shape[1], value)
                 act = value if act is None else act + value
         if act is None:
             act = x.new_zeros(self.P) if not isinstance(x, tuple) else x[0].new_zeros(self.P)

@@ -565,7 +565,7 @@ class ModulePopulation(MergedRules):
         for (name, (merged, mean, time_major)), value in zip(self.activity.items(), acts):
             pen = merged.members(value)
             batch = value.shape[2 if time_major and value.dim() == 4 else 1]
-            pen = torch.where(mean, pen / batch, pen)
+            pen = torch.where(mean.to(pen.device), pen / batch, pen)
             total = pen if total is None else total + pen
         if total is None:
             total = self.params[0].new_zeros(self.P)

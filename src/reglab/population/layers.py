@@ -151,11 +151,11 @@ class Random(PopLayer):
         if issubclass(self.kind, SequenceDropout):
             shape = self.module.noise_shape(shape)
         kind = next(k for k in (GaussianNoise, GaussianDropout, nn.Dropout) if issubclass(self.kind, k))
-        draws = [draw(kind, rate, shape, dtype, gen) for rate, gen in zip(self.rates, ctx.noise_generators)]
+        draws = [draw(kind, rate, shape, dtype, gen, device=x.device) for rate, gen in zip(self.rates, ctx.noise_generators)]
         if all(d is None for d in draws):
             return x
         neutral = torch.zeros if issubclass(self.kind, GaussianNoise) else torch.ones
-        noise = torch.stack([neutral(shape, dtype=dtype) if d is None else d for d in draws])
+        noise = torch.stack([neutral(shape, dtype=dtype, device=x.device) if d is None else d for d in draws])
         return x + noise if issubclass(self.kind, GaussianNoise) else x * noise
 
 
