@@ -460,3 +460,26 @@ def test_default_learning_rates_are_keras():
     reglab.fit(member, (X, y), epochs=1, optimizer="sgd", seed=0, preset="keras", progress=False)
     for a, b in zip(member.parameters(), result.models[0].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("data, training, message", [
+    ('name = "moons"', 'class_weight = { "7" = 2.0 }', "variants.none: The 'class_weight' of \\[training\\] names class '7', but the classes are 0..1"),
+    ('name = "diabetes"', "label_smoothing = 0.1", "label_smoothing applies to classification"),
+    ('name = "diabetes"', 'class_weight = "balanced"', "class_weight.*regression"),
+    ('name = "moons"', 'schedule = { kind = "plateau", monitor = "val_auc" }', "plateau schedule monitors 'val_auc'"),
+])
+def test_options_that_do_not_fit_the_data_are_refused_before_training(tmp_path, data, training, message):
+    from click.testing import CliRunner
+
+    from reglab.cli import main
+
+    inputs = 2 if "moons" in data else 10
+    (tmp_path / "s.toml").write_text(
+        f'name = "opts"\nseeds = 2\n[data]\n{data}\n[training]\nepochs = 2\n{training}\n[model]\n'
+        f'layers = ["Dense(4, input_dim={inputs}, activation=\'relu\')", "Dense(1)"]\n[variants.none]\n')
+    db = tmp_path / "r.db"
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "s.toml"), "--db", str(db)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    import re
+    assert re.search(message, res.output), res.output
+    assert not db.exists()

@@ -97,6 +97,11 @@ def prepare(study: S.Study):
         if monitor not in logged:
             raise S.StudyError(f"variants.{v.name}: early_stopping monitors {monitor!r}, which a {dataset.task} "
                                f"study does not log; choose one of {', '.join(logged)}.")
+        schedule = v.training.get("schedule") or {}
+        if schedule.get("kind") == "plateau" and schedule.get("monitor", "val_loss") not in logged:
+            raise S.StudyError(f"variants.{v.name}: the plateau schedule monitors {schedule['monitor']!r}, which a "
+                               f"{dataset.task} study does not log; choose one of {', '.join(logged)}.")
+        _check_objective(v, dataset, task)
         model = build(v.name)
         integers = wants_integers(model)
         if integers and dataset.info.get("integer_inputs"):
@@ -131,6 +136,21 @@ def prepare(study: S.Study):
             where = f"model.factory {study.model['factory']!r}" if "factory" in study.model else f"variants.{v.name}"
             raise S.StudyError(f"{where}: {str(exc).splitlines()[0]}") from None
     return dataset
+
+
+def _check_objective(variant, dataset, task) -> None:
+    """A variant's label smoothing and class weights fit the study's task and classes (a regression
+    study has no classes to weigh or smooth), said before anything trains."""
+    from ..tasks import Objective, class_weights
+
+    training = variant.training
+    if training.get("label_smoothing") is None and training.get("class_weight") is None:
+        return
+    try:
+        weights = class_weights(training.get("class_weight"), torch.as_tensor(dataset.y_train), task, "[training]")
+        Objective(task, None, training.get("label_smoothing") or 0.0, weights)
+    except (ValueError, TypeError) as exc:
+        raise S.StudyError(f"variants.{variant.name}: {S.one_line(str(exc))}") from None
 
 
 def _check_token_ids(model, dataset, where):
