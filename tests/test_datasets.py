@@ -275,3 +275,14 @@ def test_cutmix_on_tabular_data_is_refused_before_anything_runs(tmp_path):
     res = CliRunner().invoke(main, ["run", str(path), "--db", str(db)])
     assert res.exit_code == 2 and "cutmix_alpha > 0" in res.output and "Traceback" not in res.output, res.output
     assert not db.exists()
+
+
+def test_predict_reads_a_dataset_or_a_loader_in_order():
+    X, y = blobs()
+    model = build()
+    expected = reglab.predict_proba(model, X)
+    ds = TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
+    np.testing.assert_array_equal(reglab.predict_proba(model, ds, batch_size=7),
+                                  reglab.predict_proba(model, X, batch_size=7))   # same batches, same bits
+    np.testing.assert_array_equal(reglab.predict_proba(model, Rows(X, y)), expected)
+    np.testing.assert_array_equal(reglab.predict(model, DataLoader(ds, batch_size=16)), reglab.predict(model, X))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from . import tasks as _tasks
 from ._validate import check_number
@@ -77,12 +78,17 @@ def _outputs(model, X, task, batch_size, owner):
     batch_size = check_number(batch_size, "batch_size", owner, low=1, integer=True)
     task = None if task is None else _tasks.get(task)
     device, dtype = _placement(model)
-    X = _inputs(X, wants_integers(model), dtype, owner)
+    integers = wants_integers(model)
+    if isinstance(X, (Dataset, DataLoader)):
+        chunks = (_inputs(x, integers, dtype, owner) for x in _dataset_inputs(X, batch_size, owner))
+    else:
+        X = _inputs(X, integers, dtype, owner)
+        chunks = (X[i:i + batch_size] for i in range(0, X.shape[0], batch_size))
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
-            parts = [model(X[i:i + batch_size].to(device)) for i in range(0, X.shape[0], batch_size)]
+            parts = [model(x.to(device)) for x in chunks]
     finally:
         for module, training in modes.items():
             module.training = training
@@ -100,6 +106,23 @@ def _outputs(model, X, task, batch_size, owner):
     elif task.name != "regression":
         task.check_output(out, None)
     return out, task
+
+
+def _dataset_inputs(data, batch_size, owner):
+    """The inputs of a torch Dataset (items ``x`` or ``(x, y)``) or DataLoader, in order, in batches."""
+    if isinstance(data, DataLoader):
+        for batch in data:
+            yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        return
+    try:
+        n = len(data)
+    except TypeError:
+        raise TypeError(f"The 'X' dataset of {owner} has no len(); give a map-style Dataset or a DataLoader.") from None
+    if n == 0:
+        raise ValueError(f"The 'X' dataset of {owner} is empty.")
+    for start in range(0, n, batch_size):
+        items = [data[i] for i in range(start, min(start + batch_size, n))]
+        yield default_collate([item[0] if isinstance(item, (tuple, list)) else item for item in items])
 
 
 def _placement(model):
