@@ -43,3 +43,13 @@ def run_all(db, *raws):
         for raw in raws:
             runs[raw["name"]] = st.run(st.from_dict(raw), store)
     return runs
+
+
+def study_toml(name="s", seeds=2, data='name = "moons"', training="epochs = 2", inputs=2,
+               layers=None, variants="[variants.none]") -> str:
+    """A small study file's text: ``data`` and ``training`` are the lines of their tables, ``layers``
+    the model's Keras lines (default: an MLP on ``inputs`` features with one sigmoid output)."""
+    layers = layers or [f"Dense(8, input_dim={inputs}, activation='relu')", "Dense(1, activation='sigmoid')"]
+    lines = ", ".join('"' + line.replace('"', '\\"') + '"' for line in layers)
+    return (f'name = "{name}"\nseeds = {seeds}\n[data]\n{data}\n[training]\n{training}\n'
+            f"[model]\nlayers = [{lines}]\n{variants}\n")

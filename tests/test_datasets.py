@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import reglab
 from reglab.sources import NpyRows, resolve_device
+from report_helpers import study_toml
 
 
 def blobs(n=80, d=4, seed=0):
@@ -166,9 +167,7 @@ def test_a_study_names_its_device_and_a_bad_one_is_refused(tmp_path):
     with pytest.raises(StudyError, match="training.device.*not available"):
         from_dict(raw)
     path = tmp_path / "s.toml"
-    path.write_text('name = "dev"\nseeds = 2\n[data]\nname = "moons"\n[training]\nepochs = 2\n'
-                    '[model]\nlayers = ["Dense(8, input_dim=2, activation=\'relu\')", "Dense(1, activation=\'sigmoid\')"]\n'
-                    '[variants.none]\n')
+    path.write_text(study_toml(name="dev"))
     db = tmp_path / "r.db"
     res = CliRunner().invoke(main, ["run", str(path), "--db", str(db), "--device", "quantum"])
     assert res.exit_code == 2 and "device" in res.output and "Traceback" not in res.output
@@ -267,10 +266,7 @@ def test_cutmix_on_tabular_data_is_refused_before_anything_runs(tmp_path):
     from reglab.cli import main
 
     path = tmp_path / "s.toml"
-    path.write_text('name = "cm"\nseeds = 2\n[data]\nname = "moons"\n[training]\nepochs = 2\n'
-                    "mixup = { cutmix_alpha = 1.0 }\n"
-                    '[model]\nlayers = ["Dense(8, input_dim=2, activation=\'relu\')", "Dense(1, activation=\'sigmoid\')"]\n'
-                    '[variants.none]\n')
+    path.write_text(study_toml(name="cm", training="epochs = 2\nmixup = { cutmix_alpha = 1.0 }"))
     db = tmp_path / "r.db"
     res = CliRunner().invoke(main, ["run", str(path), "--db", str(db)])
     assert res.exit_code == 2 and "cutmix_alpha > 0" in res.output and "Traceback" not in res.output, res.output

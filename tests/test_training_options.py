@@ -18,6 +18,7 @@ from torch import nn
 
 import reglab
 from reglab import optim, schedules, tasks
+from report_helpers import study_toml
 
 
 def blobs(n=64, d=3, classes=2, seed=0):
@@ -474,9 +475,8 @@ def test_options_that_do_not_fit_the_data_are_refused_before_training(tmp_path, 
     from reglab.cli import main
 
     inputs = 2 if "moons" in data else 10
-    (tmp_path / "s.toml").write_text(
-        f'name = "opts"\nseeds = 2\n[data]\n{data}\n[training]\nepochs = 2\n{training}\n[model]\n'
-        f'layers = ["Dense(4, input_dim={inputs}, activation=\'relu\')", "Dense(1)"]\n[variants.none]\n')
+    (tmp_path / "s.toml").write_text(study_toml(name="opts", data=data, training=f"epochs = 2\n{training}",
+                                                layers=[f"Dense(4, input_dim={inputs}, activation='relu')", "Dense(1)"]))
     db = tmp_path / "r.db"
     res = CliRunner().invoke(main, ["run", str(tmp_path / "s.toml"), "--db", str(db)])
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
