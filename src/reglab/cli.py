@@ -89,8 +89,10 @@ PUBLISHED = {
 }
 DEMO_STUDIES = ["moons_l2", "moons_l2_grid", "moons_unit_norm", "circles_activity", "circles_activity_grid"]
 # The toolbox beyond the seeds (augmentation, dropout, mixup on images; DropPath and EMA on a residual
-# MLP): at most their own seeds and epochs, so the demo stays within a few minutes.
+# MLP): at most TOOLBOX_DEMO_SEEDS seeds and their own epochs, so the demo stays within a few minutes
+# (`reglab run examples/digits_toolbox.toml` runs all of a file's seeds).
 TOOLBOX_STUDIES = ["digits_toolbox", "resmlp_toolbox"]
+TOOLBOX_DEMO_SEEDS = 5
 
 
 def _open_store(db, create=True):
@@ -519,7 +521,7 @@ def demo(seeds, epochs, db, out, threads):
                 study = st.load(file, seeds=seeds, epochs=epochs)
                 if name in TOOLBOX_STUDIES:
                     own = st.load(file)
-                    study = st.load(file, seeds=min(seeds, len(own.seeds)),
+                    study = st.load(file, seeds=min(seeds, TOOLBOX_DEMO_SEEDS, len(own.seeds)),
                                     epochs=min(epochs, own.training.get("epochs", epochs)))
             run_ = st.run(study, store, keep_histories=False)
             _print_run(run_, PUBLISHED.get(study.name))

@@ -522,6 +522,10 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
         whole = train_data.take(torch.arange(n, device=device))
         Xs, Ys = whole[0].expand((P,) + whole[0].shape), whole[1].expand((P,) + whole[1].shape)
     trainer = PopulationTrainer(pop, member_ids, opt, history, epochs)
+    # L1/L2 penalties (the usual ones): their gradients l1·sign(w) + l2·2w are added to the data
+    # gradients directly, the numbers autograd would give, without the penalty's graph and its
+    # extra passes over every weight. None: some penalty is another kind; autograd does them all.
+    linear = pop.linear_penalties()
 
     def notify(hook, **kwargs):
         for cb in callbacks:
@@ -570,7 +574,9 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                 frozen = ([b.clone() for b in pop.buffers], active.clone()) if pop.buffers and not bool(active.all()) else None
                 out, act = pop.forward(xb, train_ctx)
                 data = mix.sample_loss(objective, out, yb, wb).mean(-1)
-                pen = pop.weight_penalty() + act if scale == 1.0 else pop.weight_penalty() * scale + act * scale
+                with torch.set_grad_enabled(linear is None):   # L1/L2 gradients are added by hand below
+                    wp = pop.weight_penalty()
+                pen = wp + act if scale == 1.0 else wp * scale + act * scale
             loss = data + pen
             finite = torch.isfinite(loss)
             if not bool(finite[active].all()):
@@ -581,6 +587,9 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                     break
             if fused_pop is None:
                 grads = torch.autograd.grad(torch.where(active, loss, 0).sum(), pop.params, allow_unused=True)
+                if linear:
+                    upstream = active.to(pop.params[0].dtype)   # what autograd sends each member's penalty
+                    grads = pop.add_penalty_grads(grads, pop.params, linear, upstream if scale == 1.0 else upstream * scale)
                 metric = mix.sample_metric(task, out, yb).mean(-1)
             elif pen.requires_grad:
                 extra = torch.autograd.grad(torch.where(active, pen, 0).sum(), pop.params, allow_unused=True)

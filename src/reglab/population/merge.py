@@ -108,6 +108,15 @@ class MergedConstraint:
                 w[i] = con(w[i])
 
 
+def _per_member(coef, p):
+    """A coefficient as a (P,) tensor on ``p``'s device and dtype (a plain number broadcast)."""
+    if coef is None:
+        return None
+    if isinstance(coef, torch.Tensor) and coef.dim() == 1:
+        return coef.to(dtype=p.dtype, device=p.device)
+    return torch.full((p.shape[0],), float(coef), dtype=p.dtype, device=p.device)
+
+
 class MergedRules:
     """A population's weight penalties and constraints, applied per member: ``penalties`` and
     ``constraints`` are lists of (stacked tensor, merged rule); ``P`` is the member count."""
@@ -123,6 +132,39 @@ class MergedRules:
         for p, merged in self.penalties:
             total = total + merged.members(p)
         return total
+
+    def linear_penalties(self) -> list | None:
+        """``[(param, l1 (P,) or None, l2 (P,) or None)]`` when every weight penalty is L1/L2 (their
+        gradients are then added by hand, :meth:`add_penalty_grads`), else None."""
+        out = []
+        for p, merged in self.penalties:
+            if merged.custom or any(not isinstance(g, R.L1L2) for g in merged.groups):
+                return None
+            for g in merged.groups:
+                l1 = g._coef("l1", p) if isinstance(g.l1, torch.Tensor) or g.l1 != 0 else None
+                l2 = g._coef("l2", p) if isinstance(g.l2, torch.Tensor) or g.l2 != 0 else None
+                out.append((p, _per_member(l1, p), _per_member(l2, p)))
+        return out
+
+    @staticmethod
+    def add_penalty_grads(grads: list, params: list, linear: list, weight: torch.Tensor) -> list:
+        """``grads`` plus each L1/L2 penalty's gradient ``weight·l1·sign(w) + weight·l2·(2w)``, per member:
+        the numbers autograd gives for ``l * sum(|w|)`` and ``l * sum(w²)`` with upstream gradient
+        ``weight`` (P,) (1 for a training member, 0 for a stopped one, times a penalty scale),
+        without building the penalty's graph."""
+        index = {id(p): i for i, p in enumerate(params)}
+        grads = list(grads)
+        for p, l1, l2 in linear:
+            i = index[id(p)]
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            w = p.detach()
+            for coef, term in ((l1, None), (l2, None)):
+                if coef is None:
+                    continue
+                c = (weight.to(coef.dtype) * coef).view(shape)
+                extra = c * (w.sgn() if coef is l1 else 2 * w)
+                grads[i] = extra if grads[i] is None else extra.add_(grads[i])   # in the layout of w
+        return grads
 
     def apply_constraints(self, active) -> None:
         """Project each member's constrained weights (only the ``active`` members, when given)."""
