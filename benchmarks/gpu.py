@@ -60,21 +60,8 @@ def timed(on, fn, *args, **kwargs):
 
 
 def loop(model, X, y, epochs, seed, loss_fn, penalty, device):
-    """One member, the plain PyTorch loop on ``device`` (the order drawn on the CPU, moved once per epoch)."""
-    model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=LR, eps=1e-7)
-    gen = torch.Generator().manual_seed(seed)
-    n = X.shape[0]
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        for start in range(0, n, BATCH):
-            idx = order[start:start + BATCH]
-            loss = loss_fn(model(X[idx]), y[idx]) + penalty(model)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model
+    """One member, the plain PyTorch loop of benchmarks/models.py on ``device``."""
+    return models.train_loop(model.to(device), X, y, epochs, seed, loss_fn, penalty, eps=1e-7, device=device)
 
 
 def ensemble(models_, X, y, epochs, seeds, loss_fn, penalties, device):

@@ -174,15 +174,18 @@ def _penalty(model: nn.Module) -> torch.Tensor | float:
 # -------------------------------------------------------------------------------------------- peers
 
 def train_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, loss_fn, penalty,
-               eps: float = 1e-8) -> nn.Module:
+               eps: float = 1e-8, device=None) -> nn.Module:
     """The hand-written PyTorch loop: Adam (lr 1e-3), a randperm reshuffle every epoch, batches of
-    32, ``penalty(model)`` added to the loss. Every loop peer of benchmarks/run.py is this one."""
+    32, ``penalty(model)`` added to the loss. Every loop peer of benchmarks/run.py and gpu.py is this
+    one (``device``: the order, drawn on the CPU, moved there once per epoch; X and y already there)."""
     opt = torch.optim.Adam(model.parameters(), lr=LR, eps=eps)
     gen = torch.Generator().manual_seed(seed)
     n = X.shape[0]
     model.train()
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
+        if device is not None:
+            order = order.to(device)
         for start in range(0, n, BATCH):
             idx = order[start:start + BATCH]
             loss = loss_fn(model(X[idx]), y[idx]) + penalty(model)

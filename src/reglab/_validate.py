@@ -67,3 +67,42 @@ def check_choice(value, name: str, owner: str, choices):
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"The {name!r} parameter of {owner} must be one of {allowed}. Got {value!r} instead.")
     return value
+
+
+class Setting:
+    """Shared shape: validated arguments, ``get_config``, equality, a repr that reads back."""
+
+    defaults: dict = {}
+
+    def get_config(self) -> dict:
+        return {k: getattr(self, k) for k in self.defaults}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if v != self.defaults[k])
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    __hash__ = None
+    example = ""   # e.g. " (e.g. reglab.Mixup(mixup_alpha=0.2))", shown when a value is refused
+
+    @classmethod
+    def coerce(cls, value, owner: str = "fit"):
+        """One from an instance, a dict of its arguments (study files) or None (stays None)."""
+        name = cls.__name__.lower()
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - set(cls.defaults)
+            if unknown:
+                raise TypeError(f"The {name!r} parameter of {owner} takes {', '.join(cls.defaults)}. "
+                                f"Got {', '.join(sorted(map(str, unknown)))} instead.")
+            return cls(**value)
+        raise TypeError(f"The {name!r} parameter of {owner} must be a reglab.{cls.__name__}{cls.example}, a dict of "
+                        f"its arguments or None. Got {value!r} instead.")
+

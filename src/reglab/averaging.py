@@ -50,35 +50,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._validate import check_number
+from ._validate import Setting, check_number
 from .mixup import stream_seed
 
 BATCH_NORM_STREAM = 4   # the word of SeedSequence(seed) that seeds SWA's BatchNorm pass
 
 
-class _Setting:
-    """Shared shape: validated arguments, ``get_config``, equality, a repr that reads back."""
-
-    defaults: dict = {}
-
-    def get_config(self) -> dict:
-        return {k: getattr(self, k) for k in self.defaults}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if v != self.defaults[k])
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    __hash__ = None
-
-
-class EMA(_Setting):
+class EMA(Setting):
     """Keras's ``use_ema=True``: ``momentum`` is ``ema_momentum`` (in [0, 1], default 0.99),
     ``overwrite_frequency`` is ``ema_overwrite_frequency`` (None or an int >= 1). See the module's
     docstring for the formula."""
@@ -91,7 +69,7 @@ class EMA(_Setting):
             overwrite_frequency, "overwrite_frequency", "EMA", low=1, integer=True)
 
 
-class SWA(_Setting):
+class SWA(Setting):
     """Stochastic weight averaging from epoch ``start_epoch`` (an int >= 0, counted from 0): the
     equal-weight average of the weights at the end of that epoch and every later one, BatchNorm
     statistics recomputed at the end (see the module's docstring)."""
@@ -104,17 +82,7 @@ class SWA(_Setting):
 
 def get(value, kind: type, owner: str = "fit"):
     """An :class:`EMA` / :class:`SWA` (``kind``) from one, a dict of its arguments (study files) or None."""
-    name = kind.__name__.lower()
-    if value is None or isinstance(value, kind):
-        return value
-    if isinstance(value, dict):
-        unknown = set(value) - set(kind.defaults)
-        if unknown:
-            raise TypeError(f"The {name!r} parameter of {owner} takes {', '.join(kind.defaults)}. "
-                            f"Got {', '.join(sorted(map(str, unknown)))} instead.")
-        return kind(**value)
-    raise TypeError(f"The {name!r} parameter of {owner} must be a reglab.{kind.__name__}, a dict of its arguments "
-                    f"or None. Got {value!r} instead.")
+    return kind.coerce(value, owner)
 
 
 def settings(ema, swa, owner: str = "fit"):

@@ -343,13 +343,9 @@ def _age(iso) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """As reglab.study.progress.duration (not imported: status loads no training code)."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
+    from reglab._timefmt import duration   # no imports: status loads no training code
+
+    return duration(seconds)
 
 
 def _splits(stored_spec) -> int:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._validate import check_number
+from ._validate import Setting, check_number
 
 MIXUP_STREAM = 3   # the word of SeedSequence(seed) that seeds a run's mixup generator
 
@@ -60,7 +60,7 @@ def stream_seed(seed: int, word: int) -> int:
     return int(np.random.SeedSequence(int(seed)).generate_state(word + 1, dtype=np.uint64)[word]) >> 1
 
 
-class Mixup:
+class Mixup(Setting):
     """timm's ``Mixup(mixup_alpha, cutmix_alpha, prob, switch_prob, mode="batch", correct_lam)``.
 
     ``mixup_alpha`` / ``cutmix_alpha``: the Beta(alpha, alpha) of each kind, active when > 0 (at
@@ -72,6 +72,7 @@ class Mixup:
     """
 
     defaults = {"mixup_alpha": 1.0, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5, "correct_lam": True}
+    example = " (e.g. reglab.Mixup(mixup_alpha=0.2))"
 
     def __init__(self, mixup_alpha: float = 1.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
                  switch_prob: float = 0.5, correct_lam: bool = True):
@@ -111,21 +112,6 @@ class Mixup:
             lam = 1.0 - (box[1] - box[0]) * (box[3] - box[2]) / float(height * width)
         return lam, box
 
-    def get_config(self) -> dict:
-        return {k: getattr(self, k) for k in self.defaults}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "Mixup":
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if v != self.defaults[k])
-        return f"Mixup({args})"
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    __hash__ = None
 
 
 def bounding_box(generator: np.random.Generator, height: int, width: int, lam: float) -> tuple[int, int, int, int]:
@@ -142,16 +128,7 @@ def bounding_box(generator: np.random.Generator, height: int, width: int, lam: f
 
 def get(mixup, owner: str = "fit") -> Mixup | None:
     """A :class:`Mixup` from a Mixup, a dict of its arguments (as in study files) or None."""
-    if mixup is None or isinstance(mixup, Mixup):
-        return mixup
-    if isinstance(mixup, dict):
-        unknown = set(mixup) - set(Mixup.defaults)
-        if unknown:
-            raise TypeError(f"The 'mixup' parameter of {owner} takes {', '.join(Mixup.defaults)}. "
-                            f"Got {', '.join(sorted(map(str, unknown)))} instead.")
-        return Mixup(**mixup)
-    raise TypeError(f"The 'mixup' parameter of {owner} must be a reglab.Mixup (e.g. reglab.Mixup(mixup_alpha=0.2)), "
-                    f"a dict of its arguments or None. Got {mixup!r} instead.")
+    return Mixup.coerce(mixup, owner)
 
 
 class Mixing:

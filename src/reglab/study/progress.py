@@ -27,24 +27,11 @@ import time
 
 import numpy as np
 
+from .._timefmt import duration  # noqa: F401 - progress lines and reglab status say times alike
 from ..callbacks import Callback
 
 LINE_SECONDS = 30.0     # a plain progress line at least this often when the output is not a terminal
 STATUS_SECONDS = 5.0    # how often the running process writes its progress to the store
-
-
-def duration(seconds: float) -> str:
-    """A time left, as a person says it.
-
-    >>> duration(42), duration(250), duration(7380)
-    ('42 s', '4 min', '2 h 3 min')
-    """
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
 
 
 class RunProgress:
