@@ -291,8 +291,9 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
                      threads: int | None = None, device=None) -> PopulationResult:
     """Train ``len(configs) × len(seeds)`` members of ``build(**config)`` at once.
 
-    ``build`` returns an ``nn.Sequential`` (the same definition ``reglab.fit`` trains) with reglab
-    penalties and constraints attached; configs differ in penalty strengths and kinds, constraint
+    ``build`` returns any ``nn.Module`` (the same definition ``reglab.fit`` trains; members of one
+    architecture share a population) with reglab penalties and constraints attached; configs differ
+    in penalty strengths and kinds, constraint
     bounds, dropout/noise rates. Member ``c * len(seeds) + s`` is config ``c`` with seed ``seeds[s]``
     and equals ``reglab.fit(build(**configs[c]), train, validation, seed=seeds[s], ...)`` with the same
     options (and ``preset="keras"``). ``lr``, ``label_smoothing`` and ``class_weight`` may be one value or
