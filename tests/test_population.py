@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits, make_moons
 from torch import nn
 
 import reglab
@@ -654,3 +654,19 @@ def test_conv2d_members_equal_standalone_fits_on_both_convolution_paths(im2col, 
     configs = [dict(kernel=reglab.L2(1e-2), **shape), dict(**shape)]
     assert_matches_standalone(strided_cnn_build, configs, [0, 1], train, val, epochs=3, batch_size=32, lr=0.01)
     assert bool(calls) == im2col
+
+
+@pytest.mark.parametrize("path", ["stacked", "general"])
+def test_a_zero_activity_penalty_adds_nothing(path, monkeypatch):
+    """Keras's ActivityRegularization() defaults (l1 = l2 = 0): the population trains, penalty 0."""
+    if path == "general":
+        monkeypatch.setenv("REGLAB_POPULATION", "general")
+    X, y = make_moons(60, noise=0.2, random_state=0)
+
+    def build():
+        model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+        reglab.regularize(model[0], activity=reglab.L1L2())
+        return model
+
+    result = reglab.train_population(build, None, [0, 1], train=(X, y), epochs=2, progress=False)
+    assert (result.history["penalty"] == 0).all() and not result.diverged.any()

@@ -163,6 +163,8 @@ class Population(MergedRules):
                 merged, mean = self.activity[pos]
                 out = x[0] if isinstance(x, tuple) else x
                 value = merged.members(out)
+                if value is None:   # a zero penalty (Keras's ActivityRegularization() defaults): nothing to add
+                    continue
                 value = torch.where(mean.to(value.device), value / out.shape[1], value)
                 act = value if act is None else act + value
         if act is None:

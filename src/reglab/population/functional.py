@@ -564,6 +564,8 @@ class ModulePopulation(MergedRules):
         total = None
         for (name, (merged, mean, time_major)), value in zip(self.activity.items(), acts):
             pen = merged.members(value)
+            if pen is None:   # a zero penalty (Keras's ActivityRegularization() defaults): nothing to add
+                continue
             batch = value.shape[2 if time_major and value.dim() == 4 else 1]
             pen = torch.where(mean.to(pen.device), pen / batch, pen)
             total = pen if total is None else total + pen
