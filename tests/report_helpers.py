@@ -53,3 +53,29 @@ def study_toml(name="s", seeds=2, data='name = "moons"', training="epochs = 2", 
     lines = ", ".join('"' + line.replace('"', '\\"') + '"' for line in layers)
     return (f'name = "{name}"\nseeds = {seeds}\n[data]\n{data}\n[training]\n{training}\n'
             f"[model]\nlayers = [{lines}]\n{variants}\n")
+
+
+# none vs L2 on moons, one population; the text keeps an {epochs} placeholder for str.format
+_NONE_VS_L2 = """\
+name = "NAME"
+seeds = SEEDS
+
+[data]
+name = "moons"
+
+[model]
+layers = ["Dense(8, input_dim=2, activation='relu')", "Dense(1, activation='sigmoid')"]
+
+[training]
+epochs = {epochs}
+
+[variants.none]
+
+[variants.l2]
+layers = {{ 0 = {{ kernel_regularizer = "l2(0.01)" }} }}
+"""
+
+
+def none_vs_l2_study(name: str, seeds: int) -> str:
+    """The study text (``.format(epochs=...)`` still to apply) of moons with no regularization and L2."""
+    return _NONE_VS_L2.replace("NAME", name).replace("SEEDS", str(seeds))

@@ -282,3 +282,12 @@ def test_predict_reads_a_dataset_or_a_loader_in_order():
                                   reglab.predict_proba(model, X, batch_size=7))   # same batches, same bits
     np.testing.assert_array_equal(reglab.predict_proba(model, Rows(X, y)), expected)
     np.testing.assert_array_equal(reglab.predict(model, DataLoader(ds, batch_size=16)), reglab.predict(model, X))
+
+
+def test_sample_weights_with_a_dataloader_are_refused_in_one_line():
+    X, y = blobs()
+    loader = DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=16)
+    with pytest.raises(ValueError, match="'sample_weight' parameter of fit needs \\(X, y\\) or a Dataset"):
+        reglab.fit(build(), loader, epochs=1, sample_weight=np.ones(len(X)))
+    with pytest.raises(ValueError, match="'sample_weight' parameter of train_population needs"):
+        reglab.train_population(build, None, [0], train=loader, epochs=1, sample_weight=np.ones(len(X)))

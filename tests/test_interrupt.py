@@ -20,27 +20,12 @@ from reglab.cli import main
 from reglab.store import Store, StudyBusy
 from reglab.study import runner
 
+from report_helpers import none_vs_l2_study
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 2 variants x 8 seeds; with --task-size 1 that is 16 populations, each saved in its own transaction.
-STUDY = """\
-name = "interrupted"
-seeds = 8
-
-[data]
-name = "moons"
-
-[model]
-layers = ["Dense(8, input_dim=2, activation='relu')", "Dense(1, activation='sigmoid')"]
-
-[training]
-epochs = {epochs}
-
-[variants.none]
-
-[variants.l2]
-layers = {{ 0 = {{ kernel_regularizer = "l2(0.01)" }} }}
-"""
+STUDY = none_vs_l2_study("interrupted", 8)
 MEMBERS = 16
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 

@@ -20,27 +20,12 @@ from reglab.store import Store
 from reglab.study import load, progress, runner, sizing
 from reglab.study.runner import Task
 
+from report_helpers import none_vs_l2_study
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 2 variants x 3 seeds: one population of 6 members (the seeds' MLP runs in the fused kernel)
-STUDY = """\
-name = "progress"
-seeds = 3
-
-[data]
-name = "moons"
-
-[model]
-layers = ["Dense(8, input_dim=2, activation='relu')", "Dense(1, activation='sigmoid')"]
-
-[training]
-epochs = {epochs}
-
-[variants.none]
-
-[variants.l2]
-layers = {{ 0 = {{ kernel_regularizer = "l2(0.01)" }} }}
-"""
+STUDY = none_vs_l2_study("progress", 3)
 MEMBERS = 6
 
 

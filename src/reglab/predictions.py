@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from . import tasks as _tasks
 from ._validate import check_number
-from .training import wants_integers
+from .training import model_inputs, wants_integers
 
 __all__ = ["predict", "predict_proba"]
 
@@ -149,7 +149,4 @@ def _inputs(X, integers, dtype, owner):
     if X.dim() == 0 or X.shape[0] == 0:
         raise ValueError(f"The 'X' parameter of {owner} must hold at least one sample (one row each). "
                          f"Got shape {tuple(X.shape)} instead.")
-    X = X.detach()
-    if integers and not X.is_floating_point() and not X.is_complex() and X.dtype != torch.bool:
-        return X.long()
-    return X.to(dtype)
+    return model_inputs(X.detach(), integers, dtype)

@@ -104,7 +104,7 @@ class Objective:
                 raise ValueError("label_smoothing applies to reglab's losses; a callable loss smooths itself.")
             if not bool(((smooth >= 0) & (smooth <= 1)).all()):
                 raise ValueError(f"The 'label_smoothing' parameter must be in [0, 1]. Got {label_smoothing!r} instead.")
-            self.smoothing = smooth if smooth.dim() == 0 else smooth
+            self.smoothing = smooth
         else:
             self.smoothing = None
         if class_weight is not None and task.name == "regression":

@@ -59,6 +59,14 @@ def wants_integers(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
 
 
+def model_inputs(x: torch.Tensor, integers: bool, dtype=None) -> torch.Tensor:
+    """Inputs as the model takes them: integer ids stay int64 for a model with an embedding
+    (``integers``, see :func:`wants_integers`), anything else becomes ``dtype`` (the default dtype)."""
+    if integers and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
+        return x.long()
+    return x.to(torch.get_default_dtype() if dtype is None else dtype)
+
+
 def as_tensors(data, name: str, task=None, integers: bool = False):
     """``(X, y)`` arrays or tensors → inputs and targets in the task's form.
 
@@ -73,10 +81,7 @@ def as_tensors(data, name: str, task=None, integers: bool = False):
         raise ValueError(f"The {name!r} data is empty.")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"The {name!r} data has {X.shape[0]} inputs but {y.shape[0]} targets.")
-    if integers and not X.is_floating_point() and not X.is_complex() and X.dtype != torch.bool:
-        X = X.long()
-    else:
-        X = X.to(torch.get_default_dtype())
+    X = model_inputs(X, integers)
     task = _tasks.infer(y) if task is None else _tasks.get(task)
     return X, task.targets(y), task
 
@@ -114,11 +119,7 @@ class Data:
 
     def _convert(self, x, y):
         """Collated inputs in the model's dtype and targets in the task's form, on the device."""
-        x = torch.as_tensor(x)
-        if self.integers and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
-            x = x.long()
-        else:
-            x = x.to(torch.get_default_dtype())
+        x = model_inputs(torch.as_tensor(x), self.integers)
         return x.to(self.device, non_blocking=True), self.task.targets(y).to(self.device, non_blocking=True)
 
     def take(self, rows: torch.Tensor):
@@ -155,13 +156,20 @@ class Data:
             x, y = self._convert(x, y)
             yield x.shape[0], x, y
 
+    def sample_weights(self, sample_weight, owner: str = "fit") -> torch.Tensor | None:
+        """One weight per training row (see :func:`sample_weights`) on the device; a DataLoader's
+        batches come in its own order, so they cannot be matched with weights."""
+        weights = sample_weights(sample_weight, self.n, owner=owner)
+        if weights is not None and self.shared_order:
+            raise ValueError(f"The 'sample_weight' parameter of {owner} needs (X, y) or a Dataset: a DataLoader yields "
+                             "its own batches (weigh inside a loss= function instead).")
+        return None if weights is None else weights.to(self.device)
+
     def sample(self, k: int) -> torch.Tensor:
         """A few input rows (checks and memory estimates)."""
         if self.source is None:
             return self.X[:k]
-        x = torch.as_tensor(self.source.sample(k))
-        return self._convert(x, torch.zeros(x.shape[0]))[0] if self.task.name != "multiclass" else \
-            self._convert(x, torch.zeros(x.shape[0], dtype=torch.long))[0]
+        return model_inputs(torch.as_tensor(self.source.sample(k)), self.integers).to(self.device)
 
 
 def make_optimizer(params, optimizer, preset, lr, weight_decay, momentum, clipping=None, owner="fit"):
@@ -357,12 +365,7 @@ def fit(model: nn.Module, train, validation=None, *, epochs: int, batch_size: in
         raise ValueError("EarlyStopping monitors a validation metric but fit() got no validation data; "
                          "pass validation=(X_val, y_val) or monitor='loss'.")
     objective = _tasks.Objective(task, loss, label_smoothing, _tasks.class_weights(class_weight, data.targets, task))
-    weights = sample_weights(sample_weight, data.n)
-    if weights is not None:
-        if data.shared_order:
-            raise ValueError("sample_weight needs (X, y) or a Dataset: a DataLoader yields its own batches "
-                             "(return the weight from the Dataset and use loss= instead).")
-        weights = weights.to(device)
+    weights = data.sample_weights(sample_weight)
 
     streams = _presets.Streams.from_seed(seed)
     # Built before the re-initialisation (which is in place) so that a bad optimizer argument

@@ -34,7 +34,7 @@ from .. import schedules as _schedules
 from ..callbacks import Callback, EarlyStopping
 from .. import sources as _sources
 from ..training import (Data, LearningRates, accumulator, batches, default_lr, evaluate, make_optimizer,
-                        sample_weights, wants_integers)
+                        wants_integers)
 from . import fused
 from . import layers as L
 from .functional import ModulePopulation
@@ -382,7 +382,7 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
     for s_value in smoothing:
         _tasks.Objective(task, loss, s_value)   # one clear error before training
     training = dict(loss=loss, smoothing=smoothing, class_weights=weights,
-                    sample_weight=_weights_on(sample_weights(sample_weight, X.n, owner="train_population"), X),
+                    sample_weight=X.sample_weights(sample_weight, "train_population"),
                     clipping=dict(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm),
                     schedule=schedule, callbacks=callbacks, reinit=reinit, mixup=mixup, ema=ema, swa=swa)
 
@@ -469,12 +469,6 @@ class PopulationTrainer:
         self.stop_training = False
 
 
-def _weights_on(weights, data):
-    if weights is not None and data.shared_order:
-        raise ValueError("sample_weight needs (X, y) or a Dataset: a DataLoader yields its own batches.")
-    return None if weights is None else weights.to(data.device)
-
-
 def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_size, optimizer, preset, lr,
                  weight_decay, momentum, early_stopping, bar, governor, training, member_ids):
     """``X``: the training :class:`reglab.training.Data` (``Y`` unused: its targets come with it)."""
@@ -510,11 +504,10 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
     restore = early_stopping is not None and early_stopping.restore_best_weights
     state = list(pop.params) + list(pop.buffers)   # what restore_best_weights keeps (BatchNorm statistics too)
     best_params = [p.detach().clone() for p in state] if restore else None
-    has_best = torch.zeros(P, dtype=torch.bool)
+    has_best = torch.zeros(P, dtype=torch.bool, device=device)
 
     active = torch.ones(P, dtype=torch.bool, device=device)
     diverged = torch.zeros(P, dtype=torch.bool, device=device)
-    has_best = has_best.to(device)
     epochs_run = np.zeros(P, int)
     stopped = np.full(P, -1)
     names = ["loss", "data_loss", "penalty", task.metric]
