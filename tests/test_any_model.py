@@ -261,9 +261,39 @@ def test_float32_member_within_rounding_sensitivity():
                 assert_close_within(mine, theirs, 1e-5, slack[i][key], f"member {i} {key}")
 
 
+def test_draws_made_ahead_are_undone_when_the_next_batch_differs(float64):
+    """Dropout masks are drawn one batch ahead on the guess that the next batch is shaped like this
+    one; batches of 24 on 64 rows (24, 24, 16) and a validation pass each epoch make that guess
+    wrong twice an epoch, and every member must still draw exactly what its fit draws."""
+    check_family(ResMLP, tabular(), [dict(rate=0.3), dict(rate=0.5)], seeds=(0, 1, 2), epochs=5, batch_size=24)
+
+
 def test_members_of_different_architectures_run_as_separate_populations(float64):
     data = tabular()
     check_family(ResMLP, data, [dict(width=8), dict(width=16), dict(width=8, rate=0.5)], seeds=(0,), epochs=4)
+
+
+def test_members_differing_only_in_attributes_forward_never_reads_share_one_population(float64, monkeypatch):
+    """``self.l2 = l2`` kept on the model (never read by forward) does not split a population;
+    ``self.scale``, read by the evaluation forward only, does: every member still equals its fit."""
+    class Kept(nn.Module):
+        def __init__(self, l2=1e-3, scale=1.0):
+            super().__init__()
+            self.l2, self.scale = l2, scale
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 1)
+            reglab.regularize(self.a, kernel=reglab.L2(l2))
+
+        def forward(self, x):
+            out = self.b(torch.relu(self.a(x)))
+            return out if self.training else out * self.scale
+
+    sizes = []
+    real = engine._train_chunk
+    monkeypatch.setattr(engine, "_train_chunk", lambda pop, *args: sizes.append(pop.P) or real(pop, *args))
+    check_family(Kept, tabular(), [dict(l2=1e-3), dict(l2=1e-2), dict(l2=1e-2, scale=2.0)], epochs=4)
+    assert sorted(sizes) == [2, 4]   # seeds (0, 1): the two l2 configs together, the scale config apart
+    reads = engine.module_reads(Kept(), torch.zeros(2, 8))
+    assert "scale" in reads[""] and "l2" not in reads[""]
 
 
 def test_unused_parameters_are_left_alone(float64):

@@ -38,6 +38,7 @@ from ..training import (Data, LearningRates, accumulator, batches, default_lr, e
 from . import fused
 from . import layers as L
 from .functional import ModulePopulation
+from .functional import module_reads
 from .functional import signature as module_signature
 from .merge import MergedConstraint, MergedPenalty, MergedRules
 
@@ -81,10 +82,11 @@ def _sequential(model: nn.Module) -> bool:
     return isinstance(model, nn.Sequential) and all(isinstance(m, L.SUPPORTED) for m in leaves(model))
 
 
-def signature(model: nn.Module) -> tuple:
-    """What must agree for members to share a population: layer types, shapes and settings."""
+def signature(model: nn.Module, reads: dict | None = None) -> tuple:
+    """What must agree for members to share a population: layer types, shapes and settings (for the
+    general path, with ``reads``, the settings its forward reads: see :func:`functional.module_reads`)."""
     if not _sequential(model):
-        return ("module",) + module_signature(model)
+        return ("module",) + module_signature(model, reads)
     out = ["sequential"]
     for m in leaves(model):
         shapes = tuple((n, tuple(p.shape)) for n, p in m.named_parameters())
@@ -93,7 +95,7 @@ def signature(model: nn.Module) -> tuple:
     return tuple(out)
 
 
-def make_population(models: list[nn.Module]):
+def make_population(models: list[nn.Module], reads: dict | None = None):
     """The population for ``models``: the stacked-layer path (with the fused MLP kernel) for an
     nn.Sequential of the layers it runs, else the general vmap path (:class:`ModulePopulation`).
     ``REGLAB_POPULATION=general`` sends every model down the general path (the benchmarks compare
@@ -103,7 +105,7 @@ def make_population(models: list[nn.Module]):
             return Population(models)
         except ValueError:
             pass   # a setting the stacked layers do not run (e.g. batch_first=False): the general path does
-    return ModulePopulation(models)
+    return ModulePopulation(models, reads)
 
 
 def check_population(model: nn.Module, sample: torch.Tensor) -> None:
@@ -386,9 +388,14 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
                     clipping=dict(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm),
                     schedule=schedule, callbacks=callbacks, reinit=reinit, mixup=mixup, ema=ema, swa=swa)
 
+    # Members share a population when their models agree in what the forward computes with;
+    # attributes it never reads (e.g. ``self.l2``) may differ.
+    sample = X.sample(min(2, X.n))
+    reads = [None if _sequential(t) else module_reads(t, sample) for t in templates]
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
-        groups.setdefault(signature(templates[m["config_index"]]), []).append(i)
+        c = m["config_index"]
+        groups.setdefault(signature(templates[c], reads[c]), []).append(i)
 
     P = len(members)
     out = PopulationResult(members=members, history={}, epochs_run=np.zeros(P, int), stopped_epoch=np.full(P, -1),
@@ -399,7 +406,7 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
     with _threads.restored():   # whatever the governor picks is undone afterwards
         governor = _threads.Governor.for_training(threads)
         _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batch_size, optimizer, preset,
-                      weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor, training)
+                      weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor, training, reads)
     bar.close()
     return out
 
@@ -428,8 +435,9 @@ def _objective(task, training, config_indices):
 
 
 def _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batch_size, optimizer, preset,
-                  weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor, training):
+                  weight_decay, momentum, early_stopping, budget, chunk_size, bar, out, governor, training, reads):
     for idx in groups.values():
+        group_reads = reads[members[idx[0]]["config_index"]]
         per_member = _member_bytes(templates[members[idx[0]]["config_index"]], X.sample(1).cpu(), batch_size)
         size = chunk_size or max(1, budget // per_member)
         for start in range(0, len(idx), size):
@@ -444,7 +452,7 @@ def _train_groups(groups, templates, members, lrs, X, Y, val, task, epochs, batc
             lr_value = lr_chunk[0] if len(set(lr_chunk)) == 1 else torch.tensor(
                 [default_lr(optimizer, preset) if v is None else float(v) for v in lr_chunk])
             objective = _objective(task, training, [members[i]["config_index"] for i in chunk])
-            result = _train_chunk(make_population(models), [members[i]["seed"] for i in chunk], X, Y, val, objective,
+            result = _train_chunk(make_population(models, group_reads), [members[i]["seed"] for i in chunk], X, Y, val, objective,
                                   epochs, batch_size, optimizer, preset, lr_value, weight_decay, momentum,
                                   early_stopping, bar, governor, training, chunk)
             for j, i in enumerate(chunk):
@@ -631,6 +639,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
         notify("on_epoch_end", epoch=epoch, logs=epoch_logs)
     averages.finish_population(pop, (xb for _, _, xb, _ in train_data.epoch(batch_size, None)),
                                lambda x, generators: pop.forward(x, Context(True, generators)))
+    if isinstance(pop, ModulePopulation):
+        pop.settle()   # draws made ahead for a batch that never came
     notify("on_train_end")
     with torch.no_grad():
         if restore and bool(has_best.any()):

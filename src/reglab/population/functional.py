@@ -26,8 +26,10 @@ under ``torch.func.vmap``. What ``vmap`` cannot do by itself is done around it:
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -106,6 +108,23 @@ def draw(kind, rate: float, shape: tuple, dtype, generator, device=None, order: 
         return noise.div_(1 - rate)
     noise = torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - rate, generator=generator)
     return noise.div_(1 - rate)
+
+
+_POOLS = {}
+
+
+def _draw_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads that draw members' random tensors in parallel (see ModulePopulation._draw_all)."""
+    if "draw" not in _POOLS:
+        _POOLS["draw"] = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="reglab-draw")
+    return _POOLS["draw"]
+
+
+def _ahead_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that draws the next forward's random tensors (see ModulePopulation._take_draws)."""
+    if "ahead" not in _POOLS:
+        _POOLS["ahead"] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reglab-ahead")
+    return _POOLS["ahead"]
 
 
 class NotBatchable(ValueError):
@@ -300,8 +319,9 @@ def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
     return forward
 
 
-def _settings(module: nn.Module) -> tuple:
-    """The plain attributes that change what ``module`` computes (its rate excepted for random layers)."""
+def _settings(module: nn.Module, read: set | None = None) -> tuple:
+    """The plain attributes that change what ``module`` computes (its rate excepted for random
+    layers); with ``read`` (see :func:`module_reads`), only those its forward reads."""
     skip = {"training", "_reglab"}
     kind = site_kind(module)
     if kind is not None and issubclass(kind, RandomLayer):
@@ -311,21 +331,69 @@ def _settings(module: nn.Module) -> tuple:
     simple = (int, float, str, bool, type(None))
     out = []
     for key, value in sorted(vars(module).items()):
-        if key.startswith("_") or key in skip:
+        if key.startswith("_") or key in skip or (read is not None and key not in read):
             continue
         if isinstance(value, simple) or (isinstance(value, tuple) and all(isinstance(v, simple) for v in value)):
             out.append((key, value))
     return tuple(out)
 
 
-def signature(model: nn.Module) -> tuple:
-    """What members must share to run in one population: module tree, shapes and settings."""
+def signature(model: nn.Module, reads: dict | None = None) -> tuple:
+    """What members must share to run in one population: module tree, shapes and settings (with
+    ``reads`` from :func:`module_reads`, only the settings that the forward reads)."""
     out = []
     for name, m in model.named_modules():
         params = tuple((n, tuple(p.shape), p.dtype) for n, p in m.named_parameters(recurse=False))
         buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False))
-        out.append((name, type(m).__qualname__, params, buffers, _settings(m)))
+        read = None if reads is None else reads.get(name, set())
+        out.append((name, type(m).__qualname__, params, buffers, _settings(m, read)))
     return tuple(out)
+
+
+def module_reads(model: nn.Module, sample: torch.Tensor) -> dict | None:
+    """Per module name, the instance attributes that a training forward (with gradients) and an
+    evaluation forward (without) of a copy of ``model`` on ``sample`` read; None when the model
+    cannot be probed (then every setting counts).
+
+    A population runs one copy of member 0's modules for every member, so members must agree in
+    every plain attribute the forward reads (``self.scale``, a flag choosing a branch); attributes
+    it never reads (a hyper-parameter kept on the model, ``self.l2 = l2``) need not agree, and
+    members differing only there share one population. Reads are recorded through each module's
+    ``__getattribute__`` during the two forwards only; the global random state is left as it was.
+    """
+    try:
+        probe = copy.deepcopy(model)
+    except Exception:   # noqa: BLE001 - a model that cannot be copied keeps the strict signature
+        return None
+    reads = {id(m): set() for m in probe.modules()}
+    recording, classes = [False], {}
+
+    def recorder(cls):
+        if cls not in classes:
+            def __getattribute__(self, key):
+                if recording[0] and key in object.__getattribute__(self, "__dict__"):
+                    reads[id(self)].add(key)
+                return cls.__getattribute__(self, key)
+            classes[cls] = type(cls.__name__, (cls,), {"__getattribute__": __getattribute__,
+                                                        "__module__": cls.__module__})
+        return classes[cls]
+
+    device = sample.device
+    try:
+        for m in probe.modules():
+            m.__class__ = recorder(type(m))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for training in (True, False):
+                probe.train(training)
+                with torch.set_grad_enabled(training):
+                    recording[0] = True
+                    try:
+                        probe(sample)
+                    finally:
+                        recording[0] = False
+    except Exception:   # noqa: BLE001 - training reports the model's own error; here: strict grouping
+        return None
+    return {name: reads[id(m)] for name, m in probe.named_modules()}
 
 
 def _strip(module: nn.Module) -> None:
@@ -348,10 +416,10 @@ class ModulePopulation(MergedRules):
 
     fused = None
 
-    def __init__(self, models: list[nn.Module]):
-        first = signature(models[0])
+    def __init__(self, models: list[nn.Module], reads: dict | None = None):
+        first = signature(models[0], reads)
         for i, m in enumerate(models[1:], 1):
-            if signature(m) != first:
+            if signature(m, reads) != first:
                 raise ValueError(f"Member {i} does not share member 0's architecture (module tree, shapes and settings); "
                                  "members of one population must.")
         self.models, self.P = models, len(models)
@@ -394,6 +462,7 @@ class ModulePopulation(MergedRules):
         self._plans = {}
         self._checked = set()   # (shared, mode, shape, training) that ran under vmap
         self._draws = None
+        self._ahead = None   # (plan, generators, their states before, future): see _take_draws
         self._cursor = 0
         self._fns = {}
 
@@ -488,16 +557,21 @@ class ModulePopulation(MergedRules):
             self._plans[key] = (list(self._probe_calls), probe.found or self._attention)
         return self._plans[key]
 
-    def _draw_all(self, plan, generators, device):
+    def _draw_all(self, plan, generators, device, parallel=True):
         """Each member's tensors for every site, drawn from its own generator in call order, as
-        :func:`draw` draws them, straight into one (P, ...) tensor per site."""
+        :func:`draw` draws them, straight into one (P, ...) tensor per site.
+
+        A member's generator is only ever used by one thread, which draws that member's sites in
+        call order, so the values do not depend on how members are spread over threads; on the
+        CPU they are spread over ``torch.get_num_threads()`` threads (PyTorch's CPU draws are
+        serial kernels that release the GIL)."""
         dtype = self.params[0].dtype
-        draws, slots = [], []
+        jobs, draws, slots = [], [], []   # jobs: (index in draws, site, kind, rates); kind None: a RandomLayer
         for site in plan:
             if site.members is not None:   # each member's own RandomLayer samples from its generator
                 slots.append(len(draws))
-                draws.append(torch.stack([m.sample(site.shape, dtype, device, gen)
-                                          for m, gen in zip(site.members, generators)]))
+                jobs.append((len(draws), site, None, None))
+                draws.append([None] * self.P)
                 continue
             layer = isinstance(site.kind, type)
             kind = site.kind if layer else nn.Dropout
@@ -506,38 +580,88 @@ class ModulePopulation(MergedRules):
                 slots.append(None)
                 continue
             order = site.order if site.order is not None else tuple(range(len(site.shape)))
-            buf = torch.empty((self.P,) + tuple(site.shape[d] for d in order), dtype=dtype, device=device)
-            gaussian = kind in (GaussianNoise, GaussianDropout)
-            for i, (rate, gen) in enumerate(zip(rates, generators)):
-                if rate == 0:
-                    buf[i].fill_(0.0 if gaussian else 1.0)
-                elif gaussian:
-                    buf[i].normal_(generator=gen)
-                elif rate == 1:
-                    buf[i].zero_()
-                else:
-                    buf[i].bernoulli_(1 - rate, generator=gen)
+            slots.append(len(draws))
+            jobs.append((len(draws), site, kind, rates))
+            draws.append(torch.empty((self.P,) + tuple(site.shape[d] for d in order), dtype=dtype, device=device))
+
+        def fill(members):
+            for i in members:
+                gen = generators[i]
+                for k, site, kind, rates in jobs:
+                    out = draws[k]
+                    if kind is None:
+                        out[i] = site.members[i].sample(site.shape, dtype, device, gen)
+                    elif rates[i] == 0:
+                        out[i].fill_(0.0 if kind in (GaussianNoise, GaussianDropout) else 1.0)
+                    elif kind in (GaussianNoise, GaussianDropout):
+                        out[i].normal_(generator=gen)
+                    elif rates[i] == 1:
+                        out[i].zero_()
+                    else:
+                        out[i].bernoulli_(1 - rates[i], generator=gen)
+
+        workers = min(self.P, torch.get_num_threads()) if device.type == "cpu" and jobs and parallel else 1
+        if workers > 1:
+            parts = [range(k * self.P // workers, (k + 1) * self.P // workers) for k in range(workers)]
+            list(_draw_pool().map(fill, parts))
+        else:
+            fill(range(self.P))
+        for k, site, kind, rates in jobs:
+            out = draws[k]
+            if kind is None:
+                draws[k] = torch.stack(out)
+                continue
             member = (-1,) + (1,) * len(site.shape)
             if kind is GaussianNoise:
-                buf.mul_(torch.tensor(rates, dtype=dtype, device=device).view(member))
+                out.mul_(torch.tensor(rates, dtype=dtype, device=device).view(member))
             elif kind is GaussianDropout:
                 std = [(r / (1.0 - r)) ** 0.5 for r in rates]
-                buf = buf.mul_(torch.tensor(std, dtype=dtype, device=device).view(member)).add_(1.0)
+                out.mul_(torch.tensor(std, dtype=dtype, device=device).view(member)).add_(1.0)
             else:
                 keep = [1.0 if r in (0, 1) else 1 - r for r in rates]
-                buf.div_(torch.tensor(keep, dtype=dtype, device=device).view(member))
+                out.div_(torch.tensor(keep, dtype=dtype, device=device).view(member))
             if site.order is not None:
-                buf = buf.permute((0,) + tuple(order.index(d) + 1 for d in range(len(order))))
-            slots.append(len(draws))
-            draws.append(buf)
+                order = site.order
+                draws[k] = out.permute((0,) + tuple(order.index(d) + 1 for d in range(len(order))))
         return draws, slots
+
+    def _take_draws(self, plan, generators, device):
+        """This training forward's draws (:meth:`_draw_all`), and the next one's started.
+
+        On the CPU, the next forward's draws are made in a background thread while this one
+        computes, on the guess that it will be shaped like this one (every batch but an epoch's
+        last). The generators' states are kept before drawing ahead; when the guess is wrong they
+        are put back and the draws made afresh, so the values are what drawing in turn gives."""
+        ahead, self._ahead, out = self._ahead, None, None
+        if ahead is not None:
+            want, gens, saved, future = ahead
+            drawn = future.result()
+            if want is plan and gens is generators:
+                out = drawn
+            else:
+                for g, state in zip(gens, saved):
+                    g.set_state(state)
+        if out is None:
+            out = self._draw_all(plan, generators, device)
+        if device.type == "cpu":
+            saved = [g.get_state() for g in generators]
+            self._ahead = (plan, generators, saved, _ahead_pool().submit(self._draw_all, plan, generators, device, False))
+        return out
+
+    def settle(self) -> None:
+        """Undo any draws made ahead (training is over): each generator as if they were never made."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[3].result()
+            for g, state in zip(ahead[1], ahead[2]):
+                g.set_state(state)
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, ctx, shared: bool = False):
         """Outputs (P, B, ...) and each member's activity penalty (P,). ``x`` is (P, B, ...), or
         (B, ...) with ``shared=True`` (every member sees the same batch)."""
         plan, uses_mode = self._plan(x if shared else x[0], ctx.training)
-        draws, slots = self._draw_all(plan, ctx.noise_generators, x.device) if ctx.training else ([], [None] * len(plan))
+        draws, slots = self._take_draws(plan, ctx.noise_generators, x.device) if ctx.training else ([], [None] * len(plan))
         self.base.train(ctx.training)
         key = (shared, uses_mode)
         if key not in self._fns:
