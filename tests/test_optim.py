@@ -389,3 +389,43 @@ def test_flat_update_equals_tensor_by_tensor(name):
         b.step(gs, active=mask)
     for p, q in zip(plain, views):
         assert torch.equal(p, q)
+
+
+# --- L1/L2 penalty gradients added by the optimizer ---------------------------------------------
+
+def _penalized_step(fuse: bool, penalty, active=None, transposed=False, steps=3):
+    torch.manual_seed(0)
+    p = torch.randn(4, 16, 8)
+    opt = optim.Adam([p], lr=0.01)
+    opt.fuses_penalties = fuse
+    for _ in range(steps):
+        g = torch.randn(4, 8, 16).transpose(1, 2) if transposed else torch.randn(4, 16, 8)
+        opt.step([g], active=active, penalties=[[penalty]])
+    return p, opt.state[0]
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2", "l1l2"])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("stopped", [False, True])
+def test_adam_adds_penalty_gradients_in_its_pass_to_the_bit(kind, transposed, stopped):
+    """Adam's numba pass that adds the L1/L2 gradient (sign(w)·l1 + g, then w·2l2 + that) gives the
+    bits of penalty_gradient followed by the plain update, with a transposed gradient and a stopped
+    member too; and penalty_gradient is what autograd gives for l1·sum|w| + l2·sum w²."""
+    l1 = torch.tensor([1e-2, 0.0, 3e-2, 1e-3]) if kind != "l2" else None
+    l2 = 2 * torch.tensor([1e-3, 5e-2, 0.0, 2e-2]) if kind != "l1" else None
+    active = torch.tensor([True, False, True, True]) if stopped else None
+    fused, fused_state = _penalized_step(True, (l1, l2), active, transposed)
+    plain, plain_state = _penalized_step(False, (l1, l2), active, transposed)
+    assert torch.equal(fused, plain)
+    for key in ("m", "v"):
+        assert torch.equal(fused_state[key], plain_state[key])
+
+    w = torch.randn(4, 16, 8, requires_grad=True)
+    g = torch.randn(4, 16, 8)
+    total = (w * g).sum()
+    if l1 is not None:
+        total = total + (l1 * w.abs().flatten(1).sum(1)).sum()
+    if l2 is not None:
+        total = total + (l2 / 2 * w.square().flatten(1).sum(1)).sum()
+    (auto,) = torch.autograd.grad(total, w)
+    torch.testing.assert_close(optim.penalty_gradient(g.clone(), w.detach(), l1, l2), auto, rtol=1e-6, atol=1e-7)

@@ -41,6 +41,27 @@ if _nb is not None:
             v[i] = vi
             p[i] = p[i] + step * mi / (np.sqrt(vi) * inv_bc2_sqrt + eps)
 
+    @_nb.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+    def _adam_penalty_kernel(p, g, m, v, l1, l2, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
+        # _adam_kernel on the gradient plus member k's L1/L2 penalty gradient (penalty_gradient's
+        # formula and order): sign(w)·l1[k] + g, then w·l2[k] + that. p, g, m, v: (members, n).
+        has_l1, has_l2 = l1.size > 0, l2.size > 0
+        for k in range(p.shape[0]):
+            c1 = l1[k] if has_l1 else np.float32(0.0)
+            c2 = l2[k] if has_l2 else np.float32(0.0)
+            for i in _nb.prange(p.shape[1]):
+                w = p[k, i]
+                gi = g[k, i]
+                if has_l1:
+                    gi = np.sign(w) * c1 + gi
+                if has_l2:
+                    gi = w * c2 + gi
+                mi = m[k, i] + w1 * (gi - m[k, i])
+                vi = v[k, i] + w2 * (gi * gi - v[k, i])
+                m[k, i] = mi
+                v[k, i] = vi
+                p[k, i] = w + step * mi / (np.sqrt(vi) * inv_bc2_sqrt + eps)
+
 from ._validate import check_choice, check_coefficient, check_number
 
 
@@ -91,8 +112,26 @@ class Clipping:
         return [None if g is None else scaled(g, total) for g in grads]
 
 
+def penalty_gradient(g, w: torch.Tensor, l1: torch.Tensor | None, l2: torch.Tensor | None):
+    """``g`` plus the gradient of each member's L1/L2 penalty, for stacked weights ``w`` (P, ...):
+    ``sign(w)·l1 + g``, then ``w·l2 + that``, with ``l1`` (P,) the L1 coefficient and ``l2`` (P,)
+    twice the L2 coefficient (both times autograd's upstream gradient), or None. These are the
+    numbers autograd gives for ``l1·sum|w| + l2/2·sum w²`` (``c·(2w)`` is ``w·(2c)`` to the bit);
+    ``g`` None is a weight with no data gradient. Adam's numba kernel computes the same inline."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    if l1 is not None:
+        extra = w.sgn().mul_(l1.view(shape))
+        g = extra if g is None else extra.add_(g)   # in the layout of w
+    if l2 is not None:
+        extra = w * l2.view(shape)
+        g = extra if g is None else extra.add_(g)
+    return g
+
+
 class Optimizer:
     """Minimal stateful optimizer over a list of tensors (``p.grad`` or explicit gradients)."""
+
+    fuses_penalties = False   # _update takes penalty terms and adds their gradient itself
 
     def __init__(self, params, lr, weight_decay=0.0, *, clipnorm=None, clipvalue=None, global_clipnorm=None):
         self.params = list(params)
@@ -127,6 +166,20 @@ class Optimizer:
                     state[k] = v[offset:offset + n].view_as(p)
             offset += n
 
+    def _penalized(self, grads: list, penalties: list | None, fuse: bool) -> tuple[list, list]:
+        """The gradients with the penalty terms of :meth:`step` added (:func:`penalty_gradient`),
+        and per parameter the one ``(l1, l2)`` left for ``_update`` to add in its pass (``fuse``)."""
+        left = [None] * len(self.params)
+        for i, (p, pens) in enumerate(zip(self.params, penalties or ())):
+            if pens is None:
+                continue
+            if fuse and grads[i] is not None and len(pens) == 1:
+                left[i] = pens[0]
+                continue
+            for pen in pens:
+                grads[i] = penalty_gradient(grads[i], p.detach(), *pen)
+        return grads, left
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             p.grad = None
@@ -138,28 +191,37 @@ class Optimizer:
         return value
 
     @torch.no_grad()
-    def step(self, grads=None, active: torch.Tensor | None = None) -> None:
-        """Apply one update. ``active`` (P,) bool freezes the members where it is False."""
+    def step(self, grads=None, active: torch.Tensor | None = None, penalties: list | None = None) -> None:
+        """Apply one update. ``active`` (P,) bool freezes the members where it is False.
+        ``penalties``: per parameter None or a list of ``(l1, l2)`` L1/L2 penalty terms whose
+        gradients (:func:`penalty_gradient`, in turn) belong to the gradient (before clipping and
+        the update)."""
         self.iterations += 1
-        grads = [p.grad for p in self.params] if grads is None else grads
+        grads = [p.grad for p in self.params] if grads is None else list(grads)
+        flat = (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor)
+                and all(g is not None for g in grads) and (self.flat_state or not any(self.state)))
+        grads, penalties = self._penalized(grads, penalties, self.fuses_penalties and not (
+            self.clipping or self.weight_decay or flat))
         if self.clipping:
             grads = self.clipping(grads, self.stacked)
-        if (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor)
-                and all(g is not None for g in grads) and (self.flat_state or not any(self.state))):
+        if flat:
             flat = self.flat
             if self.weight_decay:
                 flat.sub_(flat * (self.lr * self.weight_decay))
             self._update(flat, torch.cat([g.reshape(-1) for g in grads]), self.lr, self.flat_state)
             return
         self._share_state()
-        for i, (p, g) in enumerate(zip(self.params, grads)):
+        for i, (p, g, pen) in enumerate(zip(self.params, grads, penalties)):
             if g is None:
                 continue
             before = p.detach().clone() if active is not None else None
             lr = self._member_view(self.lr, p)
             if self.weight_decay:
                 p.sub_(p * (lr * self.weight_decay))
-            self._update(p, g, lr, self.state[i])
+            if pen is None:
+                self._update(p, g, lr, self.state[i])
+            else:
+                self._update(p, g, lr, self.state[i], pen)
             if active is not None:
                 keep = self._member_view(~active, p).bool() if active.dim() == 1 else ~active
                 p.copy_(torch.where(keep, before, p))
@@ -184,7 +246,9 @@ class Adam(Optimizer):
         self.epsilon = check_number(epsilon, "epsilon", type(self).__name__, low=0)
         self.epsilon_hat = bool(epsilon_hat)
 
-    def _update(self, p, g, lr, state):
+    fuses_penalties = True
+
+    def _update(self, p, g, lr, state, penalty=None):
         if not state:
             state["m"] = torch.zeros_like(p)
             state["v"] = torch.zeros_like(p)
@@ -193,13 +257,23 @@ class Adam(Optimizer):
         bc1, bc2 = 1 - self.beta_1 ** t, 1 - self.beta_2 ** t
         if (_nb is not None and not isinstance(lr, torch.Tensor) and p.dtype == torch.float32
                 and g.dtype == torch.float32 and p.is_contiguous() and p.device.type == "cpu"):
-            g = g.contiguous()
             f32 = np.float32
             step = -lr * (math.sqrt(bc2) / bc1 if self.epsilon_hat else 1 / bc1)
-            _adam_kernel(p.detach().view(-1).numpy(), g.detach().reshape(-1).numpy(), m.view(-1).numpy(),
-                         v.view(-1).numpy(), f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step),
-                         f32(self.epsilon), f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
+            args = (f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),
+                    f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
+            if penalty is None:
+                g = g.contiguous()
+                _adam_kernel(p.detach().view(-1).numpy(), g.detach().reshape(-1).numpy(), m.view(-1).numpy(),
+                             v.view(-1).numpy(), *args)
+            else:   # the penalty's gradient added in the same pass (see penalty_gradient)
+                none = np.zeros(0, np.float32)
+                l1, l2 = (none if c is None else c.detach().to(torch.float32).contiguous().numpy() for c in penalty)
+                P = p.shape[0]
+                _adam_penalty_kernel(p.detach().view(P, -1).numpy(), g.detach().contiguous().view(P, -1).numpy(),
+                                     m.view(P, -1).numpy(), v.view(P, -1).numpy(), l1, l2, *args)
             return
+        if penalty is not None:
+            g = penalty_gradient(g, p.detach(), *penalty)
         m.lerp_(g, 1 - self.beta_1)
         v.lerp_(g * g, 1 - self.beta_2)
         if self.epsilon_hat:
@@ -330,9 +404,10 @@ class TorchOptimizer(Optimizer):
         return None
 
     @torch.no_grad()
-    def step(self, grads=None, active=None) -> None:
+    def step(self, grads=None, active=None, penalties=None) -> None:
         self.iterations += 1
-        grads = [p.grad for p in self.params] if grads is None else grads
+        grads = [p.grad for p in self.params] if grads is None else list(grads)
+        grads, _ = self._penalized(grads, penalties, fuse=False)
         if self.clipping:
             grads = self.clipping(grads, self.stacked)
         if isinstance(self.lr, torch.Tensor):

@@ -589,11 +589,12 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                 if not bool(active.any()):
                     _unfreeze(pop, frozen)
                     break
+            penalties = None
             if fused_pop is None:
                 grads = torch.autograd.grad(torch.where(active, loss, 0).sum(), pop.params, allow_unused=True)
-                if linear:
+                if linear:   # their gradients: added by the optimizer (in its own pass where it can)
                     upstream = active.to(pop.params[0].dtype)   # what autograd sends each member's penalty
-                    grads = pop.add_penalty_grads(grads, pop.params, linear, upstream if scale == 1.0 else upstream * scale)
+                    penalties = pop.penalty_terms(pop.params, linear, upstream if scale == 1.0 else upstream * scale)
                 metric = mix.sample_metric(task, out, yb).mean(-1)
             elif pen.requires_grad:
                 extra = torch.autograd.grad(torch.where(active, pen, 0).sum(), pop.params, allow_unused=True)
@@ -601,7 +602,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
             if fused_pop is None:
                 _unfreeze(pop, frozen)   # after backward, which may read the buffers
             rates.before_step()
-            opt.step(grads, active=None if bool(active.all()) else active)
+            opt.step(grads, active=None if bool(active.all()) else active, penalties=penalties)
             averages.after_step(active)
             pop.apply_constraints(active)
             sums += torch.stack([loss.detach(), data.detach(), pen.detach(), metric]).to(sums.device).double() * size

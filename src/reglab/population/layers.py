@@ -59,11 +59,13 @@ class Linear(PopLayer):
         w, b = self.params["weight"], self.params.get("bias")
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1])
+        # (W xᵀ)ᵀ rather than x Wᵀ: the same products, and the weight's gradient comes out in the
+        # weight's own layout (contiguous), as the optimizer's fused pass reads it.
         if b is None:
-            out = torch.bmm(x3, w.transpose(1, 2))
+            out = torch.bmm(w, x3.transpose(1, 2))
         else:
-            out = torch.baddbmm(b.unsqueeze(1), x3, w.transpose(1, 2))
-        return out.reshape(shape[:-1] + (w.shape[1],))
+            out = torch.baddbmm(b.unsqueeze(2), w, x3.transpose(1, 2))
+        return out.transpose(1, 2).reshape(shape[:-1] + (w.shape[1],))
 
 
 # Largest patch matrix per member for which a Conv2d runs as im2col + bmm (it is kept for backward,

@@ -147,24 +147,21 @@ class MergedRules:
         return out
 
     @staticmethod
-    def add_penalty_grads(grads: list, params: list, linear: list, weight: torch.Tensor) -> list:
-        """``grads`` plus each L1/L2 penalty's gradient ``weight·l1·sign(w) + weight·l2·(2w)``, per member:
-        the numbers autograd gives for ``l * sum(|w|)`` and ``l * sum(w²)`` with upstream gradient
-        ``weight`` (P,) (1 for a training member, 0 for a stopped one, times a penalty scale),
-        without building the penalty's graph."""
+    def penalty_terms(params: list, linear: list, weight: torch.Tensor) -> list:
+        """Per parameter (aligned with ``params``) None or a list of the ``(l1, l2)`` terms of
+        :func:`reglab.optim.penalty_gradient` for the L1/L2 penalties ``linear``
+        (:meth:`linear_penalties`) with upstream gradient ``weight`` (P,): 1 for a training member,
+        0 for a stopped one, times a penalty scale. The optimizer adds their gradients, in its
+        own pass over the weights where it can. These are the numbers autograd gives for
+        ``l1 * sum(|w|)`` and ``l2 * sum(w²)``, without building the penalty's graph."""
         index = {id(p): i for i, p in enumerate(params)}
-        grads = list(grads)
+        out = [None] * len(params)
         for p, l1, l2 in linear:
             i = index[id(p)]
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            w = p.detach()
-            for coef, term in ((l1, None), (l2, None)):
-                if coef is None:
-                    continue
-                c = (weight.to(coef.dtype) * coef).view(shape)
-                extra = c * (w.sgn() if coef is l1 else 2 * w)
-                grads[i] = extra if grads[i] is None else extra.add_(grads[i])   # in the layout of w
-        return grads
+            terms = (None if l1 is None else weight.to(l1.dtype) * l1,
+                     None if l2 is None else 2 * (weight.to(l2.dtype) * l2))
+            out[i] = [terms] if out[i] is None else out[i] + [terms]   # several groups: added in turn
+        return out
 
     def apply_constraints(self, active) -> None:
         """Project each member's constrained weights (only the ``active`` members, when given)."""
