@@ -32,19 +32,10 @@ except ImportError:  # pragma: no cover
 
 if _nb is not None:
     @_nb.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-    def _adam_kernel(p, g, m, v, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
-        for i in _nb.prange(p.size):
-            gi = g[i]
-            mi = m[i] + w1 * (gi - m[i])
-            vi = v[i] + w2 * (gi * gi - v[i])
-            m[i] = mi
-            v[i] = vi
-            p[i] = p[i] + step * mi / (np.sqrt(vi) * inv_bc2_sqrt + eps)
-
-    @_nb.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-    def _adam_penalty_kernel(p, g, m, v, l1, l2, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
-        # _adam_kernel on the gradient plus member k's L1/L2 penalty gradient (penalty_gradient's
-        # formula and order): sign(w)·l1[k] + g, then w·l2[k] + that. p, g, m, v: (members, n).
+    def _adam_kernel(p, g, m, v, l1, l2, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
+        # Adam (Adam._update's formulas, float32) on rows k of p, g, m, v (members × n, or one row),
+        # the gradient first plus row k's L1/L2 penalty gradient when l1/l2 are not empty
+        # (penalty_gradient's formula and order): sign(w)·l1[k] + g, then w·l2[k] + that.
         has_l1, has_l2 = l1.size > 0, l2.size > 0
         for k in range(p.shape[0]):
             c1 = l1[k] if has_l1 else np.float32(0.0)
@@ -261,16 +252,14 @@ class Adam(Optimizer):
             step = -lr * (math.sqrt(bc2) / bc1 if self.epsilon_hat else 1 / bc1)
             args = (f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),
                     f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
-            if penalty is None:
-                g = g.contiguous()
-                _adam_kernel(p.detach().view(-1).numpy(), g.detach().reshape(-1).numpy(), m.view(-1).numpy(),
-                             v.view(-1).numpy(), *args)
-            else:   # the penalty's gradient added in the same pass (see penalty_gradient)
-                none = np.zeros(0, np.float32)
+            none = np.zeros(0, np.float32)
+            if penalty is None:   # one row
+                rows, l1, l2 = 1, none, none
+            else:   # one row per member; the penalty's gradient is added in the same pass
+                rows = p.shape[0]
                 l1, l2 = (none if c is None else c.detach().to(torch.float32).contiguous().numpy() for c in penalty)
-                P = p.shape[0]
-                _adam_penalty_kernel(p.detach().view(P, -1).numpy(), g.detach().contiguous().view(P, -1).numpy(),
-                                     m.view(P, -1).numpy(), v.view(P, -1).numpy(), l1, l2, *args)
+            _adam_kernel(p.detach().view(rows, -1).numpy(), g.detach().contiguous().view(rows, -1).numpy(),
+                         m.view(rows, -1).numpy(), v.view(rows, -1).numpy(), l1, l2, *args)
             return
         if penalty is not None:
             g = penalty_gradient(g, p.detach(), *penalty)
