@@ -389,9 +389,11 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
                     schedule=schedule, callbacks=callbacks, reinit=reinit, mixup=mixup, ema=ema, swa=swa)
 
     # Members share a population when their models agree in what the forward computes with;
-    # attributes it never reads (e.g. ``self.l2``) may differ.
-    sample = X.sample(min(2, X.n))
-    reads = [None if _sequential(t) else module_reads(t, sample) for t in templates]
+    # attributes it never reads (e.g. ``self.l2``) may differ. Probed only when that could matter.
+    reads = [None] * len(templates)
+    if len({signature(t) for t in templates}) > 1:
+        sample = X.sample(min(2, X.n))
+        reads = [None if _sequential(t) else module_reads(t, sample) for t in templates]
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
         c = m["config_index"]

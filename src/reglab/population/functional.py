@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -110,21 +111,11 @@ def draw(kind, rate: float, shape: tuple, dtype, generator, device=None, order: 
     return noise.div_(1 - rate)
 
 
-_POOLS = {}
-
-
-def _draw_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that draw members' random tensors in parallel (see ModulePopulation._draw_all)."""
-    if "draw" not in _POOLS:
-        _POOLS["draw"] = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="reglab-draw")
-    return _POOLS["draw"]
-
-
-def _ahead_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The thread that draws the next forward's random tensors (see ModulePopulation._take_draws)."""
-    if "ahead" not in _POOLS:
-        _POOLS["ahead"] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reglab-ahead")
-    return _POOLS["ahead"]
+@functools.cache
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """Threads that draw members' random tensors: ``os.cpu_count()`` of them for the member-parallel
+    draws of ModulePopulation._draw_all, one for the draws made ahead by _take_draws."""
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="reglab-draw")
 
 
 class NotBatchable(ValueError):
@@ -603,7 +594,7 @@ class ModulePopulation(MergedRules):
         workers = min(self.P, torch.get_num_threads()) if device.type == "cpu" and jobs and parallel else 1
         if workers > 1:
             parts = [range(k * self.P // workers, (k + 1) * self.P // workers) for k in range(workers)]
-            list(_draw_pool().map(fill, parts))
+            list(_pool(os.cpu_count() or 1).map(fill, parts))
         else:
             fill(range(self.P))
         for k, site, kind, rates in jobs:
@@ -645,7 +636,7 @@ class ModulePopulation(MergedRules):
             out = self._draw_all(plan, generators, device)
         if device.type == "cpu":
             saved = [g.get_state() for g in generators]
-            self._ahead = (plan, generators, saved, _ahead_pool().submit(self._draw_all, plan, generators, device, False))
+            self._ahead = (plan, generators, saved, _pool(1).submit(self._draw_all, plan, generators, device, False))
         return out
 
     def settle(self) -> None:
