@@ -42,7 +42,7 @@ def main():
     args = parser.parse_args()
 
     from reglab import study as st
-    from reglab.study import runner
+    from reglab.study import jobs, train
     from reglab.study.dask import DaskExecutor, arrivals
 
     def load():
@@ -69,19 +69,19 @@ def main():
     threads = torch.get_num_threads(), numba.get_num_threads()
     out["local_threads"] = list(threads)
     for _ in range(args.repeat):
-        timed(runner.LocalExecutor(), "local")
+        timed(train.LocalExecutor(), "local")
     numba.set_num_threads(1)   # numba first: starting its OpenMP pool resets torch's thread count
     torch.set_num_threads(1)
     for _ in range(args.repeat):
-        timed(runner.LocalExecutor(), "local_1thread")
+        timed(train.LocalExecutor(), "local_1thread")
     numba.set_num_threads(threads[1])
     torch.set_num_threads(threads[0])
-    out["local_tasks"] = len(runner.plan(study, study.variants, set(), runner.LocalExecutor.chunks))
+    out["local_tasks"] = len(jobs.plan(study, study.variants, set(), train.LocalExecutor.chunks))
 
     start = time.perf_counter()
     with DaskExecutor(workers=args.workers) as ex:
         out["cluster_start_s"] = time.perf_counter() - start
-        out["dask_tasks"] = len(runner.plan(study, study.variants, set(), ex.chunks))
+        out["dask_tasks"] = len(jobs.plan(study, study.variants, set(), ex.chunks))
         timed(ex, "first")
         out["worker_task_s"], out["overhead_per_task_s"] = [], []
         for _ in range(args.repeat):

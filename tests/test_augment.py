@@ -446,7 +446,7 @@ def test_population_draws_each_members_parameters_from_its_own_stream():
     pop = ModulePopulation(models)
     x = torch.randn(5, 1, 6, 6)
     gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
-    out, _ = pop.forward(x, engine.Context(True, gens), shared=True)
+    out, _ = pop.forward(x, engine.ForwardMode(True, gens), shared=True)
     for i, (model, seed) in enumerate(zip(models, (3, 4))):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from reglab import study as st
 from reglab.cli import main
 from reglab.store import Store
-from reglab.study import runner
+from reglab.study import jobs, train
 
 try:
     import dask
@@ -144,14 +144,14 @@ def dask_run(cluster, tmp_path_factory):
     with distributed.Client(cluster) as client:
         before = client.run(arrivals)
         with Store(tmp / "dask.db") as store, DaskExecutor(cluster.scheduler_address) as ex:
-            tasks = len(runner.plan(study, study.variants, set(), ex.chunks))
+            tasks = len(jobs.plan(study, study.variants, set(), ex.chunks))
             run_ = st.run(study, store, dataset=dataset, executor=ex)
         after = client.run(arrivals)
     delta = {w: {k: after[w][k] - before[w][k] for k in after[w]} for w in after}
     return {"run": run_, "db": tmp / "dask.db", "tasks": tasks, "arrivals": delta, "dir": tmp}
 
 
-class LocalInChunks(runner.LocalExecutor):
+class LocalInChunks(train.LocalExecutor):
     chunks = 2      # the populations the 2-worker cluster trains, one after another in this process
 
 

@@ -33,7 +33,7 @@ from reglab.cli import main
 from reglab.report import boundary, figures
 from reglab.store import Store
 from reglab.study import runner, text
-from reglab.study.runner import ONE_CLASS
+from reglab.study.summary import ONE_CLASS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

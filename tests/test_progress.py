@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from reglab.callbacks import Callback
 from reglab.cli import main
 from reglab.store import Store
-from reglab.study import load, progress, runner, sizing
-from reglab.study.runner import Task
+from reglab.study import load, progress, runner, sizing, train
+from reglab.study.jobs import Job
 
 from report_helpers import none_vs_l2_study
 
@@ -56,15 +56,15 @@ class At(Callback):
 
 
 def with_callback(monkeypatch, which, callback):
-    """``runner.execute`` with ``callback`` added to its ``which``-th call (0: the first)."""
-    real, calls = runner.execute, []
+    """``train.execute`` with ``callback`` added to its ``which``-th call (0: the first)."""
+    real, calls = train.execute, []
 
     def execute(study, dataset, task, progress=None, threads=None, save_models=None, callbacks=()):
         calls.append(task)
         extra = [callback] if len(calls) == which + 1 else []
         return real(study, dataset, task, progress, threads, save_models, list(callbacks) + extra)
 
-    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(train, "execute", execute)
     return calls
 
 
@@ -105,7 +105,7 @@ def test_a_terminal_gets_one_bar_for_the_run_and_quiet_gets_nothing(monkeypatch)
     quiet = runner._progress(False, print, None, None)
     assert not quiet.show_bar and not quiet.lines
 
-    task = Task(("none", "l2"), (0, 1))
+    task = Job(("none", "l2"), (0, 1))
     with progress.RunProgress(bar=True) as run:
         run.plan([task], lambda t: 10)
         follow = run.callback(task, 10)
@@ -119,7 +119,7 @@ def test_a_terminal_gets_one_bar_for_the_run_and_quiet_gets_nothing(monkeypatch)
 
 def test_the_progress_callbacks_keep_the_fused_kernel():
     """train_population leaves its fused kernel for a callback that acts before or during an epoch."""
-    task = Task(("none",), (0,))
+    task = Job(("none",), (0,))
     for callback in (progress.RunProgress().callback(task, 5), sizing.TimeBudget(180).clock(task, 5)):
         for hook in ("on_train_begin", "on_epoch_begin", "on_batch_end"):
             assert getattr(type(callback), hook) is getattr(Callback, hook), (type(callback).__name__, hook)
@@ -177,7 +177,7 @@ def test_status_calls_old_progress_stale_and_names_a_run_that_was_killed(tmp_pat
         sid = store.open_study("progress", {"name": "progress", "variants": {"none": {}, "l2": {}}})
         with store.lease(sid, {"seeds": [0, 1, 2], "members": 6}):
             tracker = progress.RunProgress(store=store, study_id=sid)
-            tasks = [Task(("none", "l2"), (0, 1)), Task(("none", "l2"), (2,))]
+            tasks = [Job(("none", "l2"), (0, 1)), Job(("none", "l2"), (2,))]
             tracker.plan(tasks, lambda t: 400)
             follow = tracker.callback(tasks[0], 400)
             follow.on_epoch_end(SimpleNamespace(members=[0, 1, 2, 3], epochs=400, active=np.ones(4, bool)),
@@ -224,15 +224,15 @@ def test_cutting_a_population_by_time_gives_the_same_records(tmp_path, monkeypat
 
 def test_a_measured_rate_cuts_later_populations_before_they_start():
     budget = sizing.TimeBudget(max_seconds=200)   # pieces of about 100 s
-    task = Task(("a", "b"), tuple(range(8)), split=1)
+    task = Job(("a", "b"), tuple(range(8)), split=1)
     assert budget.pieces(task, epochs=1000) == [task]             # nothing measured yet
     budget.rates[("a", "b")] = 0.05                               # 16 members × 1000 epochs: 800 s
     pieces = budget.pieces(task, epochs=1000)
     assert [p.seeds for p in pieces] == [(0,), (1,), (2,), (3,), (4,), (5,), (6,), (7,)]
     assert all(p.variants == ("a", "b") and p.split == 1 for p in pieces)
-    assert budget.pieces(Task(("a", "b"), (0,)), epochs=1000) == [Task(("a", "b"), (0,))]   # 100 s: fits
+    assert budget.pieces(Job(("a", "b"), (0,)), epochs=1000) == [Job(("a", "b"), (0,))]   # 100 s: fits
     assert len(budget.pieces(task, epochs=2000)) == 16            # 1600 s: one member (100 s) per piece
-    one = Task(("a",), (0,))
+    one = Job(("a",), (0,))
     assert budget.split(one, 1e6) == [one]                        # a single member cannot be cut
     never = sizing.TimeBudget(max_seconds=None)
     never.rates[("a", "b")] = 0.05

@@ -16,7 +16,8 @@ from scipy import stats as sp
 
 from reglab.cli import main
 from reglab.report import boundary, figures, write_report
-from reglab.report.context import BASELINE_COLOUR, palette, seeds_text
+from reglab.report.context import BASELINE_COLOUR, palette
+from reglab.study.text import seeds_text
 from reglab.store import Store
 from reglab.study import runner
 from report_helpers import EVIL, compare_study, grid_study, iris_study, run_all

@@ -24,7 +24,7 @@ from reglab import store as store_module
 from reglab.cli import main
 from reglab.store import MIGRATIONS, Store
 from reglab.study import load, run
-from reglab.study import runner
+from reglab.study import runner, train
 from reglab.study import spec as S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -333,7 +333,7 @@ class StopAfter:
         for i, task in enumerate(tasks):
             if i == self.n:
                 raise KeyboardInterrupt
-            yield task, runner.execute(study, dataset, task, progress)
+            yield task, train.execute(study, dataset, task, progress)
 
 
 def test_an_interrupted_study_resumes_without_training_a_saved_split_and_seed_again(studies, tmp_path):

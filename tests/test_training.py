@@ -616,7 +616,7 @@ def fit_args(**overrides):
     (dict(class_weight={7: 2.0}), ValueError, "class 7"),
     (dict(sample_weight=[1.0] * 9), ValueError, "'sample_weight'.*9 values"),
     (dict(sample_weight=[-1.0] * 20), ValueError, "'sample_weight'"),
-    (dict(schedule="cosine"), TypeError, "'schedule'"),
+    (dict(schedule="cosine"), TypeError, "'schedule' parameter of fit"),
     (dict(schedule={"kind": "cosine"}), TypeError, "decay_steps"),
     (dict(schedule={"kind": "linear"}), ValueError, "'kind'"),
     (dict(loss="mse"), TypeError, "'loss'"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reglab.data import load as load_data
-from reglab.study import runner
+from reglab.study import records, runner, train
 from reglab.study import spec as S
 from reglab.training import evaluate
 
@@ -42,13 +42,13 @@ def test_a_strong_l2_changes_the_fit_on_diabetes_now_that_targets_are_standardiz
 
 def trained_models(monkeypatch, study, dataset):
     """Run ``study`` and return its records and the trained model of every record."""
-    models, record = {}, runner._record
+    models, record = {}, records.record
 
     def spy(variant, seed, i, result, ds, *rest):
         models[(variant.name, int(seed))] = result.models[i]
         return record(variant, seed, i, result, ds, *rest)
 
-    monkeypatch.setattr(runner, "_record", spy)
+    monkeypatch.setattr(records, "record", spy)
     return runner.run(study, dataset=dataset).records, models
 
 
@@ -112,13 +112,13 @@ def csv_study(tmp_path, validation=None):
 
 @pytest.mark.parametrize("validation", [None, "test"])
 def test_early_stopping_watches_the_carved_part_unless_the_study_says_test(tmp_path, monkeypatch, validation):
-    seen, train = [], runner.train_population
+    seen, train_population = [], train.train_population
 
     def spy(*args, **kwargs):
         seen.append((kwargs["train"], kwargs["validation"]))
-        return train(*args, **kwargs)
+        return train_population(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_population", spy)
+    monkeypatch.setattr(train, "train_population", spy)
     study = csv_study(tmp_path, validation)
     result = runner.run(study)
     ds = result.dataset

@@ -121,7 +121,7 @@ class Study:
         (what ``reglab run`` prints while it trains, and how many members came from the store).
         ``executor``, ``task_size`` and ``until_clear`` are those of :func:`reglab.study.run`
         (e.g. ``executor=reglab.study.dask.DaskExecutor(workers=2)``, ``until_clear=40``)."""
-        from .study import runner
+        from .study import checks, runner
 
         if progress is None and _in_jupyter():
             progress = True
@@ -129,7 +129,7 @@ class Study:
         where = str(self.db) if self.db is not None else MEMORY
         start = time.perf_counter()
         with _friendly():
-            dataset = runner.prepare(spec)    # a study that cannot run is rejected before the store is touched
+            dataset = checks.prepare(spec)    # a study that cannot run is rejected before the store is touched
             with self._store() as store:
                 if echo is not None:
                     entry = store.study(spec.name)

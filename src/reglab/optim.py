@@ -31,6 +31,18 @@ except ImportError:  # pragma: no cover
     _nb = None
 
 if _nb is not None:
+    # Adam's moment and weight updates, element by element, for both compiled kernels (this module's
+    # and the fused MLP kernel's): Adam._update's torch formulas, float32, in their order.
+    @_nb.njit(inline="always")
+    def adam_moments(g, gg, m, v, w1, w2):  # pragma: no cover - compiled
+        """m ← m + (1-β1)(g - m), v ← v + (1-β2)(g² - v) (``gg``: g², or 0 where flushed)."""
+        return m + w1 * (g - m), v + w2 * (gg - v)
+
+    @_nb.njit(inline="always")
+    def adam_weight(w, m, v, step, inv_bc2_sqrt, eps):  # pragma: no cover - compiled
+        """w + step · m / (√v · inv + ε): Keras's ε-hat placement (inv = 1), or torch's (inv = 1/√(1-β2^t))."""
+        return w + step * m / (np.sqrt(v) * inv_bc2_sqrt + eps)
+
     @_nb.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
     def _adam_kernel(p, g, m, v, l1, l2, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
         # Adam (Adam._update's formulas, float32) on rows k of p, g, m, v (members × n, or one row),
@@ -47,11 +59,10 @@ if _nb is not None:
                     gi = np.sign(w) * c1 + gi
                 if has_l2:
                     gi = w * c2 + gi
-                mi = m[k, i] + w1 * (gi - m[k, i])
-                vi = v[k, i] + w2 * (gi * gi - v[k, i])
+                mi, vi = adam_moments(gi, gi * gi, m[k, i], v[k, i], w1, w2)
                 m[k, i] = mi
                 v[k, i] = vi
-                p[k, i] = w + step * mi / (np.sqrt(vi) * inv_bc2_sqrt + eps)
+                p[k, i] = adam_weight(w, mi, vi, step, inv_bc2_sqrt, eps)
 
 from ._validate import check_choice, check_coefficient, check_number
 

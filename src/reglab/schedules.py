@@ -186,9 +186,9 @@ class EpochSchedule(Schedule):
 KINDS = {"exponential": ExponentialDecay, "step": StepDecay, "cosine": CosineDecay, "plateau": ReduceLROnPlateau}
 
 
-def get(schedule) -> Schedule | None:
+def get(schedule, owner: str | None = None) -> Schedule | None:
     """A schedule from a :class:`Schedule`, a callable ``epoch -> lr``, a dict ``{"kind": ..., **args}``
-    (as in study files) or None."""
+    (as in study files) or None. ``owner``: the function whose parameter it is (named in errors)."""
     if schedule is None or isinstance(schedule, Schedule):
         return schedule
     if isinstance(schedule, dict):
@@ -201,5 +201,6 @@ def get(schedule) -> Schedule | None:
             raise TypeError(f"schedule kind {kind!r}: {exc}") from None
     if callable(schedule):
         return EpochSchedule(schedule)
-    raise TypeError("The 'schedule' parameter must be a reglab schedule (e.g. reglab.CosineDecay(1000)), a dict "
+    of = f" of {owner}" if owner else ""
+    raise TypeError(f"The 'schedule' parameter{of} must be a reglab schedule (e.g. reglab.CosineDecay(1000)), a dict "
                     f"{{'kind': ..., ...}} or a callable epoch -> lr. Got {schedule!r} instead.")

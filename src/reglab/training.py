@@ -353,7 +353,7 @@ def fit(model: nn.Module, train, validation=None, *, epochs: int, batch_size: in
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(f"fit() callbacks must be reglab.Callback instances. Got {cb!r} instead.")
-    schedule = _schedules.get(schedule)
+    schedule = _schedules.get(schedule, "fit")
     mixup = _mixup.get(mixup)
     ema, swa = _averaging.settings(ema, swa)
     integers = wants_integers(model)

@@ -33,7 +33,7 @@ from ..attach import registry
 from .. import schedules as _schedules
 from ..callbacks import Callback, EarlyStopping
 from .. import sources as _sources
-from ..training import (Data, LearningRates, accumulator, batches, default_lr, evaluate, make_optimizer,
+from ..training import (Data, LearningRates, accumulator, batches, default_lr, make_optimizer,
                         wants_integers)
 from . import fused
 from . import layers as L
@@ -44,7 +44,10 @@ from .merge import MergedConstraint, MergedPenalty, MergedRules
 
 
 @dataclass
-class Context:
+class ForwardMode:
+    """How a population's forward runs: training (random layers draw) or evaluation, and each
+    member's noise generator (training only)."""
+
     training: bool
     noise_generators: list
 
@@ -114,10 +117,10 @@ def check_population(model: nn.Module, sample: torch.Tensor) -> None:
     pop = make_population([model])
     with torch.no_grad():
         if isinstance(pop, ModulePopulation):
-            pop.forward(sample[None], Context(True, [torch.Generator().manual_seed(0)]))
-            pop.forward(sample, Context(False, []), shared=True)
+            pop.forward(sample[None], ForwardMode(True, [torch.Generator().manual_seed(0)]))
+            pop.forward(sample, ForwardMode(False, []), shared=True)
         else:
-            pop.forward(sample[None], Context(True, [torch.Generator().manual_seed(0)]))
+            pop.forward(sample[None], ForwardMode(True, [torch.Generator().manual_seed(0)]))
 
 
 class Population(MergedRules):
@@ -156,7 +159,7 @@ class Population(MergedRules):
         activity = fused.activity_plan(self.activity) if act is not None else None
         self.fused = fused.FusedMLP(self.layers, act, activity) if activity is not None else None
 
-    def forward(self, x: torch.Tensor, ctx: Context):
+    def forward(self, x: torch.Tensor, ctx: ForwardMode):
         """Outputs (P, B, ...) and each member's activity penalty (P,) for inputs ``x`` of shape (P, B, ...)."""
         act = None
         for pos, layer in enumerate(self.layers):
@@ -200,10 +203,33 @@ class PopulationResult:
     def __len__(self):
         return len(self.members)
 
-    def evaluate(self, data) -> dict:
-        """Each member's loss, data loss, penalty and metric on ``data``: arrays of shape (P,)."""
-        rows = [evaluate(m, data, task=self.task, batch_size=self.batch_size) for m in self.models]
-        return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    def evaluate(self, data, *, outputs: bool = False) -> dict:
+        """Each member's loss, data loss, penalty and metric on ``data`` (as :func:`reglab.evaluate`
+        gives them, in eval mode): arrays of shape (P,). Members of one architecture are evaluated
+        as one population, each as its own model would be up to float32 rounding (the bound of a
+        member against its standalone fit). ``outputs=True`` adds ``"outputs"``: each member's output
+        for every row of ``data`` (in order; list of P tensors on the CPU)."""
+        integers = wants_integers(self.models[0])
+        groups: dict[tuple, list[int]] = {}
+        for i, model in enumerate(self.models):
+            groups.setdefault(signature(model), []).append(i)
+        objective = _tasks.Objective(self.task, None, 0.0)
+        out = {}
+        for idx in groups.values():
+            models = [self.models[i] for i in idx]
+            device = _sources.model_device(models[0])
+            part = Data(data, "data", self.task, integers, device, "evaluate")
+            pop = make_population(models)
+            kept = [] if outputs else None
+            with torch.no_grad():
+                scores = _evaluate(pop, part, None, objective, self.batch_size, ForwardMode(False, []), kept=kept)
+            for key, values in scores.items():
+                out.setdefault(key, np.full(len(self.models), np.nan))[idx] = values
+            if outputs:
+                stacked = torch.cat(kept, dim=1).cpu()
+                for j, i in enumerate(idx):
+                    out.setdefault("outputs", [None] * len(self.models))[i] = stacked[j]
+        return out
 
 
 _heap_kept = False
@@ -348,7 +374,7 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
             raise ValueError("train_population takes one EarlyStopping: pass it as early_stopping= or in callbacks.")
         early_stopping = stoppers[0]
         callbacks = [cb for cb in callbacks if cb is not early_stopping]
-    _schedules.get(schedule)   # a bad schedule fails before anything is built
+    _schedules.get(schedule, "train_population")   # a bad schedule fails before anything is built
     mixup = _mixup.get(mixup, "train_population")
     ema, swa = _averaging.settings(ema, swa, "train_population")
     if optimizer is not None and _optim.is_torch_optimizer(optimizer):
@@ -488,8 +514,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
     streams = [_presets.Streams.from_seed(s) for s in seeds]
     shuffle_gens = [torch.Generator().manual_seed(s.shuffle) for s in streams]   # orders: drawn on the CPU
     # noise (dropout masks, ...) is drawn where it is used, each member from its own generator
-    train_ctx = Context(True, [torch.Generator(device=device).manual_seed(s.noise) for s in streams])
-    eval_ctx = Context(False, [])
+    train_ctx = ForwardMode(True, [torch.Generator(device=device).manual_seed(s.noise) for s in streams])
+    eval_ctx = ForwardMode(False, [])
     opt = make_optimizer(pop.params, optimizer, preset, lr, weight_decay, momentum, training["clipping"],
                          owner="train_population")
     opt.stacked = True
@@ -641,7 +667,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
         trainer.active = active.cpu().numpy().copy()
         notify("on_epoch_end", epoch=epoch, logs=epoch_logs)
     averages.finish_population(pop, (xb for _, _, xb, _ in train_data.epoch(batch_size, None)),
-                               lambda x, generators: pop.forward(x, Context(True, generators)))
+                               lambda x, generators: pop.forward(x, ForwardMode(True, generators)))
     if isinstance(pop, ModulePopulation):
         pop.settle()   # draws made ahead for a batch that never came
     notify("on_train_end")
@@ -678,8 +704,9 @@ def _unfreeze(pop, frozen) -> None:
         b.copy_(torch.where(was_active.view((-1,) + (1,) * (b.dim() - 1)), b, old))
 
 
-def _evaluate(pop: Population, X, Y, objective, batch_size, ctx, fused_pop=None, scale=1.0) -> dict:
-    """``X``: the validation :class:`reglab.training.Data` (``Y`` unused)."""
+def _evaluate(pop: Population, X, Y, objective, batch_size, ctx, fused_pop=None, scale=1.0, kept=None) -> dict:
+    """``X``: the validation :class:`reglab.training.Data` (``Y`` unused). ``kept``: a list that gets
+    each batch's stacked outputs (members first)."""
     task = objective.task
     acc = accumulator(X.device)
     data_sum = torch.zeros(pop.P, dtype=torch.float64, device=acc)
@@ -698,6 +725,8 @@ def _evaluate(pop: Population, X, Y, objective, batch_size, ctx, fused_pop=None,
             out, act = pop.forward(xb, ctx, shared=True)
         else:
             out, act = pop.forward(xb.expand((pop.P,) + xb.shape), ctx)
+        if kept is not None:
+            kept.append(out.detach())
         data_sum += objective.sample_loss(out, yb, weighted=False, stacked=True).sum(-1).to(acc).double()
         metric_sum += task.sample_metric(out, yb).sum(-1).to(acc).double()
         act_sum += (act * scale if scale != 1.0 else act).to(acc).double() * size

@@ -34,6 +34,7 @@ LANES = 16   # partial sums per reduction: fixed, so that the order of every sum
 
 
 if nb is not None:
+    from ..optim import adam_moments, adam_weight
     # Every sum runs in one fixed order, whatever the CPU's vector width: LANES running partial sums
     # (lane l takes the elements j = l mod LANES of the first n - n % LANES), folded pairwise in a
     # fixed tree, then the remaining elements in order. The lanes are independent scalars, so LLVM's
@@ -97,7 +98,8 @@ if nb is not None:
 
     @nb.njit(inline="always")
     def _adam(w, g, m, v, c1, c2, hyper, lr):  # pragma: no cover - compiled
-        # reglab.optim.Adam (Keras form) with the L1/L2 penalty gradient added, one pass per tensor.
+        # reglab.optim.Adam (Keras form; its moment and weight formulas) with the L1/L2 penalty
+        # gradient and decoupled weight decay, subnormals flushed, one pass per tensor.
         w1, w2, bias, eps, inv, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
         step = -lr * bias
         for i in range(w.size):
@@ -105,13 +107,12 @@ if nb is not None:
             gi = g[i] + c1 * np.sign(wi) + np.float32(2.0) * c2 * wi   # float32 throughout, as torch
             wi = wi - wi * (lr * decay)
             gs = gi if abs(gi) >= SQRT_TINY else np.float32(0.0)        # gs * gs is normal or zero
-            mi = m[i] + w1 * (gi - m[i])
-            vi = v[i] + w2 * (gs * gs - v[i])
+            mi, vi = adam_moments(gi, gs * gs, m[i], v[i], w1, w2)
             mi = mi if abs(mi) >= TINY else np.float32(0.0)
             vi = vi if vi >= TINY else np.float32(0.0)
             m[i] = mi
             v[i] = vi
-            w[i] = wi + step * mi / (np.sqrt(vi) * inv + eps)
+            w[i] = adam_weight(wi, mi, vi, step, inv, eps)
 
     # Every inner loop runs over the hidden units with no branch inside, so LLVM vectorises it. No
     # fastmath: every operation is one IEEE float32/float64 operation in the order written (no

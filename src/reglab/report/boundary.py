@@ -66,16 +66,17 @@ def retrain(run, names, seed: int) -> dict:
 
 
 def _retrain(run, names, seed: int) -> dict:
-    from ..study import runner
+    from ..study.jobs import group_key
+    from ..study.train import train_group
 
     study, ds = run.study, run.dataset
     by_name = {v.name: v for v in study.variants}
     groups: dict[str, list] = {}
     for n in names:
-        groups.setdefault(runner.group_key(by_name[n].training), []).append(by_name[n])
+        groups.setdefault(group_key(by_name[n].training), []).append(by_name[n])
     models = {}
     for vs in groups.values():
-        result = runner.train_group(study, ds, vs, [seed], progress=False, threads=1)   # as the study trained them
+        result = train_group(study, ds, vs, [seed], progress=False, threads=1)   # as the study trained them
         for i, member in enumerate(result.members):
             models[vs[member["config_index"]].name] = (result.models[i], result.task)
     return models

@@ -96,20 +96,3 @@ class Context:
         return "accuracy" if self.metric == "accuracy" else "mean absolute error"
 
 
-def fmt(x, digits: int = 3, signed: bool = False) -> str:
-    """A number for people: '—' for NaN/None."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-
-
-def seeds_text(seeds) -> str:
-    """'0–29' for a run of consecutive seeds, else the list.
-
-    >>> seeds_text(range(30)), seeds_text([3, 5, 7])
-    ('0–29', '3, 5, 7')
-    """
-    seeds = list(seeds)
-    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
-        return f"{seeds[0]}–{seeds[-1]}"
-    return ", ".join(str(s) for s in seeds)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as _sp
 
-from .context import BASELINE_COLOUR, Context, fmt
+from ..study.text import fmt
+from .context import BASELINE_COLOUR, Context
 
 STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8.5, "xtick.labelsize": 8.5,

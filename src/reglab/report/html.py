@@ -17,9 +17,11 @@ import math
 import platform
 from datetime import datetime, timezone
 
-from ..study.text import divergence, paired_note, runs, verdict_text
+from ..study.text import ci as _ci
+from ..study.text import divergence, fmt, paired_note, runs, seeds_text, verdict_text
+from ..study.text import pm as _pm
 from ..study.text import rise as _rise
-from .context import Context, fmt, seeds_text
+from .context import Context
 
 
 def e(text) -> str:
@@ -126,18 +128,6 @@ def _csp() -> str:
 def _num(x) -> str:
     """A data-sort attribute value (empty for NaN, so those rows sort together)."""
     return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else repr(float(x))
-
-
-def _pm(d: dict) -> str:
-    if not d or not d.get("n") or not math.isfinite(d["mean"]):
-        return "—"
-    return f"{d['mean']:.3f} ± {d['std']:.3f}" if math.isfinite(d["std"]) else f"{d['mean']:.3f}"
-
-
-def _ci(lo, hi, signed=False) -> str:
-    if lo is None or not math.isfinite(lo):
-        return "—"
-    return f"[{fmt(lo, signed=signed)}, {fmt(hi, signed=signed)}]"
 
 
 def _name(name) -> str:

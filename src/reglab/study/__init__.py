@@ -7,7 +7,9 @@ first use, so ``import reglab; reglab.study.dask.DaskExecutor`` works as the REA
 import importlib as _importlib
 
 from .keras import ModelError, build
-from .runner import StudyRun, from_store, prepare, run, summarize
+from .checks import prepare
+from .runner import StudyRun, from_store, run
+from .summary import summarize
 from .spec import Study, StudyError, Variant, from_dict, load
 
 __all__ = ["ModelError", "Study", "StudyError", "StudyRun", "Variant", "build", "from_dict", "from_store", "load", "prepare", "run", "summarize"]

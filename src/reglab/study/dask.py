@@ -13,7 +13,7 @@ does not hold all of them in the driver and the scheduler at once.
   file system. A factory model (``model.factory``) that is a single ``.py`` file next to the study
   file is uploaded to the workers too; a factory in a package must be installed on the workers.
 - The study travels as its raw dict and folder; each worker rebuilds it with ``spec.from_dict``
-  and trains with ``runner.execute`` on one thread per task, so a task gives the same records, bit
+  and trains with ``train.execute`` on one thread per task, so a task gives the same records, bit
   for bit on CPU, as the local executor training the same population. For the fused kernel a
   member's numbers depend neither on its population, nor on the thread count, nor on the CPU's
   vector width (tests/test_fused_determinism.py); the generic engine's batched matmuls round
@@ -38,7 +38,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..threads import set_threads
-from . import runner
+from .jobs import Job, with_grid_points
+from .train import execute
 from . import spec as S
 
 __all__ = ["ClusterError", "DaskExecutor", "SchedulerLost"]
@@ -95,10 +96,7 @@ class Shipped:
 def _rebuild(payload: dict) -> S.Study:
     """The study from its raw dict, plus the grid points the run added while refining."""
     study = S.from_dict(payload["raw"], base_dir=payload["base_dir"])
-    refined = payload["refined"]
-    if refined:
-        keys = list(refined[0])
-        study.variants += S.grid_variants(study, {k: [p[k] for p in refined] for k in keys}, only=refined)
+    with_grid_points(study, [p["value"] for p in payload["refined"]])
     return study
 
 
@@ -121,11 +119,11 @@ def _study(payload: dict) -> S.Study:
     return study
 
 
-def run_task(payload: dict, shipped: Shipped, task: runner.Task) -> list[dict]:
+def run_task(payload: dict, shipped: Shipped, task: Job) -> list[dict]:
     """On a worker: train one task's population and return its records."""
     start = time.perf_counter()
     set_threads(1)   # one thread per task: a worker is one of several on the machine
-    records = runner.execute(_study(payload), shipped.dataset, task, progress=False, threads=1)
+    records = execute(_study(payload), shipped.dataset, task, progress=False, threads=1)
     _ARRIVALS["tasks"] += 1
     _ARRIVALS["seconds"] += time.perf_counter() - start
     return records
@@ -352,11 +350,11 @@ class DaskExecutor:
 def _payload(study: S.Study) -> dict:
     """What a worker needs to rebuild ``study``: its raw dict, its folder, the grid points added by
     refinement; checked here so that workers and driver agree on every configuration key."""
-    base = S.from_dict(study.raw, base_dir=study.base_dir)
-    names = {v.name for v in base.variants}
-    payload = {"raw": study.raw, "base_dir": os.fspath(Path(study.base_dir).resolve()),
-               "refined": [dict(v.params) for v in study.variants if v.name not in names]}
-    rebuilt = {v.name: v.key for v in _rebuild(payload).variants}
+    payload = {"raw": study.raw, "base_dir": os.fspath(Path(study.base_dir).resolve()), "refined": []}
+    rebuilt = _rebuild(payload)   # the study as its file gives it; the grid points refinement added
+    payload["refined"] = [{"value": v.params["value"]} for v in with_grid_points(rebuilt, [
+        v.params["value"] for v in study.variants if "value" in v.params])]
+    rebuilt = {v.name: v.key for v in rebuilt.variants}
     mine = {v.name: v.key for v in study.variants}
     if any(rebuilt.get(name) != key for name, key in mine.items()):
         raise S.StudyError("the study's variants cannot be rebuilt from its file on the workers; "

@@ -20,7 +20,7 @@ train whole (there is no checkpoint within a population).
 
 >>> budget = TimeBudget(max_seconds=180)
 >>> budget.rates[("a", "b")] = 0.01          # seconds per member-epoch, as TaskClock measures it
->>> [len(t.seeds) for t in budget.pieces(Task(("a", "b"), tuple(range(10))), epochs=2000)]
+>>> [len(t.seeds) for t in budget.pieces(Job(("a", "b"), tuple(range(10))), epochs=2000)]
 [2, 2, 2, 2, 2]
 """
 
@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from ..callbacks import Callback
-from .runner import Task, _split
+from .jobs import Job, cut
 
 MAX_TASK_SECONDS = 180.0   # a task that would train longer is cut (None: never cut)
 PROBE_SECONDS = 10.0       # how long a task's epochs are timed before its length is judged
@@ -48,7 +48,7 @@ class TaskTooLong(Exception):
         self.seconds = seconds
 
 
-def members(task: Task) -> int:
+def members(task: Job) -> int:
     return len(task.variants) * len(task.seeds)
 
 
@@ -62,7 +62,7 @@ class TimeBudget:
         self.max_seconds = max_seconds
         self.rates: dict[tuple, float] = {}
 
-    def pieces(self, task: Task, epochs: int) -> list[Task]:
+    def pieces(self, task: Job, epochs: int) -> list[Job]:
         """``task`` cut into pieces of about ``PIECE_SHARE × max_seconds`` when the rate measured on
         its variants says it would train longer than ``max_seconds``; else ``[task]``."""
         rate = self.rates.get(task.variants)
@@ -70,13 +70,13 @@ class TimeBudget:
             return [task]
         return self.split(task, rate * members(task) * epochs)
 
-    def split(self, task: Task, seconds: float) -> list[Task]:
+    def split(self, task: Job, seconds: float) -> list[Job]:
         """``task``, projected to train ``seconds``, cut into pieces of about ``PIECE_SHARE × max_seconds``."""
         target = PIECE_SHARE * self.max_seconds
         count = members(task) if target <= 0 else max(2, math.ceil(seconds / target))
-        return _split(task, max(1, members(task) // count))
+        return cut(task, max(1, members(task) // count))
 
-    def clock(self, task: Task, epochs: int) -> TaskClock:
+    def clock(self, task: Job, epochs: int) -> TaskClock:
         """A callback for ``task``'s ``train_population`` that learns its rate and, when it would
         train longer than the budget and has more than one member, raises :class:`TaskTooLong`."""
         return TaskClock(self, task, epochs)
@@ -86,7 +86,7 @@ class TaskClock(Callback):
     """Times one task's training (see the module); overrides only ``on_epoch_end``/``on_train_end``,
     so the fused kernel still runs."""
 
-    def __init__(self, budget: TimeBudget, task: Task, epochs: int):
+    def __init__(self, budget: TimeBudget, task: Job, epochs: int):
         self.budget, self.task, self.epochs = budget, task, epochs
         self.start_ = time.perf_counter()
         self.trained_ = 0          # member-epochs trained so far (a stopped member trains no more)

@@ -63,7 +63,7 @@ __all__ = ["build_code", "variant_snippet"]
 
 DATA_NOTE = ("# train = (X_train, y_train); validation = (X_val, y_val): your data, as NumPy arrays or tensors,\n"
              "# scaled as the study scaled its data (the strengths below were chosen for that scale)")
-FIT_DEFAULT_EPOCHS = 100      # a study's epochs when its [training] does not say (runner.execute)
+FIT_DEFAULT_EPOCHS = 100      # a study's epochs when its [training] does not say (study.train.execute)
 # Names the snippet itself binds: a factory function of one of these names is imported under another.
 _TAKEN = {"model", "history", "train", "validation", "reglab", "nn", "torch"}
 
@@ -354,7 +354,7 @@ _SCHEDULES = {"exponential": "reglab.ExponentialDecay", "step": "reglab.StepDeca
 
 
 def _fit_lines(training: dict, task: str | None, seed: int, weighted: bool = False) -> list[str]:
-    """``reglab.fit(...)`` with the arguments the study's runner gives train_population (runner.execute)."""
+    """``reglab.fit(...)`` with the arguments the study's runner gives train_population (study.train.execute)."""
     args = [f"epochs={_literal(training.get('epochs', FIT_DEFAULT_EPOCHS))}"]
     if weighted:
         args.append("sample_weight=w_train")

@@ -1,29 +1,50 @@
-"""Plain-text tables of a study's summary for the terminal."""
+"""How a study's summary reads: the numbers, verdicts and sentences that the terminal tables here
+and the HTML report (:mod:`reglab.report.html`) both show, formatted in one place."""
 
 from __future__ import annotations
 
 import math
 
 
-def _pm(d: dict) -> str:
-    if not d or d.get("n", 0) == 0 or math.isnan(d["mean"]):
+def fmt(x, digits: int = 3, signed: bool = False) -> str:
+    """A number for people: '—' for NaN/inf/None.
+
+    >>> fmt(0.12345), fmt(0.05, signed=True), fmt(float("nan"))
+    ('0.123', '+0.050', '—')
+    """
+    if x is None or not math.isfinite(x):
         return "—"
-    std = d["std"]
-    return f"{d['mean']:.3f} ± {std:.3f}" if not math.isnan(std) else f"{d['mean']:.3f}"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
-def _ci(d: dict) -> str:
-    if not d or math.isnan(d.get("ci_low", math.nan)):
+def pm(d: dict) -> str:
+    """'mean ± std' of a :func:`reglab.stats.describe` dict ('—' without a score)."""
+    if not d or not d.get("n") or not math.isfinite(d["mean"]):
         return "—"
-    return f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+    return f"{d['mean']:.3f} ± {d['std']:.3f}" if math.isfinite(d["std"]) else f"{d['mean']:.3f}"
+
+
+def ci(lo, hi, signed: bool = False) -> str:
+    """'[lo, hi]' ('—' without an interval)."""
+    if lo is None or not math.isfinite(lo):
+        return "—"
+    return f"[{fmt(lo, signed=signed)}, {fmt(hi, signed=signed)}]"
+
+
+def seeds_text(seeds) -> str:
+    """'0–29' for a run of consecutive seeds, else the list.
+
+    >>> seeds_text(range(30)), seeds_text([3, 5, 7])
+    ('0–29', '3, 5, 7')
+    """
+    seeds = list(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds)
 
 
 def _num(x, spec: str) -> str:
     return "—" if x is None or math.isnan(x) else format(x, spec)
-
-
-def _signed(x) -> str:
-    return "—" if x is None or math.isnan(x) else f"{x:+.3f}"
 
 
 def rise(x: float) -> str:
@@ -110,12 +131,12 @@ def table(summary: dict, published: dict | None = None) -> str:
         paired = row.get("paired")
         if paired:
             delta = f"{paired['mean_diff']:+.3f} [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}]" \
-                if not math.isnan(paired["ci_low"]) else _signed(paired["mean_diff"])
+                if not math.isnan(paired["ci_low"]) else fmt(paired["mean_diff"], signed=True)
             pb, ph = _num(paired["p_better"], ".2f"), _num(row["p_holm"], ".3g")
         else:
             delta, pb, ph = "(baseline)", "", ""
-        line = (f"{row['variant'][:18]:<18} {row['n']:>3} {_pm(row['train']):>16} {_pm(row['test']):>16} "
-                f"{_ci(row['test']):>16} {delta:>22} {pb:>9} {ph:>8}  {verdict_text(row)}{detectable(row)}")
+        line = (f"{row['variant'][:18]:<18} {row['n']:>3} {pm(row['train']):>16} {pm(row['test']):>16} "
+                f"{ci(row['test'].get('ci_low'), row['test'].get('ci_high')):>16} {delta:>22} {pb:>9} {ph:>8}  {verdict_text(row)}{detectable(row)}")
         if published and row["variant"] in published:
             tr, te = published[row["variant"]]
             line += f"  | train {tr:.3f} / test {te:.3f}"
@@ -136,7 +157,7 @@ def diagnosis(summary: dict) -> str:
         parts = [f"{row['variant']}: {d['verdict']}"]
         if divergence(row):
             parts.append(f", {divergence(row)}, scored on the other {row['n']}")
-        parts.append(f" (train–test gap {_signed(d.get('gap'))}")
+        parts.append(f" (train–test gap {fmt(d.get('gap'), signed=True)}")
         if "best_val_epoch" in d:
             parts.append(f", best validation loss at epoch {d['best_val_epoch']}, then {rise(d['val_loss_rise_after_best'])}")
         parts.append(")")
@@ -167,8 +188,8 @@ def diagnosis(summary: dict) -> str:
         best = _row(summary, summary.get("best"))
         if best is not None and best["variant"] != summary["baseline"] and best.get("paired"):
             p = best["paired"]
-            line += (f"; the best is {best['variant']} ({summary['metric']} {_pm(best['test'])}, "
-                     f"Δ {_signed(p['mean_diff'])} {_ci(dict(ci_low=p['ci_low'], ci_high=p['ci_high']))})")
+            line += (f"; the best is {best['variant']} ({summary['metric']} {pm(best['test'])}, "
+                     f"Δ {fmt(p['mean_diff'], signed=True)} {ci(p['ci_low'], p['ci_high'])})")
         elif best is not None and best["variant"] == summary["baseline"]:
             line += "; the best mean is the baseline's"
         lines.append(line)
