@@ -200,7 +200,11 @@ class Optimizer:
         the update)."""
         self.iterations += 1
         grads = [p.grad for p in self.params] if grads is None else list(grads)
-        flat = (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor)
+        # One pass over the flat tensor, unless penalty gradients can be added in the update's own pass
+        # tensor by tensor (the flat pass would first add them and copy every gradient into one tensor).
+        fusable = (self.fuses_penalties and not (self.clipping or self.weight_decay)
+                   and any(pens is not None for pens in penalties or ()))
+        flat = (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor) and not fusable
                 and all(g is not None for g in grads) and (self.flat_state or not any(self.state)))
         grads, penalties = self._penalized(grads, penalties, self.fuses_penalties and not (
             self.clipping or self.weight_decay or flat))

@@ -34,6 +34,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch._C._functorch import is_batchedtensor
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -206,11 +207,23 @@ def _attention(q, k, v, mask, causal, scale, noise):
     return attn @ v
 
 
+def _batched(*tensors) -> bool:
+    """Whether any of ``tensors`` is one of vmap's batched tensors (None counts as not)."""
+    return any(t is not None and is_batchedtensor(t) for t in tensors)
+
+
 def _rnn_forward(module: nn.RNNBase):
-    """A per-member cell loop for ``module`` (LSTM/GRU/RNN) that vmap can batch."""
+    """A per-member cell loop for ``module`` (LSTM/GRU/RNN) that vmap can batch. One member outside
+    vmap (a population of one) runs PyTorch's own kernel, unless it would draw the dropout between
+    layers (that mask comes from the member's generator, through the loop)."""
+    native = type(module).forward.__get__(module)
 
     def forward(input, hx=None):
         m = module
+        if not (m.dropout and m.training) and not _batched(input, hx if isinstance(hx, torch.Tensor) else None,
+                                                               *(hx if isinstance(hx, tuple) else ()),
+                                                               *(getattr(m, n) for n in m._flat_weights_names)):
+            return native(input, hx)
         if m.proj_size:
             raise NotBatchable(f"{type(m).__name__}(proj_size={m.proj_size}) is not supported in a population; "
                                "train it with reglab.fit.")
@@ -284,15 +297,22 @@ def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
     unbiased one into ``running_var``), running statistics in eval; momentum None is the cumulative
     average over ``num_batches_tracked``."""
 
+    native = type(m).forward.__get__(m)
+
     def forward(x):
+        if not _batched(x, m.weight, m.running_mean):   # one member, outside vmap: PyTorch's own kernel
+            return native(x)
         if x.dim() not in (2, 3, 4, 5):
             raise ValueError(f"{type(m).__name__} expected 2D-5D input (got {x.dim()}D input)")
         dims = [0] + list(range(2, x.dim()))
         shape = (1, -1) + (1,) * (x.dim() - 2)
         use_batch = m.training or not m.track_running_stats
         if use_batch:
+            # the two-pass variance over the centred input, which normalising needs anyway (torch's
+            # var reduction and its backward cost about twice as much under vmap)
             mean = x.mean(dims)
-            var = x.var(dims, correction=0)
+            centred = x - mean.view(shape)
+            var = (centred * centred).mean(dims)
             if m.training and m.track_running_stats:
                 m.num_batches_tracked.add_(1)
                 factor = (1.0 / m.num_batches_tracked) if m.momentum is None else m.momentum
@@ -301,8 +321,8 @@ def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
                     m.running_mean.mul_(1 - factor).add_(mean.detach() * factor)
                     m.running_var.mul_(1 - factor).add_(var.detach() * (factor * n / max(n - 1, 1)))
         else:
-            mean, var = m.running_mean, m.running_var
-        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + m.eps)
+            centred, var = x - m.running_mean.view(shape), m.running_var
+        out = centred * torch.rsqrt(var.view(shape) + m.eps)
         if m.affine:
             out = out * m.weight.view(shape) + m.bias.view(shape)
         return out
