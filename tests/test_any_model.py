@@ -396,6 +396,31 @@ def test_a_population_of_one_equals_its_fit(float64):
     check_family(build, data(), [configs[1]], seeds=(3,), epochs=3)
 
 
+class TiedEmbedder(nn.Module):
+    """The embedding table is also the output layer's weight (one tensor under two names)."""
+
+    def __init__(self, rate=0.0):
+        super().__init__()
+        self.embed, self.drop = nn.Embedding(20, 8), nn.Dropout(rate)
+        self.decode = nn.Linear(8, 20)
+        self.decode.weight = self.embed.weight
+        self.out = nn.Linear(20, 1)
+
+    def forward(self, x):
+        return self.out(self.decode(self.drop(self.embed(x))).mean(1))
+
+
+def test_tied_weights_stay_tied_in_a_population(float64):
+    """Members swap their tensors into the base module's slots; a tensor under two names (here the
+    embedding and the decoder) takes the general ``functional_call`` route, which keeps them one."""
+    pop = engine.make_population([TiedEmbedder(), TiedEmbedder()])
+    assert pop._slots is None and pop.param_names.count("embed.weight") == 1
+    assert engine.make_population([Embedder(), Embedder()])._slots is not None
+    result = check_family(TiedEmbedder, tokens(), [dict(rate=0.0), dict(rate=0.3)], epochs=4)
+    for model in result.models:
+        assert model.decode.weight is model.embed.weight
+
+
 def test_a_population_of_one_still_refuses_what_cannot_batch():
     with pytest.raises(NotBatchable, match="draws random numbers"):
         reglab.train_population(RandomInForward, None, [0], train=tabular(), epochs=2, progress=False)

@@ -407,6 +407,21 @@ def module_reads(model: nn.Module, sample: torch.Tensor) -> dict | None:
     return {name: reads[id(m)] for name, m in probe.named_modules()}
 
 
+def _slots(base: nn.Module, param_names: list, buffer_names: list) -> list | None:
+    """Where each named parameter and buffer of ``base`` lives: ``(module._parameters or
+    module._buffers, name)``, in the order of the names; None when some tensor is shared under two
+    names (tied weights: ``functional_call`` unties them)."""
+    every = (list(base.named_parameters(remove_duplicate=False)), list(base.named_buffers(remove_duplicate=False)))
+    if [n for n, _ in every[0]] != list(param_names) or [n for n, _ in every[1]] != list(buffer_names):
+        return None
+    out = []
+    for names, attr in ((param_names, "_parameters"), (buffer_names, "_buffers")):
+        for name in names:
+            owner, _, key = name.rpartition(".")
+            out.append((getattr(base.get_submodule(owner), attr), key))
+    return out
+
+
 def _strip(module: nn.Module) -> None:
     """Remove reglab's hooks and registries from the base copy (they belong to the members)."""
     for m in module.modules():
@@ -449,6 +464,7 @@ class ModulePopulation(MergedRules):
         bufs = [dict(m.named_buffers()) for m in models]
         self.buffer_names = list(bufs[0])
         self.buffers = [torch.stack([b[k] for b in bufs]).clone() for k in self.buffer_names]
+        self._slots = _slots(self.base, self.param_names, self.buffer_names)
         self._rules(models)
         # Random layers and recurrent layers of the base run through reglab's versions.
         self.site_modules = {}
@@ -709,17 +725,32 @@ class ModulePopulation(MergedRules):
         return out, total
 
     def _member_fn(self, uses_mode):
-        base, pnames, bnames = self.base, self.param_names, self.buffer_names
+        base, pnames, bnames, slots = self.base, self.param_names, self.buffer_names, self._slots
+
+        def call(params, buffers, x):
+            if slots is None:
+                state = dict(zip(pnames, params))
+                state.update(zip(bnames, buffers))
+                return torch.func.functional_call(base, state, (x,))
+            # functional_call's swap, without its per-call name lookups: the member's tensors go
+            # into the base's parameter and buffer slots for this call, the base's own come back after
+            tensors = list(params) + list(buffers)
+            saved = [table[key] for table, key in slots]
+            try:
+                for (table, key), t in zip(slots, tensors):
+                    table[key] = t
+                return base(x)
+            finally:
+                for (table, key), t in zip(slots, saved):
+                    table[key] = t
 
         def member(params, buffers, x, draws):
-            state = dict(zip(pnames, params))
-            state.update(zip(bnames, buffers))
             self._draws = draws
             if uses_mode:
                 with _Sites(self, probing=False):
-                    out = torch.func.functional_call(base, state, (x,))
+                    out = call(params, buffers, x)
             else:
-                out = torch.func.functional_call(base, state, (x,))
+                out = call(params, buffers, x)
             acts = [self._captured.pop(name, None) for name in self.activity]
             acts = [a if a is not None else out.new_zeros(()) for a in acts]
             return out, acts
