@@ -414,7 +414,7 @@ def test_tied_weights_stay_tied_in_a_population(float64):
     """Members swap their tensors into the base module's slots; a tensor under two names (here the
     embedding and the decoder) takes the general ``functional_call`` route, which keeps them one."""
     pop = engine.make_population([TiedEmbedder(), TiedEmbedder()])
-    assert pop._slots is None and pop.param_names.count("embed.weight") == 1
+    assert pop._slots is None and "decode.weight" not in pop.param_names   # one tensor, one name
     assert engine.make_population([Embedder(), Embedder()])._slots is not None
     result = check_family(TiedEmbedder, tokens(), [dict(rate=0.0), dict(rate=0.3)], epochs=4)
     for model in result.models:

@@ -20,6 +20,7 @@ coincide for plain SGD (with ``weight_decay = 2 * l2``).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -154,6 +155,11 @@ class Optimizer:
         self.state = [dict() for _ in self.params]
         self.flat, self.flat_state = None, {}
 
+    @functools.cached_property
+    def _large_tensors(self) -> bool:
+        """Whether the parameters hold at least ``FUSED_MEAN_SIZE`` elements on average (fixed)."""
+        return sum(p.numel() for p in self.params) >= FUSED_MEAN_SIZE * len(self.params)
+
     def use_flat(self, flat: torch.Tensor) -> None:
         """Declare that the parameters are consecutive views of the 1-D ``flat`` (in order): a step
         with one learning rate and every gradient present then updates ``flat`` in one pass (the
@@ -211,7 +217,7 @@ class Optimizer:
         # which costs more than a call per tensor once the tensors are large). The same numbers.
         fusable = (self.fuses_penalties and not (self.clipping or self.weight_decay)
                    and any(pens is not None for pens in penalties or ())
-                   and sum(p.numel() for p in self.params) >= FUSED_MEAN_SIZE * len(self.params))
+                   and self._large_tensors)
         flat = (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor) and not fusable
                 and all(g is not None for g in grads) and (self.flat_state or not any(self.state)))
         grads, penalties = self._penalized(grads, penalties, self.fuses_penalties and not (

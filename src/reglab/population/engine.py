@@ -209,26 +209,32 @@ class PopulationResult:
         as one population, each as its own model would be up to float32 rounding (the bound of a
         member against its standalone fit). ``outputs=True`` adds ``"outputs"``: each member's output
         for every row of ``data`` (in order; list of P tensors on the CPU)."""
-        integers = wants_integers(self.models[0])
+        return self.evaluate_parts({"data": data}, outputs=("data",) if outputs else ())["data"]
+
+    def evaluate_parts(self, parts: dict, outputs=()) -> dict:
+        """:meth:`evaluate` on each of ``parts`` (name -> data), the populations built once for all;
+        the parts named in ``outputs`` get their outputs too. Returns name -> :meth:`evaluate`'s dict."""
         groups: dict[tuple, list[int]] = {}
         for i, model in enumerate(self.models):
             groups.setdefault(signature(model), []).append(i)
         objective = _tasks.Objective(self.task, None, 0.0)
-        out = {}
+        P = len(self.models)
+        out = {name: {} for name in parts}
         for idx in groups.values():
             models = [self.models[i] for i in idx]
-            device = _sources.model_device(models[0])
-            part = Data(data, "data", self.task, integers, device, "evaluate")
+            integers, device = wants_integers(models[0]), _sources.model_device(models[0])
             pop = make_population(models)
-            kept = [] if outputs else None
-            with torch.no_grad():
-                scores = _evaluate(pop, part, None, objective, self.batch_size, ForwardMode(False, []), kept=kept)
-            for key, values in scores.items():
-                out.setdefault(key, np.full(len(self.models), np.nan))[idx] = values
-            if outputs:
-                stacked = torch.cat(kept, dim=1).cpu()
-                for j, i in enumerate(idx):
-                    out.setdefault("outputs", [None] * len(self.models))[i] = stacked[j]
+            for name, data in parts.items():
+                part = Data(data, "data", self.task, integers, device, "evaluate")
+                kept = [] if name in outputs else None
+                with torch.no_grad():
+                    scores = _evaluate(pop, part, None, objective, self.batch_size, ForwardMode(False, []), kept=kept)
+                for key, values in scores.items():
+                    out[name].setdefault(key, np.full(P, np.nan))[idx] = values
+                if kept is not None:
+                    stacked = torch.cat(kept, dim=1).cpu()
+                    for j, i in enumerate(idx):
+                        out[name].setdefault("outputs", [None] * P)[i] = stacked[j]
         return out
 
 

@@ -5,7 +5,6 @@ the data does not fit or the population engine cannot train -- before the store 
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

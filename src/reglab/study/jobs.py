@@ -1,7 +1,7 @@
 """Plan a study's training: the populations ("jobs") still to train.
 
 Variants whose training settings agree but for the per-member ones train as one population
-(:func:`reglab.study.train.group_key`); a job is such a group's variants × the seeds they still miss,
+(:func:`group_key`); a job is such a group's variants × the seeds they still miss,
 on one train/test split. The local executor trains jobs one after another, Dask many at once.
 """
 

@@ -11,8 +11,6 @@ from . import spec as S
 from .snippet import variant_snippet
 
 HISTORY_POINTS = 500   # histories are kept at up to this many evenly spaced epochs
-
-
 SUMMARY_HISTORY = ("val_loss", "epoch")   # all that summarize() reads of a learning curve
 
 
@@ -32,10 +30,13 @@ def _downsample(values: np.ndarray, epochs_run: int):
 
 def scores_of(result, dataset) -> dict:
     """Every member's scores on the train, validation and test parts, evaluated as populations
-    (:meth:`reglab.population.PopulationResult.evaluate`), with the test outputs: part -> key -> (P,)."""
-    test = result.evaluate((dataset.X_test, dataset.y_test), outputs=True)
-    return {"train": result.evaluate((dataset.X_train, dataset.y_train)), "test": test,
-            "val": result.evaluate(dataset.validation()) if dataset.X_val is not None else test}
+    (:meth:`reglab.population.PopulationResult.evaluate_parts`), with the test outputs: part -> key -> (P,)."""
+    parts = {"train": (dataset.X_train, dataset.y_train), "test": (dataset.X_test, dataset.y_test)}
+    if dataset.X_val is not None:
+        parts["val"] = dataset.validation()
+    scores = result.evaluate_parts(parts, outputs=("test",))
+    scores.setdefault("val", scores["test"])
+    return scores
 
 
 def record(variant: S.Variant, seed: int, i: int, result, dataset, study: S.Study, scores: dict) -> dict:

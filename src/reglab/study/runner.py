@@ -204,8 +204,7 @@ def from_store(store, name: str) -> StudyRun:
     records = [r for r in store.results(row["id"]) if r.get("split", 0) < study.splits]
     study.seeds = sorted({r["seed"] for r in records}) or study.seeds   # the store keeps no seed count
     if study.protocol == "grid":   # the points refinement added
-        known = {v.key for v in study.variants}
-        with_grid_points(study, [r["params"]["value"] for r in records if r["config_key"] not in known and "value" in r["params"]])
+        with_grid_points(study, [r["params"]["value"] for r in records if "value" in r["params"]])
     dataset = data_mod.load(S.stored_data(study.data), base_dir=study.base_dir, splits=study.splits)
     keys = {v.key for v in study.variants}
     records = [r for r in records if r["config_key"] in keys]
