@@ -43,6 +43,7 @@ from ..attach import registry
 from ..augment import RandomLayer
 from ..layers import GaussianDropout, GaussianNoise, SequenceDropout
 from .merge import MergedConstraint, MergedPenalty, MergedRules
+from .bernoulli import bernoulli_, masks
 
 # Modules whose randomness reglab draws per member, and the attribute holding each member's rate.
 RATE_ATTR = {nn.Dropout: "p", nn.Dropout1d: "p", nn.Dropout2d: "p", nn.Dropout3d: "p",
@@ -105,11 +106,9 @@ def draw(kind, rate: float, shape: tuple, dtype, generator, device=None, order: 
     if rate == 1:   # as torch: all dropped, nothing drawn
         return torch.zeros(shape, dtype=dtype, device=device)
     if order is not None:   # drawn in memory order (see memory_order), returned in index order
-        noise = torch.empty([shape[d] for d in order], dtype=dtype, device=device)
-        noise = noise.bernoulli_(1 - rate, generator=generator).permute([order.index(d) for d in range(len(order))])
-        return noise.div_(1 - rate)
-    noise = torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - rate, generator=generator)
-    return noise.div_(1 - rate)
+        noise = bernoulli_(torch.empty([shape[d] for d in order], dtype=dtype, device=device), 1 - rate, generator)
+        return noise.permute([order.index(d) for d in range(len(order))]).div_(1 - rate)
+    return bernoulli_(torch.empty(shape, dtype=dtype, device=device), 1 - rate, generator).div_(1 - rate)
 
 
 @functools.cache
@@ -611,21 +610,34 @@ class ModulePopulation(MergedRules):
             jobs.append((len(draws), site, kind, rates))
             draws.append(torch.empty((self.P,) + tuple(site.shape[d] for d in order), dtype=dtype, device=device))
 
+        # A kept element of member i's dropout mask is 1 / (1 - rate) in the mask's dtype: what
+        # bernoulli_ followed by div_(1 - rate) gives, written by the draw itself.
+        one = torch.ones((), dtype=dtype)
+        kept = {k: [float(one / (1 - r)) if 0 < r < 1 else 1.0 for r in rates]
+                for k, site, kind, rates in jobs if kind is not None and kind not in (GaussianNoise, GaussianDropout)}
+
         def fill(members):
             for i in members:
                 gen = generators[i]
+                run = []   # consecutive dropout masks, drawn in one pass over the generator's state
                 for k, site, kind, rates in jobs:
                     out = draws[k]
+                    if k in kept and 0 < rates[i] < 1:
+                        run.append((out[i], 1 - rates[i], kept[k][i]))
+                        continue
+                    if run:
+                        masks(run, gen)
+                        run = []
                     if kind is None:
                         out[i] = site.members[i].sample(site.shape, dtype, device, gen)
                     elif rates[i] == 0:
                         out[i].fill_(0.0 if kind in (GaussianNoise, GaussianDropout) else 1.0)
                     elif kind in (GaussianNoise, GaussianDropout):
                         out[i].normal_(generator=gen)
-                    elif rates[i] == 1:
+                    else:   # rate 1: all dropped, nothing drawn (as torch)
                         out[i].zero_()
-                    else:
-                        out[i].bernoulli_(1 - rates[i], generator=gen)
+                if run:
+                    masks(run, gen)
 
         workers = min(self.P, torch.get_num_threads()) if device.type == "cpu" and jobs and parallel else 1
         if workers > 1:
@@ -644,9 +656,6 @@ class ModulePopulation(MergedRules):
             elif kind is GaussianDropout:
                 std = [(r / (1.0 - r)) ** 0.5 for r in rates]
                 out.mul_(torch.tensor(std, dtype=dtype, device=device).view(member)).add_(1.0)
-            else:
-                keep = [1.0 if r in (0, 1) else 1 - r for r in rates]
-                out.div_(torch.tensor(keep, dtype=dtype, device=device).view(member))
             if site.order is not None:
                 order = site.order
                 draws[k] = out.permute((0,) + tuple(order.index(d) + 1 for d in range(len(order))))
