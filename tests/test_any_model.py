@@ -12,6 +12,8 @@ measured sensitivity.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -424,3 +426,79 @@ def test_tied_weights_stay_tied_in_a_population(float64):
 def test_a_population_of_one_still_refuses_what_cannot_batch():
     with pytest.raises(NotBatchable, match="draws random numbers"):
         reglab.train_population(RandomInForward, None, [0], train=tabular(), epochs=2, progress=False)
+
+
+class _Norms(nn.Module):
+    """BatchNorm1d on (B, C) and (B, C, L) inputs, BatchNorm2d, one without affine weights, one
+    without running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.BatchNorm1d(6, momentum=0.3)
+        self.b = nn.BatchNorm1d(6, affine=False)
+        self.c = nn.BatchNorm2d(6, track_running_stats=False)
+
+    def forward(self, x):                        # x (B, 6)
+        h = self.a(x)
+        h = self.b(h.unsqueeze(-1).expand(-1, -1, 3) * torch.arange(1.0, 4.0))
+        return self.c(h.unsqueeze(-1)).sum((2, 3))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shared", [False, True])
+def test_batchnorm_of_all_members_in_one_kernel_call_is_each_members_own(monkeypatch, training, shared):
+    """Under vmap, every member's BatchNorm runs as one call of PyTorch's kernel on the stacked tensors
+    (member p's channel c as channel p·C + c): outputs, weight gradients and running statistics are bit
+    for bit each member's own BatchNorm; the batched formulas it replaces (still the path for
+    momentum=None) agree to float32 rounding."""
+    from reglab.population import functional
+
+    calls = []
+    stacked = functional._stacked_batch_norm
+
+    def counted(m, x):
+        out = stacked(m, x)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(functional, "_stacked_batch_norm", counted)
+    P, g = 3, torch.Generator().manual_seed(0)
+    start = []
+    for i in range(P):
+        torch.manual_seed(i)
+        m = _Norms()
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                if mod.affine:
+                    mod.weight.data.uniform_(0.5, 1.5, generator=g)
+                    mod.bias.data.normal_(generator=g)
+                if mod.track_running_stats:
+                    mod.running_mean.normal_(generator=g)
+                    mod.running_var.uniform_(0.5, 2.0, generator=g)
+        start.append(m.train(training))
+    x = torch.randn(5, 6, generator=g) if shared else torch.randn(P, 5, 6, generator=g)
+
+    def population():
+        pop = ModulePopulation([copy.deepcopy(m) for m in start])
+        out, _ = pop.forward(x, engine.ForwardMode(training, [torch.Generator() for _ in range(P)]), shared=shared)
+        return pop, out, torch.autograd.grad(out.sum(), pop.params)
+
+    pop, out, grads = population()
+    assert calls == [True] * 3, "the stacked kernel did not run for every BatchNorm"
+    for i in range(P):
+        ref = copy.deepcopy(start[i])
+        want = ref(x if shared else x[i])
+        want.sum().backward()
+        assert torch.equal(out[i], want)
+        for name, grad in zip(pop.param_names, grads):
+            assert torch.equal(grad[i], ref.get_parameter(name).grad), name
+        for name, buf in ref.named_buffers():
+            assert torch.equal(pop.buffers[pop.buffer_names.index(name)][i], buf), name
+
+    monkeypatch.setattr(functional, "_unwrap_batched", None)   # the batched formulas
+    pop2, out2, grads2 = population()
+    torch.testing.assert_close(out2, out, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads2, grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(pop2.buffers, pop.buffers):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -391,6 +391,34 @@ def test_flat_update_equals_tensor_by_tensor(name):
         assert torch.equal(p, q)
 
 
+def test_flat_adam_adds_penalties_in_its_pass_to_the_bit():
+    """Adam's one pass over a flat tensor of stacked parameters, member row by member row, adds each
+    member's L1/L2 gradient as penalty_gradient does: the bits of adding them first and updating
+    tensor by tensor."""
+    g = torch.Generator().manual_seed(1)
+    shapes = [(4, 6, 5), (4, 5), (4, 3, 2), (4,)]
+    penalties = [[(torch.tensor([1e-2, 0.0, 3e-2, 1e-3]), None)], None,
+                 [(torch.tensor([1e-3, 2e-3, 0.0, 5e-3]), 2 * torch.tensor([1e-3, 5e-2, 0.0, 2e-2]))],
+                 [(None, 2 * torch.tensor([1e-1, 0.0, 1e-2, 1e-3]))]]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(5)]
+    plain = [t.clone() for t in start]
+    flat = torch.cat([t.reshape(-1) for t in start])
+    views, offset = [], 0
+    for t in start:
+        views.append(flat[offset:offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    a, b = optim.Adam(plain, lr=1e-2), optim.Adam(views, lr=1e-2)
+    a.fuses_penalties = False
+    b.use_flat(flat)
+    for gs in grads:
+        a.step([x.clone() for x in gs], penalties=penalties)
+        b.step([x.clone() for x in gs], penalties=penalties)
+    assert b.flat_state, "the flat pass did not run"
+    for p, q in zip(plain, views):
+        assert torch.equal(p, q)
+
+
 # --- L1/L2 penalty gradients added by the optimizer ---------------------------------------------
 
 def _penalized_step(fuse: bool, penalty, active=None, transposed=False, steps=3):

@@ -65,13 +65,33 @@ if _nb is not None:
                 v[k, i] = vi
                 p[k, i] = adam_weight(w, mi, vi, step, inv_bc2_sqrt, eps)
 
+    @_nb.njit(inline="always")
+    def _adam_run(p, g, m, v, c1, c2, has_l1, has_l2, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
+        for i in range(p.shape[0]):
+            w = p[i]
+            gi = g[i]
+            if has_l1:
+                gi = np.sign(w) * c1 + gi
+            if has_l2:
+                gi = w * c2 + gi
+            mi, vi = adam_moments(gi, gi * gi, m[i], v[i], w1, w2)
+            m[i] = mi
+            v[i] = vi
+            p[i] = adam_weight(w, mi, vi, step, inv_bc2_sqrt, eps)
+
+    @_nb.njit(cache=True, nogil=True, error_model="numpy")
+    def _adam_rows(p, g, m, v, starts, stops, l1, l2, has, w1, w2, step, eps, inv_bc2_sqrt):  # pragma: no cover - compiled
+        # _adam_kernel's element update on the flat p, g, m, v, row by row: row k is
+        # p[starts[k]:stops[k]], one member's row of one stacked tensor, whose penalty gradient
+        # (has[k]: bit 1 L1, bit 2 L2) uses that member's l1[k], l2[k]. Serial: on a few shared cores
+        # a parallel launch costs more than it saves at these sizes (each row's loop is vectorised).
+        for k in range(starts.shape[0]):
+            a, b = starts[k], stops[k]
+            _adam_run(p[a:b], g[a:b], m[a:b], v[a:b], l1[k], l2[k], (has[k] & 1) != 0, (has[k] & 2) != 0,
+                      w1, w2, step, eps, inv_bc2_sqrt)
+
 from ._validate import check_choice, check_coefficient, check_number
 
-
-# A step adds the L1/L2 penalty gradients in Adam's pass, tensor by tensor, when the parameters
-# hold at least this many elements on average (fewer: one pass over the flat tensor is faster; the
-# residual MLP of `make bench` has 2.6k per tensor in a population of one, 26k in one of ten).
-FUSED_MEAN_SIZE = 8192
 
 
 class Clipping:
@@ -154,11 +174,7 @@ class Optimizer:
         self.iterations = 0
         self.state = [dict() for _ in self.params]
         self.flat, self.flat_state = None, {}
-
-    @functools.cached_property
-    def _large_tensors(self) -> bool:
-        """Whether the parameters hold at least ``FUSED_MEAN_SIZE`` elements on average (fixed)."""
-        return sum(p.numel() for p in self.params) >= FUSED_MEAN_SIZE * len(self.params)
+        self._flat_grad = None   # Adam's flat pass gathers the gradients here (see Adam._update_flat)
 
     def use_flat(self, flat: torch.Tensor) -> None:
         """Declare that the parameters are consecutive views of the 1-D ``flat`` (in order): a step
@@ -212,16 +228,13 @@ class Optimizer:
         the update)."""
         self.iterations += 1
         grads = [p.grad for p in self.params] if grads is None else list(grads)
-        # One pass over the flat tensor, unless penalty gradients can be added in the update's own pass
-        # tensor by tensor (the flat pass first adds them and copies every gradient into one tensor,
-        # which costs more than a call per tensor once the tensors are large). The same numbers.
-        fusable = (self.fuses_penalties and not (self.clipping or self.weight_decay)
-                   and any(pens is not None for pens in penalties or ())
-                   and self._large_tensors)
-        flat = (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor) and not fusable
+        # One pass over the flat tensor when it can (Adam adds the penalty gradients in that pass).
+        flat = (self.flat is not None and active is None and not isinstance(self.lr, torch.Tensor)
                 and all(g is not None for g in grads) and (self.flat_state or not any(self.state)))
-        grads, penalties = self._penalized(grads, penalties, self.fuses_penalties and not (
-            self.clipping or self.weight_decay or flat))
+        fuse = self.fuses_penalties and not (self.clipping or self.weight_decay)
+        if flat and fuse and self._update_flat(grads, penalties):
+            return
+        grads, penalties = self._penalized(grads, penalties, fuse and not flat)
         if self.clipping:
             grads = self.clipping(grads, self.stacked)
         if flat:
@@ -249,6 +262,11 @@ class Optimizer:
     def _update(self, p, g, lr, state):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _update_flat(self, grads, penalties) -> bool:
+        """One pass over the flat tensor adding the penalty gradients in it; False where the
+        optimizer has no such pass (the caller then adds them and runs :meth:`_update`)."""
+        return False
+
     def state_dict(self) -> dict:
         return {"iterations": self.iterations, "state": [{k: v.clone() for k, v in s.items()} for s in self.state]}
 
@@ -267,6 +285,60 @@ class Adam(Optimizer):
         self.epsilon_hat = bool(epsilon_hat)
 
     fuses_penalties = True
+
+    @functools.cached_property
+    def _rows(self):
+        """The flat tensor as consecutive rows, one per member of each stacked parameter: each row's
+        start and stop, parameter and member."""
+        starts, params, rows, offset = [], [], [], 0
+        for i, p in enumerate(self.params):
+            members = p.shape[0] if p.dim() > 0 and p.shape[0] > 0 else 1
+            size = p.numel() // members
+            for r in range(members):
+                starts.append(offset + r * size)
+                params.append(i)
+                rows.append(r)
+            offset += p.numel()
+        bounds = np.array(starts + [offset], dtype=np.int64)
+        return bounds[:-1], bounds[1:], np.array(params, dtype=np.int64), np.array(rows, dtype=np.int64)
+
+    def _update_flat(self, grads, penalties) -> bool:
+        flat = self.flat
+        if not (_nb is not None and flat.dtype == torch.float32 and flat.device.type == "cpu"
+                and all(g.dtype == torch.float32 for g in grads)):
+            return False
+        penalties = list(penalties or [None] * len(self.params))
+        if any(pens is not None and len(pens) != 1 for pens in penalties):
+            return False
+        starts, stops, params, rows = self._rows
+        members = max((p.shape[0] for p in self.params if p.dim() > 0), default=1)
+        coef = np.zeros((2, len(self.params), members), dtype=np.float32)
+        kinds = np.zeros(len(self.params), dtype=np.int64)
+        for i, pens in enumerate(penalties):
+            if pens is None:
+                continue
+            for j, c in enumerate(pens[0]):
+                if c is not None:
+                    coef[j, i] = np.broadcast_to(c.detach().to(torch.float32).cpu().numpy(), (members,))
+                    kinds[i] |= 1 << j
+        if not self.flat_state:
+            self.flat_state["m"], self.flat_state["v"] = torch.zeros_like(flat), torch.zeros_like(flat)
+        t = self.iterations
+        bc1, bc2 = 1 - self.beta_1 ** t, 1 - self.beta_2 ** t
+        f32 = np.float32
+        step = -self.lr * (math.sqrt(bc2) / bc1 if self.epsilon_hat else 1 / bc1)
+        if self._flat_grad is None:
+            self._flat_grad = torch.empty_like(flat)
+            self._grad_views = [self._flat_grad[a:a + p.numel()].view_as(p)
+                                for p, a in zip(self.params, np.cumsum([0] + [p.numel() for p in self.params]))]
+        for view, g in zip(self._grad_views, grads):   # one strided copy each, whatever the gradient's layout
+            view.copy_(g)
+        g = self._flat_grad
+        _adam_rows(flat.numpy(), g.numpy(), self.flat_state["m"].numpy(), self.flat_state["v"].numpy(),
+                     starts, stops, coef[0][params, rows], coef[1][params, rows], kinds[params],
+                     f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),
+                     f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
+        return True
 
     def _update(self, p, g, lr, state, penalty=None):
         if not state:

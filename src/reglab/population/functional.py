@@ -35,6 +35,11 @@ from dataclasses import dataclass
 
 import torch
 from torch._C._functorch import is_batchedtensor
+
+try:   # functorch's own wrapping (torch._functorch.vmap uses it): a layer may run on the stacked tensors
+    from torch._C._functorch import _add_batch_dim, _unwrap_batched, maybe_get_level
+except ImportError:  # pragma: no cover - an older or newer PyTorch: the batched formulas run instead
+    _unwrap_batched = None
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -289,12 +294,52 @@ def _rnn_forward(module: nn.RNNBase):
     return forward
 
 
+def _stacked_batch_norm(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor):
+    """All members' BatchNorm in one call of PyTorch's own kernel, outside vmap: member p's channel c
+    is channel p·C + c of an input (B, P·C, ...), so each member's statistics, running averages
+    (updated in place in the stacked buffers) and gradients are its own, bit for bit what the member's
+    own BatchNorm computes. None where this does not apply (the batched formulas then run): no access
+    to functorch's wrapping, nested vmaps, unstacked weights or buffers, or momentum None (its factor
+    is 1 / num_batches_tracked, a per-member value)."""
+    if _unwrap_batched is None or x.dim() not in (2, 3, 4, 5):
+        return None
+    tensors = [m.weight, m.bias, m.running_mean, m.running_var]
+    present = [t for t in tensors if t is not None]
+    if not present or not all(is_batchedtensor(t) for t in present):
+        return None
+    level = maybe_get_level(present[0])
+    if any(maybe_get_level(t) != level for t in present) or (is_batchedtensor(x) and maybe_get_level(x) != level):
+        return None
+    update = m.training and m.track_running_stats
+    if update and m.momentum is None:
+        return None
+    weight, bias, mean, var = (None if t is None else _unwrap_batched(t, level) for t in tensors)
+    weight, bias, mean, var = (None if t is None else t[0].movedim(t[1], 0) for t in (weight, bias, mean, var))
+    if any(t is not None and not t.is_contiguous() for t in (mean, var)):
+        return None   # the kernel updates the running averages through a flat view of them
+    P = next(t for t in (weight, bias, mean, var) if t is not None).shape[0]
+    if is_batchedtensor(x):
+        xs, dim = _unwrap_batched(x, level)
+        xs = xs.movedim(dim, 1)                                         # (B, P, C, ...)
+    else:
+        xs = x.unsqueeze(1).expand(x.shape[0], P, *x.shape[1:])        # a batch every member shares
+    B, C, rest = xs.shape[0], xs.shape[2], xs.shape[3:]
+    if update:
+        m.num_batches_tracked.add_(1)
+    use_batch = m.training or not m.track_running_stats
+    out = F.batch_norm(xs.reshape(B, P * C, *rest), None if mean is None else mean.view(-1),
+                       None if var is None else var.view(-1), None if weight is None else weight.reshape(-1),
+                       None if bias is None else bias.reshape(-1), use_batch, m.momentum if update else 0.0, m.eps)
+    return _add_batch_dim(out.view(B, P, C, *rest), 1, level)
+
+
 def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
-    """BatchNorm written with plain tensor ops for one member, which vmap batches well (its rule for
-    ``aten::batch_norm`` with per-member running statistics is many times slower). The same
-    formulas as ``F.batch_norm``: batch statistics in training (biased variance to normalise, the
-    unbiased one into ``running_var``), running statistics in eval; momentum None is the cumulative
-    average over ``num_batches_tracked``."""
+    """BatchNorm for one member that vmap batches: PyTorch's kernel on all members' stacked tensors
+    at once (:func:`_stacked_batch_norm`); where that does not apply, plain tensor ops for one member
+    (vmap's rule for ``aten::batch_norm`` with per-member running statistics is many times slower),
+    the same formulas as ``F.batch_norm``: batch statistics in training (biased variance to normalise,
+    the unbiased one into ``running_var``), running statistics in eval; momentum None is the
+    cumulative average over ``num_batches_tracked``."""
 
     native = type(m).forward.__get__(m)
 
@@ -303,6 +348,9 @@ def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
             return native(x)
         if x.dim() not in (2, 3, 4, 5):
             raise ValueError(f"{type(m).__name__} expected 2D-5D input (got {x.dim()}D input)")
+        stacked = _stacked_batch_norm(m, x)
+        if stacked is not None:
+            return stacked
         dims = [0] + list(range(2, x.dim()))
         shape = (1, -1) + (1,) * (x.dim() - 2)
         use_batch = m.training or not m.track_running_stats
