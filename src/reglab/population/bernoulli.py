@@ -59,6 +59,13 @@ if nb is not None:
             y ^= (y << np.uint32(15)) & np.uint32(0xEFC60000)
             out[k] = y ^ (y >> np.uint32(18))
 
+    @nb.njit(nogil=True, cache=True, inline="always")
+    def _pairs(words, out, threshold, value, zero):
+        # (sliced arrays: the loop starts at 0 on each, which lets LLVM vectorise it)
+        for j in range(out.shape[0]):
+            draw = ((np.uint64(words[2 * j]) & np.uint64(0x1FFFFF)) << np.uint64(32)) | np.uint64(words[2 * j + 1])
+            out[j] = value if draw < threshold else zero
+
     @nb.njit(nogil=True, cache=True)
     def _fill(key, pos, out, threshold, value):
         """``out[i] = value`` where the i-th draw ``random64() & (2**53 - 1)`` (two words, the first the
@@ -81,9 +88,7 @@ if nb is not None:
                 pending = False
                 continue
             m = min((_N - pos) // 2, n - i)
-            for j in range(m):
-                draw = ((np.uint64(words[pos + 2 * j]) & np.uint64(0x1FFFFF)) << np.uint64(32)) | np.uint64(words[pos + 2 * j + 1])
-                out[i + j] = value if draw < threshold else zero
+            _pairs(words[pos:pos + 2 * m], out[i:i + m], threshold, value, zero)
             i += m
             pos += 2 * m
             if i < n and pos == _N - 1:
@@ -92,8 +97,15 @@ if nb is not None:
         return pos
 
 
-class _State:
-    """A CPU generator's Mersenne Twister, read once, drawn from, written back."""
+def threshold(p: float) -> np.uint64:
+    """The 53-bit draws below which ``bernoulli_(p)`` gives 1: a draw m is ``u = m · 2**-53`` and
+    ``u < p  ⟺  m < p · 2**53`` (exact: a power-of-two scaling) ``⟺  m < ceil(p · 2**53)``."""
+    return np.uint64(min(max(math.ceil(float(p) * 2.0 ** _DIGITS), 0), 2 ** _DIGITS))
+
+
+class Twister:
+    """A CPU generator's Mersenne Twister, read once (``get_state``), drawn from, written back by
+    :meth:`close` (``set_state``); between the two the generator must not be used otherwise."""
 
     def __init__(self, generator: torch.Generator):
         self.generator, self.state = generator, generator.get_state().clone()
@@ -102,10 +114,9 @@ class _State:
         self.key = raw[_HEADER:_HEADER + 8 * _N].view(np.uint64).astype(np.uint32)
         self.pos = _N if left == 1 else nxt   # left == 1: the words are twisted before the next draw
 
-    def fill(self, out: torch.Tensor, p: float, value: float) -> None:
-        # u = m · 2**-53 < p  ⟺  m < p · 2**53 (exact: a power-of-two scaling)  ⟺  m < ceil(p · 2**53)
-        threshold = np.uint64(min(max(math.ceil(p * 2.0 ** _DIGITS), 0), 2 ** _DIGITS))
-        array = out.view(-1).numpy()
+    def fill(self, array: np.ndarray, threshold: np.uint64, value) -> None:
+        """``array`` (1-D, contiguous, float32/float64) as ``bernoulli_`` with this ``threshold``
+        fills it, its ones written as ``value``."""
         self.pos = _fill(self.key, self.pos, array, threshold, array.dtype.type(value))
 
     def close(self) -> None:
@@ -116,9 +127,9 @@ class _State:
         self.generator.set_state(self.state)
 
 
-def _fits(out: torch.Tensor, p: float, generator: torch.Generator) -> bool:
-    return (out.device.type == "cpu" and generator.device.type == "cpu" and out.dtype in (torch.float32, torch.float64)
-            and out.is_contiguous() and 0.0 <= p <= 1.0)
+def usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether masks of ``dtype`` on ``device`` are drawn by the :class:`Twister` (else by PyTorch)."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64) and _agrees()
 
 
 @functools.cache
@@ -131,9 +142,9 @@ def _agrees() -> bool:
         torch.empty(skip).bernoulli_(0.5, generator=ours)
         torch.empty(skip).bernoulli_(0.5, generator=theirs)
         a, b = torch.empty(n), torch.empty(n)
-        state = _State(ours)
-        state.fill(a, p, 1.0)
-        state.close()
+        twister = Twister(ours)
+        twister.fill(a.numpy(), threshold(p), 1.0)
+        twister.close()
         b.bernoulli_(p, generator=theirs)
         if not torch.equal(a, b) or not torch.equal(ours.get_state(), theirs.get_state()):
             return False
@@ -145,21 +156,21 @@ def masks(items, generator: torch.Generator) -> None:
     written as ``value`` (``mul_(value)`` of a 0/1 mask, exact: ``value`` is converted to ``out``'s dtype
     once). The generator ends as after those calls. Each tensor PyTorch's kernel must draw (see the
     module docstring) is drawn by it, in turn."""
-    state = None
+    twister = None
     for out, p, value in items:
-        if _fits(out, p, generator) and _agrees():
-            if state is None:
-                state = _State(generator)
-            state.fill(out, float(p), value)
+        if (generator.device.type == "cpu" and out.is_contiguous() and 0.0 <= p <= 1.0
+                and usable(out.device, out.dtype)):
+            twister = twister or Twister(generator)
+            twister.fill(out.view(-1).numpy(), threshold(p), value)
             continue
-        if state is not None:
-            state.close()
-            state = None
+        if twister is not None:
+            twister.close()
+            twister = None
         out.bernoulli_(p, generator=generator)
         if value != 1:
             out.mul_(value)
-    if state is not None:
-        state.close()
+    if twister is not None:
+        twister.close()
 
 
 def bernoulli_(out: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:

@@ -48,7 +48,8 @@ from ..attach import registry
 from ..augment import RandomLayer
 from ..layers import GaussianDropout, GaussianNoise, SequenceDropout
 from .merge import MergedConstraint, MergedPenalty, MergedRules
-from .bernoulli import bernoulli_, masks
+from . import bernoulli
+from .bernoulli import bernoulli_
 
 # Modules whose randomness reglab draws per member, and the attribute holding each member's rate.
 RATE_ATTR = {nn.Dropout: "p", nn.Dropout1d: "p", nn.Dropout2d: "p", nn.Dropout3d: "p",
@@ -114,6 +115,15 @@ def draw(kind, rate: float, shape: tuple, dtype, generator, device=None, order: 
         noise = bernoulli_(torch.empty([shape[d] for d in order], dtype=dtype, device=device), 1 - rate, generator)
         return noise.permute([order.index(d) for d in range(len(order))]).div_(1 - rate)
     return bernoulli_(torch.empty(shape, dtype=dtype, device=device), 1 - rate, generator).div_(1 - rate)
+
+
+@functools.lru_cache(maxsize=256)
+def _mask_constants(rates: tuple, dtype: torch.dtype) -> tuple[list, list]:
+    """Per member: the threshold of its keep probability 1 - rate (:func:`bernoulli.threshold`) and
+    the kept value 1 / (1 - rate) in ``dtype`` (as ``div_`` computes it)."""
+    one = torch.ones((), dtype=dtype)
+    return ([bernoulli.threshold(1 - r) for r in rates],
+            [float(one / (1 - r)) if 0 < r < 1 else 1.0 for r in rates])
 
 
 @functools.cache
@@ -658,24 +668,28 @@ class ModulePopulation(MergedRules):
             jobs.append((len(draws), site, kind, rates))
             draws.append(torch.empty((self.P,) + tuple(site.shape[d] for d in order), dtype=dtype, device=device))
 
-        # A kept element of member i's dropout mask is 1 / (1 - rate) in the mask's dtype: what
-        # bernoulli_ followed by div_(1 - rate) gives, written by the draw itself.
-        one = torch.ones((), dtype=dtype)
-        kept = {k: [float(one / (1 - r)) if 0 < r < 1 else 1.0 for r in rates]
-                for k, site, kind, rates in jobs if kind is not None and kind not in (GaussianNoise, GaussianDropout)}
+        # Member i's dropout mask keeps an element where its draw is below the threshold of 1 - rate,
+        # as 1 / (1 - rate) in the mask's dtype (bernoulli_ then div_(1 - rate)), written by the draw.
+        masks = {k: _mask_constants(tuple(rates), dtype) for k, site, kind, rates in jobs
+                 if kind is not None and kind not in (GaussianNoise, GaussianDropout)}
+        arrays = {k: draws[k].view(self.P, -1).numpy() for k in masks} if bernoulli.usable(device, dtype) else None
 
         def fill(members):
             for i in members:
-                gen = generators[i]
-                run = []   # consecutive dropout masks, drawn in one pass over the generator's state
+                gen, twister = generators[i], None   # consecutive masks: one read and write of the state
                 for k, site, kind, rates in jobs:
                     out = draws[k]
-                    if k in kept and 0 < rates[i] < 1:
-                        run.append((out[i], 1 - rates[i], kept[k][i]))
+                    if k in masks and 0 < rates[i] < 1:
+                        limit, value = masks[k][0][i], masks[k][1][i]
+                        if arrays is None:
+                            out[i].bernoulli_(1 - rates[i], generator=gen).mul_(value)
+                        else:
+                            twister = twister or bernoulli.Twister(gen)
+                            twister.fill(arrays[k][i], limit, value)
                         continue
-                    if run:
-                        masks(run, gen)
-                        run = []
+                    if twister is not None:
+                        twister.close()
+                        twister = None
                     if kind is None:
                         out[i] = site.members[i].sample(site.shape, dtype, device, gen)
                     elif rates[i] == 0:
@@ -684,8 +698,8 @@ class ModulePopulation(MergedRules):
                         out[i].normal_(generator=gen)
                     else:   # rate 1: all dropped, nothing drawn (as torch)
                         out[i].zero_()
-                if run:
-                    masks(run, gen)
+                if twister is not None:
+                    twister.close()
 
         workers = min(self.P, torch.get_num_threads()) if device.type == "cpu" and jobs and parallel else 1
         if workers > 1:
