@@ -364,6 +364,16 @@ def test_state_dict_is_a_copy():
     assert torch.equal(restored["state"][0]["m"], saved["state"][0]["m"])
 
 
+def _plain_and_flat(start):
+    """Copies of ``start``, and the same values as consecutive views of one flat tensor."""
+    flat = torch.cat([t.reshape(-1) for t in start])
+    views, offset = [], 0
+    for t in start:
+        views.append(flat[offset:offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    return [t.clone() for t in start], flat, views
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_flat_update_equals_tensor_by_tensor(name):
     """Parameters that are views of one flat tensor are updated in one pass (Optimizer.use_flat):
@@ -374,12 +384,7 @@ def test_flat_update_equals_tensor_by_tensor(name):
     start = [torch.randn(s, generator=g) for s in shapes]
     grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(6)]
     kwargs = dict(lr=1e-2, momentum=0.9) if name == "sgd" else dict(lr=1e-2)
-    plain = [t.clone() for t in start]
-    flat = torch.cat([t.reshape(-1) for t in start])
-    views, offset = [], 0
-    for t in start:
-        views.append(flat[offset:offset + t.numel()].view(t.shape))
-        offset += t.numel()
+    plain, flat, views = _plain_and_flat(start)
     a, b = optim.make(name, plain, **kwargs), optim.make(name, views, **kwargs)
     b.use_flat(flat)
     active = torch.tensor([True, False, True])
@@ -402,12 +407,7 @@ def test_flat_adam_adds_penalties_in_its_pass_to_the_bit():
                  [(None, 2 * torch.tensor([1e-1, 0.0, 1e-2, 1e-3]))]]
     start = [torch.randn(s, generator=g) for s in shapes]
     grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(5)]
-    plain = [t.clone() for t in start]
-    flat = torch.cat([t.reshape(-1) for t in start])
-    views, offset = [], 0
-    for t in start:
-        views.append(flat[offset:offset + t.numel()].view(t.shape))
-        offset += t.numel()
+    plain, flat, views = _plain_and_flat(start)
     a, b = optim.Adam(plain, lr=1e-2), optim.Adam(views, lr=1e-2)
     a.fuses_penalties = False
     b.use_flat(flat)

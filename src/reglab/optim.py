@@ -311,15 +311,15 @@ class Adam(Optimizer):
         if any(pens is not None and len(pens) != 1 for pens in penalties):
             return False
         starts, stops, params, rows = self._rows
-        members = max((p.shape[0] for p in self.params if p.dim() > 0), default=1)
-        coef = np.zeros((2, len(self.params), members), dtype=np.float32)
+        coef = np.zeros((2, len(self.params), int(rows.max(initial=0)) + 1), dtype=np.float32)
         kinds = np.zeros(len(self.params), dtype=np.int64)
         for i, pens in enumerate(penalties):
             if pens is None:
                 continue
+            n = int((params == i).sum())   # the parameter's rows (members)
             for j, c in enumerate(pens[0]):
                 if c is not None:
-                    coef[j, i] = np.broadcast_to(c.detach().to(torch.float32).cpu().numpy(), (members,))
+                    coef[j, i, :n] = np.broadcast_to(c.detach().to(torch.float32).cpu().numpy(), (n,))
                     kinds[i] |= 1 << j
         if not self.flat_state:
             self.flat_state["m"], self.flat_state["v"] = torch.zeros_like(flat), torch.zeros_like(flat)
@@ -335,9 +335,9 @@ class Adam(Optimizer):
             view.copy_(g)
         g = self._flat_grad
         _adam_rows(flat.numpy(), g.numpy(), self.flat_state["m"].numpy(), self.flat_state["v"].numpy(),
-                     starts, stops, coef[0][params, rows], coef[1][params, rows], kinds[params],
-                     f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),
-                     f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
+                   starts, stops, coef[0][params, rows], coef[1][params, rows], kinds[params],
+                   f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),
+                   f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
         return True
 
     def _update(self, p, g, lr, state, penalty=None):
