@@ -28,7 +28,7 @@ def test_same_bits_and_state_as_torch(n, p):
     for dtype in (torch.float32, torch.float64):
         a, b = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
         for _ in range(3):   # the generator continues from where the last draw left it
-            bernoulli.bernoulli_(a, p, ours)
+            bernoulli.masks([(a, p, 1.0)], ours)
             b.bernoulli_(p, generator=theirs)
             assert torch.equal(a, b)
             assert torch.equal(ours.get_state(), theirs.get_state())
@@ -38,7 +38,7 @@ def test_interleaved_with_torchs_other_draws():
     ours, theirs = pair(3)
     for n in (5, 700, 33, 1300):
         a, b = torch.empty(n), torch.empty(n)
-        bernoulli.bernoulli_(a, 0.8, ours)
+        bernoulli.masks([(a, 0.8, 1.0)], ours)
         b.bernoulli_(0.8, generator=theirs)
         assert torch.equal(a, b)
         assert torch.equal(torch.rand(7, generator=ours), torch.rand(7, generator=theirs))
@@ -72,5 +72,6 @@ def test_tensors_it_cannot_draw_go_to_torch_in_turn():
 def test_without_the_emulation_torch_draws(monkeypatch):
     monkeypatch.setattr(bernoulli, "_agrees", lambda: False)
     ours, theirs = pair(9)
-    a = bernoulli.bernoulli_(torch.empty(1000), 0.4, ours)
+    a = torch.empty(1000)
+    bernoulli.masks([(a, 0.4, 1.0)], ours)
     assert torch.equal(a, torch.empty(1000).bernoulli_(0.4, generator=theirs))

@@ -174,7 +174,6 @@ class Optimizer:
         self.iterations = 0
         self.state = [dict() for _ in self.params]
         self.flat, self.flat_state = None, {}
-        self._flat_grad = None   # Adam's flat pass gathers the gradients here (see Adam._update_flat)
 
     def use_flat(self, flat: torch.Tensor) -> None:
         """Declare that the parameters are consecutive views of the 1-D ``flat`` (in order): a step
@@ -302,6 +301,13 @@ class Adam(Optimizer):
         bounds = np.array(starts + [offset], dtype=np.int64)
         return bounds[:-1], bounds[1:], np.array(params, dtype=np.int64), np.array(rows, dtype=np.int64)
 
+    @functools.cached_property
+    def _gradient_buffer(self):
+        """A flat tensor the gradients are gathered into, and its views shaped as the parameters."""
+        flat = torch.empty_like(self.flat)
+        starts = np.cumsum([0] + [p.numel() for p in self.params])
+        return flat, [flat[a:a + p.numel()].view_as(p) for p, a in zip(self.params, starts)]
+
     def _update_flat(self, grads, penalties) -> bool:
         flat = self.flat
         if not (_nb is not None and flat.dtype == torch.float32 and flat.device.type == "cpu"
@@ -316,7 +322,7 @@ class Adam(Optimizer):
         for i, pens in enumerate(penalties):
             if pens is None:
                 continue
-            n = int((params == i).sum())   # the parameter's rows (members)
+            n = self.params[i].shape[0] if self.params[i].dim() > 0 and self.params[i].shape[0] > 0 else 1   # its rows
             for j, c in enumerate(pens[0]):
                 if c is not None:
                     coef[j, i, :n] = np.broadcast_to(c.detach().to(torch.float32).cpu().numpy(), (n,))
@@ -327,13 +333,9 @@ class Adam(Optimizer):
         bc1, bc2 = 1 - self.beta_1 ** t, 1 - self.beta_2 ** t
         f32 = np.float32
         step = -self.lr * (math.sqrt(bc2) / bc1 if self.epsilon_hat else 1 / bc1)
-        if self._flat_grad is None:
-            self._flat_grad = torch.empty_like(flat)
-            self._grad_views = [self._flat_grad[a:a + p.numel()].view_as(p)
-                                for p, a in zip(self.params, np.cumsum([0] + [p.numel() for p in self.params]))]
-        for view, g in zip(self._grad_views, grads):   # one strided copy each, whatever the gradient's layout
-            view.copy_(g)
-        g = self._flat_grad
+        g, views = self._gradient_buffer
+        for view, grad in zip(views, grads):   # one strided copy each, whatever the gradient's layout
+            view.copy_(grad)
         _adam_rows(flat.numpy(), g.numpy(), self.flat_state["m"].numpy(), self.flat_state["v"].numpy(),
                    starts, stops, coef[0][params, rows], coef[1][params, rows], kinds[params],
                    f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),

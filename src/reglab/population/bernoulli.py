@@ -6,7 +6,7 @@ for a scalar ``p`` is serial: per element two 32-bit Mersenne Twister words from
 joined into a 53-bit uniform double, compared with ``p`` — about 15 ns an element, which for a
 population of Transformers costs as much as the forward and backward together.
 
-:func:`bernoulli_` makes the same words with a compiled Mersenne Twister (numba) working on the
+:func:`masks` makes the same words with a compiled Mersenne Twister (numba) working on the
 generator's own state (``Generator.get_state()``: PyTorch's ``CPUGeneratorImplState``, whose first
 fields are the twister's ``left``/``next`` counters and its 624 words), and writes the state back, so
 the tensor and the generator end exactly as after ``bernoulli_``. It is used only where it is known to
@@ -171,9 +171,3 @@ def masks(items, generator: torch.Generator) -> None:
             out.mul_(value)
     if twister is not None:
         twister.close()
-
-
-def bernoulli_(out: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """``out.bernoulli_(p, generator=generator)``: the same values and the same generator state after."""
-    masks([(out, p, 1.0)], generator)
-    return out

@@ -49,7 +49,6 @@ from ..augment import RandomLayer
 from ..layers import GaussianDropout, GaussianNoise, SequenceDropout
 from .merge import MergedConstraint, MergedPenalty, MergedRules
 from . import bernoulli
-from .bernoulli import bernoulli_
 
 # Modules whose randomness reglab draws per member, and the attribute holding each member's rate.
 RATE_ATTR = {nn.Dropout: "p", nn.Dropout1d: "p", nn.Dropout2d: "p", nn.Dropout3d: "p",
@@ -112,9 +111,12 @@ def draw(kind, rate: float, shape: tuple, dtype, generator, device=None, order: 
     if rate == 1:   # as torch: all dropped, nothing drawn
         return torch.zeros(shape, dtype=dtype, device=device)
     if order is not None:   # drawn in memory order (see memory_order), returned in index order
-        noise = bernoulli_(torch.empty([shape[d] for d in order], dtype=dtype, device=device), 1 - rate, generator)
-        return noise.permute([order.index(d) for d in range(len(order))]).div_(1 - rate)
-    return bernoulli_(torch.empty(shape, dtype=dtype, device=device), 1 - rate, generator).div_(1 - rate)
+        noise = torch.empty([shape[d] for d in order], dtype=dtype, device=device)
+        bernoulli.masks([(noise, 1 - rate, _mask_constants((rate,), dtype)[1][0])], generator)
+        return noise.permute([order.index(d) for d in range(len(order))])
+    noise = torch.empty(shape, dtype=dtype, device=device)
+    bernoulli.masks([(noise, 1 - rate, _mask_constants((rate,), dtype)[1][0])], generator)
+    return noise
 
 
 @functools.lru_cache(maxsize=256)
@@ -682,7 +684,7 @@ class ModulePopulation(MergedRules):
                     if k in masks and 0 < rates[i] < 1:
                         limit, value = masks[k][0][i], masks[k][1][i]
                         if arrays is None:
-                            out[i].bernoulli_(1 - rates[i], generator=gen).mul_(value)
+                            bernoulli.masks([(out[i], 1 - rates[i], value)], gen)
                         else:
                             twister = twister or bernoulli.Twister(gen)
                             twister.fill(arrays[k][i], limit, value)
