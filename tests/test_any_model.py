@@ -263,11 +263,25 @@ def test_float32_member_within_rounding_sensitivity():
                 assert_close_within(mine, theirs, 1e-5, slack[i][key], f"member {i} {key}")
 
 
-def test_draws_made_ahead_are_undone_when_the_next_batch_differs(float64):
+@pytest.mark.parametrize("ahead", [True, False])
+def test_draws_made_ahead_are_undone_when_the_next_batch_differs(float64, monkeypatch, ahead):
     """Dropout masks are drawn one batch ahead on the guess that the next batch is shaped like this
     one; batches of 24 on 64 rows (24, 24, 16) and a validation pass each epoch make that guess
-    wrong twice an epoch, and every member must still draw exactly what its fit draws."""
+    wrong twice an epoch, and every member must still draw exactly what its fit draws. Draws too
+    small to pay for the thread's hand-over (AHEAD_MIN) are made in turn, with the same values."""
+    from reglab.population import functional
+    monkeypatch.setattr(functional, "AHEAD_MIN", 0 if ahead else 1 << 60)
+    submitted = []
+    real = functional._pool
+
+    def counted(workers):
+        pool = real(workers)
+        if workers == 1:
+            submitted.append(1)
+        return pool
+    monkeypatch.setattr(functional, "_pool", counted)
     check_family(ResMLP, tabular(), [dict(rate=0.3), dict(rate=0.5)], seeds=(0, 1, 2), epochs=5, batch_size=24)
+    assert bool(submitted) == ahead
 
 
 def test_members_of_different_architectures_run_as_separate_populations(float64):

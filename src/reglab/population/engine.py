@@ -549,6 +549,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
     has_best = torch.zeros(P, dtype=torch.bool, device=device)
 
     active = torch.ones(P, dtype=torch.bool, device=device)
+    everyone = True   # active.all(), kept on the host: no device sync or masked copy a step while it holds
     diverged = torch.zeros(P, dtype=torch.bool, device=device)
     epochs_run = np.zeros(P, int)
     stopped = np.full(P, -1)
@@ -596,12 +597,13 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                 data, metric, pen = fused_pop.train_step(xb, yb, task, opt, fused_step, active)
                 loss = data + pen
                 finite = torch.isfinite(loss)
-                if not bool(finite[active].all()):
+                if not bool((finite if everyone else finite[active]).all()):
                     diverged |= active & ~finite
                     active &= finite
+                    everyone = False
                 pop.apply_constraints(active)
                 sums += torch.stack([loss, data, pen, metric]).to(sums.device).double() * size
-                if not bool(active.any()):
+                if not everyone and not bool(active.any()):
                     break
                 continue
             if fused_pop is not None:
@@ -609,7 +611,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                 pen = pop.weight_penalty() + act
             else:
                 # A stopped member's buffers (BatchNorm statistics) stay as they were when it stopped.
-                frozen = ([b.clone() for b in pop.buffers], active.clone()) if pop.buffers and not bool(active.all()) else None
+                frozen = ([b.clone() for b in pop.buffers], active.clone()) if pop.buffers and not everyone else None
                 out, act = pop.forward(xb, train_ctx)
                 data = mix.sample_loss(objective, out, yb, wb).mean(-1)
                 with torch.set_grad_enabled(linear is None):   # L1/L2 gradients are added by hand below
@@ -617,15 +619,17 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                 pen = wp + act if scale == 1.0 else wp * scale + act * scale
             loss = data + pen
             finite = torch.isfinite(loss)
-            if not bool(finite[active].all()):
+            if not bool((finite if everyone else finite[active]).all()):
                 diverged |= active & ~finite
                 active &= finite
+                everyone = False
                 if not bool(active.any()):
                     _unfreeze(pop, frozen)
                     break
             penalties = None
             if fused_pop is None:
-                grads = torch.autograd.grad(torch.where(active, loss, 0).sum(), pop.params, allow_unused=True)
+                grads = torch.autograd.grad((loss if everyone else torch.where(active, loss, 0)).sum(), pop.params,
+                                            allow_unused=True)
                 if linear:   # their gradients: added by the optimizer (in its own pass where it can)
                     upstream = active.to(pop.params[0].dtype)   # what autograd sends each member's penalty
                     penalties = pop.penalty_terms(pop.params, linear, upstream if scale == 1.0 else upstream * scale)
@@ -636,7 +640,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
             if fused_pop is None:
                 _unfreeze(pop, frozen)   # after backward, which may read the buffers
             rates.before_step()
-            opt.step(grads, active=None if bool(active.all()) else active, penalties=penalties)
+            opt.step(grads, active=None if everyone else active, penalties=penalties)
             averages.after_step(active)
             pop.apply_constraints(active)
             sums += torch.stack([loss.detach(), data.detach(), pen.detach(), metric]).to(sums.device).double() * size
@@ -670,6 +674,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
             stop_t = torch.from_numpy(stop).to(device)
             stopped[stop] = epoch
             active &= ~stop_t
+            everyone = everyone and not stop.any()
         trainer.active = active.cpu().numpy().copy()
         notify("on_epoch_end", epoch=epoch, logs=epoch_logs)
     averages.finish_population(pop, (xb for _, _, xb, _ in train_data.epoch(batch_size, None)),

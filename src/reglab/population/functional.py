@@ -128,6 +128,12 @@ def _mask_constants(rates: tuple, dtype: torch.dtype) -> tuple[list, list]:
             [float(one / (1 - r)) if 0 < r < 1 else 1.0 for r in rates])
 
 
+# Draws of fewer elements (all members, all sites of one forward) are made in turn rather than
+# ahead in a thread: the hand-over (a generator state saved, a task queued and awaited: ~0.06 ms on
+# an idle Xeon core) costs as much as drawing ~32k mask elements (bernoulli.py, ~1.9 ns each).
+AHEAD_MIN = 1 << 15
+
+
 @functools.cache
 def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     """Threads that draw members' random tensors: ``os.cpu_count()`` of them for the member-parallel
@@ -549,6 +555,7 @@ class ModulePopulation(MergedRules):
         self._checked = set()   # (shared, mode, shape, training) that ran under vmap
         self._draws = None
         self._ahead = None   # (plan, generators, their states before, future): see _take_draws
+        self._training = None   # the mode the base was last put in (train() walks every submodule)
         self._cursor = 0
         self._fns = {}
 
@@ -632,7 +639,7 @@ class ModulePopulation(MergedRules):
         """The random sites a forward on inputs shaped like ``sample`` (one member's batch) calls."""
         key = (tuple(sample.shape), sample.dtype, training)
         if key not in self._plans:
-            self.base.train(training)
+            self._mode(training)
             self._probe_calls = []
             probe = _Sites(self, probing=True)
             buffers = {n: b[0].clone() for n, b in zip(self.buffer_names, self.buffers)}
@@ -730,8 +737,9 @@ class ModulePopulation(MergedRules):
 
         On the CPU, the next forward's draws are made in a background thread while this one
         computes, on the guess that it will be shaped like this one (every batch but an epoch's
-        last). The generators' states are kept before drawing ahead; when the guess is wrong they
-        are put back and the draws made afresh, so the values are what drawing in turn gives."""
+        last), when they are large enough to pay for the hand-over (:data:`AHEAD_MIN`). The
+        generators' states are kept before drawing ahead; when the guess is wrong they are put
+        back and the draws made afresh, so the values are what drawing in turn gives."""
         ahead, self._ahead, out = self._ahead, None, None
         if ahead is not None:
             want, gens, saved, future = ahead
@@ -743,7 +751,7 @@ class ModulePopulation(MergedRules):
                     g.set_state(state)
         if out is None:
             out = self._draw_all(plan, generators, device)
-        if device.type == "cpu":
+        if device.type == "cpu" and self.P * sum(math.prod(site.shape) for site in plan) >= AHEAD_MIN:
             saved = [g.get_state() for g in generators]
             self._ahead = (plan, generators, saved, _pool(1).submit(self._draw_all, plan, generators, device, False))
         return out
@@ -757,12 +765,19 @@ class ModulePopulation(MergedRules):
                 g.set_state(state)
 
     # -- forward ----------------------------------------------------------------------------------
+    def _mode(self, training: bool) -> None:
+        """The base in training or eval mode (only the base's own modules: members' models untouched)."""
+        training = bool(training)
+        if self._training != training:
+            self.base.train(training)
+            self._training = training
+
     def forward(self, x: torch.Tensor, ctx, shared: bool = False):
         """Outputs (P, B, ...) and each member's activity penalty (P,). ``x`` is (P, B, ...), or
         (B, ...) with ``shared=True`` (every member sees the same batch)."""
         plan, uses_mode = self._plan(x if shared else x[0], ctx.training)
         draws, slots = self._take_draws(plan, ctx.noise_generators, x.device) if ctx.training else ([], [None] * len(plan))
-        self.base.train(ctx.training)
+        self._mode(ctx.training)
         key = (shared, uses_mode)
         if key not in self._fns:
             self._fns[key] = torch.func.vmap(self._member_fn(uses_mode), in_dims=(0, 0, None if shared else 0, 0),
