@@ -42,7 +42,9 @@ timed on a subset of the members and their rate extrapolated, since a model-epoc
 whichever member it belongs to. Each implementation is warmed up before it is timed; reglab's first
 call (numba compiles or loads its kernels) is reported separately as the first-call overhead. Short
 timings are repeated (``repeat`` in SIZES, or --repeat) and the fastest run counts; all runs are in
-results.json. Timings are only as good as the machine is quiet: the load average at the start and
+results.json. The any-model cases and module_scaling interleave their implementations round by round
+(reglab, the loop, torch.func, then again), so that a machine whose speed drifts during a case slows
+each of them alike instead of whichever ran in the slow minute. Timings are only as good as the machine is quiet: the load average at the start and
 end is recorded, and --threads pins torch's and numba's thread counts.
 """
 
@@ -90,10 +92,10 @@ SIZES = {
         "seed_mlp": dict(seeds=30, epochs=STUDY_EPOCHS, peer_models=12, peer_epochs=1000, warm_epochs=2, repeat=1),
         "digits_cnn": dict(seeds=10, configs=3, epochs=20, peer_models=3, repeat=1),
         "sequence_lstm": dict(seeds=10, configs=3, epochs=20, peer_models=3, repeat=1),
-        "tabular_mlp": dict(seeds=5, configs=2, epochs=5, peer_models=4, repeat=1),
-        "residual_mlp": dict(seeds=5, configs=2, epochs=4, peer_models=4, repeat=1),
-        "transformer": dict(seeds=5, configs=2, epochs=3, peer_models=4, repeat=1),
-        "module_scaling": dict(members=[1, 2, 5, 10, 20], epochs=1, peer_models=2, repeat=1),
+        "tabular_mlp": dict(seeds=5, configs=2, epochs=2, peer_models=4, repeat=3),
+        "residual_mlp": dict(seeds=5, configs=2, epochs=2, peer_models=4, repeat=3),
+        "transformer": dict(seeds=5, configs=2, epochs=1, peer_models=4, repeat=3),
+        "module_scaling": dict(members=[1, 2, 5, 10, 20], epochs=1, peer_models=2, repeat=3),
         "scaling": dict(members=[1, 10, 100, 1000], member_epochs=200,
                         rows={30: 200, 300: 50, 3000: 10, 10000: 4}, row_members=30, repeat=3),
         "memory": dict(members=1000, epochs=100),
@@ -380,15 +382,6 @@ def case_sequence_lstm(s):
     return out
 
 
-def timed_runs(repeat: int, fn):
-    """``repeat`` calls of ``fn()``, which returns (wall seconds, output): (the walls, the last output)."""
-    walls, out = [], None
-    for _ in range(repeat):
-        wall, out = fn()
-        walls.append(wall)
-    return walls, out
-
-
 def _accuracy_fields(accuracies) -> dict:
     return {"train_accuracy": float(np.mean(accuracies)), "train_accuracy_range": [min(accuracies), max(accuracies)]}
 
@@ -420,20 +413,23 @@ def _any_model_case(case, s):
     log(f"{case}: warm-up (each implementation once, 1 epoch on a few rows)")
     _warm_up(spec, configs, seeds, X, y, Xt, yt)
 
-    log(f"{case}: reglab {members} members × {E} epochs")
-    walls, result = timed_runs(k, lambda: reglab_population(spec["build"], configs, seeds, X, y, E, "binary"))
-    pop = measurement("reglab", members, E, walls,
-                      **_accuracy_fields([models.model_accuracy(m, Xt, yt) for m in result.models]))
-
-    log(f"{case}: PyTorch loop {len(jobs)} models × {E} epochs")
-    walls, trained = timed_runs(k, lambda: _loop_models(spec, jobs, Xt, yt, E))
-    loop = measurement("torch_loop", len(jobs), E, walls,
-                       **_accuracy_fields([models.model_accuracy(m, Xt, yt) for m in trained]))
-
     groups = len(models.group_members(configs, seeds))
-    log(f"{case}: torch.func {members} members × {E} epochs ({groups} stacked ensemble(s))")
-    walls, ensembles = timed_runs(k, lambda: timed(models.torch_func, spec["model"], configs, seeds, Xt, yt, E))
-    func = measurement("torch_func", members, E, walls, ensembles=groups,
+    walls = {"reglab": [], "loop": [], "func": []}
+    for r in range(k):   # interleaved rounds: a machine that drifts slows every implementation alike
+        log(f"{case} (round {r + 1}/{k}): reglab {members} members × {E} epochs")
+        wall, result = reglab_population(spec["build"], configs, seeds, X, y, E, "binary")
+        walls["reglab"].append(wall)
+        log(f"{case} (round {r + 1}/{k}): PyTorch loop {len(jobs)} models × {E} epochs")
+        wall, trained = _loop_models(spec, jobs, Xt, yt, E)
+        walls["loop"].append(wall)
+        log(f"{case} (round {r + 1}/{k}): torch.func {members} members × {E} epochs ({groups} stacked ensemble(s))")
+        wall, ensembles = timed(models.torch_func, spec["model"], configs, seeds, Xt, yt, E)
+        walls["func"].append(wall)
+    pop = measurement("reglab", members, E, walls["reglab"],
+                      **_accuracy_fields([models.model_accuracy(m, Xt, yt) for m in result.models]))
+    loop = measurement("torch_loop", len(jobs), E, walls["loop"],
+                       **_accuracy_fields([models.model_accuracy(m, Xt, yt) for m in trained]))
+    func = measurement("torch_func", members, E, walls["func"], ensembles=groups,
                        **_accuracy_fields(models.ensemble_accuracies(ensembles, Xt, yt)))
 
     rows = [pop, loop, func]
@@ -478,17 +474,22 @@ def case_module_scaling(s):
         configs = spec["configs"][:1]
         _warm_up(spec, configs, [0], X, y, Xt, yt)
         jobs = [dict(config=configs[0], seed=i) for i in range(s["peer_models"])]
-        log(f"module_scaling: {case}, PyTorch loop {len(jobs)} models × {E} epochs")
-        walls, _ = timed_runs(k, lambda: _loop_models(spec, jobs, Xt, yt, E))
-        loop = measurement("torch_loop", len(jobs), E, walls, model=case)
+        walls = {"loop": []}
+        for r in range(k):   # interleaved rounds: a machine that drifts slows every implementation alike
+            log(f"module_scaling (round {r + 1}/{k}): {case}, PyTorch loop {len(jobs)} models × {E} epochs")
+            walls["loop"].append(_loop_models(spec, jobs, Xt, yt, E)[0])
+            for P in s["members"]:
+                seeds = list(range(P))
+                log(f"module_scaling (round {r + 1}/{k}): {case}, reglab and torch.func {P} member(s) × {E} epochs")
+                walls.setdefault(("reglab", P), []).append(
+                    reglab_population(spec["build"], configs, seeds, X, y, E, "binary")[0])
+                walls.setdefault(("func", P), []).append(
+                    timed(models.torch_func, spec["model"], configs, seeds, Xt, yt, E)[0])
+        loop = measurement("torch_loop", len(jobs), E, walls["loop"], model=case)
         rows.append(loop)
         for P in s["members"]:
-            seeds = list(range(P))
-            log(f"module_scaling: {case}, reglab and torch.func {P} member(s) × {E} epochs")
-            walls, _ = timed_runs(k, lambda: reglab_population(spec["build"], configs, seeds, X, y, E, "binary"))
-            pop = measurement("reglab", P, E, walls, model=case)
-            walls, _ = timed_runs(k, lambda: timed(models.torch_func, spec["model"], configs, seeds, Xt, yt, E))
-            func = measurement("torch_func", P, E, walls, model=case)
+            pop = measurement("reglab", P, E, walls[("reglab", P)], model=case)
+            func = measurement("torch_func", P, E, walls[("func", P)], model=case)
             pop["loop_speedup"] = pop["model_epochs_per_s"] / loop["model_epochs_per_s"]
             pop["func_speedup"] = pop["model_epochs_per_s"] / func["model_epochs_per_s"]
             rows += [pop, func]

@@ -396,10 +396,14 @@ def test_flat_update_equals_tensor_by_tensor(name):
         assert torch.equal(p, q)
 
 
-def test_flat_adam_adds_penalties_in_its_pass_to_the_bit():
-    """Adam's one pass over a flat tensor of stacked parameters, member row by member row, adds each
-    member's L1/L2 gradient as penalty_gradient does: the bits of adding them first and updating
-    tensor by tensor."""
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("block", [7, optim.BLOCK])
+def test_flat_adam_adds_penalties_in_its_pass_to_the_bit(monkeypatch, threads, block):
+    """Adam's one pass over a flat tensor of stacked parameters, block by block within member rows,
+    serial or over threads, adds each member's L1/L2 gradient as penalty_gradient does: the bits of
+    adding them first and updating tensor by tensor (a transposed gradient read in its own layout)."""
+    monkeypatch.setattr(optim, "PARALLEL_MIN", 0 if threads else 1 << 60)
+    monkeypatch.setattr(optim, "BLOCK", block)   # 7: rows split into blocks, some partial
     g = torch.Generator().manual_seed(1)
     shapes = [(4, 6, 5), (4, 5), (4, 3, 2), (4,)]
     penalties = [[(torch.tensor([1e-2, 0.0, 3e-2, 1e-3]), None)], None,
@@ -407,6 +411,8 @@ def test_flat_adam_adds_penalties_in_its_pass_to_the_bit():
                  [(None, 2 * torch.tensor([1e-1, 0.0, 1e-2, 1e-3]))]]
     start = [torch.randn(s, generator=g) for s in shapes]
     grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(5)]
+    for gs in grads:
+        gs[0] = gs[0].transpose(1, 2).contiguous().transpose(1, 2)   # same values, not contiguous
     plain, flat, views = _plain_and_flat(start)
     a, b = optim.Adam(plain, lr=1e-2), optim.Adam(views, lr=1e-2)
     a.fuses_penalties = False
@@ -415,6 +421,7 @@ def test_flat_adam_adds_penalties_in_its_pass_to_the_bit():
         a.step([x.clone() for x in gs], penalties=penalties)
         b.step([x.clone() for x in gs], penalties=penalties)
     assert b.flat_state, "the flat pass did not run"
+    assert (len(b._blocks[0]) > sum(s[0] for s in shapes)) == (block == 7)
     for p, q in zip(plain, views):
         assert torch.equal(p, q)
 

@@ -676,3 +676,27 @@ def test_a_zero_activity_penalty_adds_nothing(path, monkeypatch):
 
     result = reglab.train_population(build, None, [0, 1], train=(X, y), epochs=2, progress=False)
     assert (result.history["penalty"] == 0).all() and not result.diverged.any()
+
+
+def test_stacked_layers_are_views_of_one_flat_tensor_the_optimizer_updates_in_one_pass():
+    """A Sequential population's stacked parameters are consecutive views of ``pop.flat`` (as a
+    ModulePopulation's), so reglab's Adam updates them in its one flat pass; a training of such a
+    population takes that pass."""
+    models = [nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 1)) for _ in range(3)]
+    pop = engine.Population(models)
+    offset = 0
+    for p in pop.params:
+        assert p.is_leaf and p.requires_grad
+        assert p.data_ptr() == pop.flat.data_ptr() + offset * pop.flat.element_size()
+        offset += p.numel()
+    assert offset == pop.flat.numel()
+    X, y = make_moons(64, noise=0.2, random_state=0)
+    passes = []
+    real = reglab.optim.Adam._update_flat
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reglab.optim.Adam, "_update_flat", lambda self, *a: passes.append(1) or real(self, *a))
+        reglab.train_population(lambda: nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                                                       nn.Linear(8, 1)),
+                                [{}], seeds=[0, 1], train=(X.astype(np.float32), y), epochs=1, batch_size=16,
+                                progress=False)
+    assert len(passes) == 4   # 64 rows / 16 per batch, every step in the flat pass

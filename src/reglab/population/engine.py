@@ -137,11 +137,19 @@ class Population(MergedRules):
         self.P = len(models)
         member_leaves = [leaves(m) for m in models]
         member_rules = [_rules(m) for m in models]
-        self.layers, self.penalties, self.constraints, self.activity = [], [], [], {}
-        for pos in range(len(member_leaves[0])):
+        self.layers = [L.make([ml[pos] for ml in member_leaves]) for pos in range(len(member_leaves[0]))]
+        # The stacked parameters become consecutive views of one flat tensor, so that the optimizer
+        # can update them all in one pass (Optimizer.use_flat), as ModulePopulation's are.
+        stacked = [p.detach() for layer in self.layers for p in layer.params.values()]
+        self.flat = torch.cat([p.reshape(-1) for p in stacked]) if stacked else torch.zeros(0)
+        offset = 0
+        for layer in self.layers:
+            for pname, p in layer.params.items():
+                layer.params[pname] = self.flat[offset:offset + p.numel()].view(p.shape).requires_grad_(True)
+                offset += p.numel()
+        self.penalties, self.constraints, self.activity = [], [], {}
+        for pos, layer in enumerate(self.layers):
             mods = [ml[pos] for ml in member_leaves]
-            layer = L.make(mods)
-            self.layers.append(layer)
             for pname in layer.params:
                 pens = MergedPenalty([rules[id(m)][0].get(pname) for rules, m in zip(member_rules, mods)])
                 if pens:
