@@ -366,11 +366,7 @@ def test_state_dict_is_a_copy():
 
 def _plain_and_flat(start):
     """Copies of ``start``, and the same values as consecutive views of one flat tensor."""
-    flat = torch.cat([t.reshape(-1) for t in start])
-    views, offset = [], 0
-    for t in start:
-        views.append(flat[offset:offset + t.numel()].view(t.shape))
-        offset += t.numel()
+    flat, views = optim.flat_parameters(start)
     return [t.clone() for t in start], flat, views
 
 

@@ -173,6 +173,22 @@ class Clipping:
         return [None if g is None else scaled(g, total) for g in grads]
 
 
+def flat_parameters(tensors: list) -> tuple[torch.Tensor, list]:
+    """One flat tensor holding ``tensors`` one after another, and each of them as a view of it that
+    is a leaf requiring grad: the parameters :meth:`Optimizer.use_flat` updates in one pass."""
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+    views, offset = [], 0
+    for t in tensors:
+        views.append(flat[offset:offset + t.numel()].view(t.shape).requires_grad_(True))
+        offset += t.numel()
+    return flat, views
+
+
+def _member_rows(p: torch.Tensor) -> int:
+    """The rows of a stacked parameter (one per member: its leading dim), or 1 for a scalar or empty one."""
+    return p.shape[0] if p.dim() > 0 and p.shape[0] > 0 else 1
+
+
 def penalty_gradient(g, w: torch.Tensor, l1: torch.Tensor | None, l2: torch.Tensor | None):
     """``g`` plus the gradient of each member's L1/L2 penalty, for stacked weights ``w`` (P, ...):
     ``sign(w)·l1 + g``, then ``w·l2 + that``, with ``l1`` (P,) the L1 coefficient and ``l2`` (P,)
@@ -324,7 +340,7 @@ class Adam(Optimizer):
         start within that parameter, and member."""
         table, offset = [], 0
         for i, p in enumerate(self.params):
-            rows = p.shape[0] if p.dim() > 0 and p.shape[0] > 0 else 1
+            rows = _member_rows(p)
             size = p.numel() // rows
             for r in range(rows):
                 for a in range(r * size, (r + 1) * size, BLOCK):
@@ -349,7 +365,7 @@ class Adam(Optimizer):
         for i, pens in enumerate(penalties):
             if pens is None:
                 continue
-            n = self.params[i].shape[0] if self.params[i].dim() > 0 and self.params[i].shape[0] > 0 else 1   # its rows
+            n = _member_rows(self.params[i])
             for j, c in enumerate(pens[0]):
                 if c is not None:
                     coef[j, i, :n] = np.broadcast_to(c.detach().to(torch.float32).cpu().numpy(), (n,))
@@ -368,7 +384,6 @@ class Adam(Optimizer):
                starts, stops, params, within, coef[0][params, rows], coef[1][params, rows], kinds[params],
                f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),
                f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
-        del kept
         return True
 
     def _update(self, p, g, lr, state, penalty=None):

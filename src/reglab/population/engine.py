@@ -140,13 +140,10 @@ class Population(MergedRules):
         self.layers = [L.make([ml[pos] for ml in member_leaves]) for pos in range(len(member_leaves[0]))]
         # The stacked parameters become consecutive views of one flat tensor, so that the optimizer
         # can update them all in one pass (Optimizer.use_flat), as ModulePopulation's are.
-        stacked = [p.detach() for layer in self.layers for p in layer.params.values()]
-        self.flat = torch.cat([p.reshape(-1) for p in stacked]) if stacked else torch.zeros(0)
-        offset = 0
+        self.flat, views = _optim.flat_parameters([p for layer in self.layers for p in layer.params.values()])
+        views = iter(views)
         for layer in self.layers:
-            for pname, p in layer.params.items():
-                layer.params[pname] = self.flat[offset:offset + p.numel()].view(p.shape).requires_grad_(True)
-                offset += p.numel()
+            layer.params = {pname: next(views) for pname in layer.params}
         self.penalties, self.constraints, self.activity = [], [], {}
         for pos, layer in enumerate(self.layers):
             mods = [ml[pos] for ml in member_leaves]

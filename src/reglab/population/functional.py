@@ -47,6 +47,7 @@ from torch.overrides import TorchFunctionMode
 from ..attach import registry
 from ..augment import RandomLayer
 from ..layers import GaussianDropout, GaussianNoise, SequenceDropout
+from ..optim import flat_parameters
 from .merge import MergedConstraint, MergedPenalty, MergedRules
 from . import bernoulli
 
@@ -110,13 +111,10 @@ def draw(kind, rate: float, shape: tuple, dtype, generator, device=None, order: 
         return 1.0 + torch.randn(shape, dtype=dtype, generator=generator, device=device) * stddev
     if rate == 1:   # as torch: all dropped, nothing drawn
         return torch.zeros(shape, dtype=dtype, device=device)
-    if order is not None:   # drawn in memory order (see memory_order), returned in index order
-        noise = torch.empty([shape[d] for d in order], dtype=dtype, device=device)
-        bernoulli.masks([(noise, 1 - rate, _mask_constants((rate,), dtype)[1][0])], generator)
-        return noise.permute([order.index(d) for d in range(len(order))])
-    noise = torch.empty(shape, dtype=dtype, device=device)
+    # drawn in memory order (see memory_order), returned in index order
+    noise = torch.empty(shape if order is None else [shape[d] for d in order], dtype=dtype, device=device)
     bernoulli.masks([(noise, 1 - rate, _mask_constants((rate,), dtype)[1][0])], generator)
-    return noise
+    return noise if order is None else noise.permute([order.index(d) for d in range(len(order))])
 
 
 @functools.lru_cache(maxsize=256)
@@ -520,12 +518,7 @@ class ModulePopulation(MergedRules):
         self.param_names = list(named[0])
         # The stacked parameters are consecutive views of one flat tensor, so that the optimizer can
         # update them all in one pass (Optimizer.use_flat).
-        stacked = [torch.stack([n[k].detach() for n in named]) for k in self.param_names]
-        self.flat = torch.cat([s.reshape(-1) for s in stacked]) if stacked else torch.zeros(0)
-        self.params, offset = [], 0
-        for s in stacked:
-            self.params.append(self.flat[offset:offset + s.numel()].view(s.shape).requires_grad_(True))
-            offset += s.numel()
+        self.flat, self.params = flat_parameters([torch.stack([n[k].detach() for n in named]) for k in self.param_names])
         bufs = [dict(m.named_buffers()) for m in models]
         self.buffer_names = list(bufs[0])
         self.buffers = [torch.stack([b[k] for b in bufs]).clone() for k in self.buffer_names]
