@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits, make_moons
 from torch import nn
 
 import reglab
-from reglab.population import engine, fused
+from reglab.population import engine, fused, layers
 
 ATOL = 1e-5
 
@@ -700,3 +700,27 @@ def test_stacked_layers_are_views_of_one_flat_tensor_the_optimizer_updates_in_on
                                 [{}], seeds=[0, 1], train=(X.astype(np.float32), y), epochs=1, batch_size=16,
                                 progress=False)
     assert len(passes) == 4   # 64 rows / 16 per batch, every step in the flat pass
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [(6,), (2, 3)])
+def test_stacked_linear_is_each_members_nn_linear_with_contiguous_output_and_gradients(bias, rows):
+    """The population's Linear gives every member its own nn.Linear's output and gradients (input,
+    weight, bias), all contiguous: the output for the layers after it, the gradients as Adam's flat
+    pass reads them in place (it copies a gradient in any other layout)."""
+    torch.manual_seed(0)
+    modules = [nn.Linear(4, 3, bias=bias) for _ in range(3)]
+    layer = layers.Linear(modules)
+    x = torch.randn((3,) + rows + (4,), requires_grad=True)
+    upstream = torch.randn((3,) + rows + (3,))
+    out = layer.forward(x, None)
+    assert out.is_contiguous()
+    grads = torch.autograd.grad(out, [x] + list(layer.params.values()), upstream)
+    assert all(g.is_contiguous() for g in grads)
+    for i, m in enumerate(modules):
+        xi = x.detach()[i].clone().requires_grad_(True)
+        ref = m(xi)
+        torch.testing.assert_close(out[i], ref, rtol=1e-6, atol=1e-6)
+        expected = torch.autograd.grad(ref, [xi] + list(m.parameters()), upstream[i])
+        for got, want in zip(grads, expected):
+            torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-6)

@@ -349,6 +349,28 @@ class Adam(Optimizer):
         columns = np.array(table, dtype=np.int64).reshape(-1, 5).T
         return tuple(np.ascontiguousarray(c) for c in columns)
 
+    def _block_coefficients(self, penalties: list) -> tuple:
+        """Per block of :attr:`_blocks`: its member's L1 and L2 coefficient (float32) and which of the
+        two it has (bit 1 L1, bit 2 L2), from the penalty terms of :meth:`step` (one ``(l1, l2)`` per
+        penalised parameter). A training passes the same terms step after step, so the arrays are
+        kept until a term is another tensor or changed in place."""
+        terms = [(i, j, c) for i, pens in enumerate(penalties) if pens is not None
+                 for j, c in enumerate(pens[0]) if c is not None]
+        key = [(i, j, id(c), c._version) for i, j, c in terms]
+        cached = getattr(self, "_coef_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[2]
+        _, _, params, _, rows = self._blocks
+        coef = np.zeros((2, len(self.params), int(rows.max(initial=0)) + 1), dtype=np.float32)
+        kinds = np.zeros(len(self.params), dtype=np.int64)
+        for i, j, c in terms:
+            n = _member_rows(self.params[i])
+            coef[j, i, :n] = np.broadcast_to(c.detach().to(torch.float32).cpu().numpy(), (n,))
+            kinds[i] |= 1 << j
+        out = (coef[0][params, rows], coef[1][params, rows], kinds[params])
+        self._coef_cache = (key, terms, out)   # `terms` keeps the tensors alive: their ids stay theirs
+        return out
+
     def _update_flat(self, grads, penalties) -> bool:
         flat = self.flat
         if not (_nb is not None and flat.dtype == torch.float32 and flat.device.type == "cpu"
@@ -359,17 +381,7 @@ class Adam(Optimizer):
         penalties = list(penalties or [None] * len(self.params))
         if any(pens is not None and len(pens) != 1 for pens in penalties):
             return False
-        starts, stops, params, within, rows = self._blocks
-        coef = np.zeros((2, len(self.params), int(rows.max(initial=0)) + 1), dtype=np.float32)
-        kinds = np.zeros(len(self.params), dtype=np.int64)
-        for i, pens in enumerate(penalties):
-            if pens is None:
-                continue
-            n = _member_rows(self.params[i])
-            for j, c in enumerate(pens[0]):
-                if c is not None:
-                    coef[j, i, :n] = np.broadcast_to(c.detach().to(torch.float32).cpu().numpy(), (n,))
-                    kinds[i] |= 1 << j
+        l1, l2, kinds = self._block_coefficients(penalties)
         if not self.flat_state:
             self.flat_state["m"], self.flat_state["v"] = torch.zeros_like(flat), torch.zeros_like(flat)
         t = self.iterations
@@ -381,7 +393,7 @@ class Adam(Optimizer):
         addresses = np.fromiter((g.data_ptr() for g in kept), np.int64, len(kept))
         kernel = _adam_blocks if flat.numel() >= PARALLEL_MIN else _adam_blocks_serial
         kernel(flat.numpy(), addresses, self.flat_state["m"].numpy(), self.flat_state["v"].numpy(),
-               starts, stops, params, within, coef[0][params, rows], coef[1][params, rows], kinds[params],
+               *self._blocks[:4], l1, l2, kinds,
                f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),
                f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
         return True

@@ -570,6 +570,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
     # gradients directly, the numbers autograd would give, without the penalty's graph and its
     # extra passes over every weight. None: some penalty is another kind; autograd does them all.
     linear = pop.linear_penalties()
+    steady = None   # their terms while every member trains with penalty scale 1
 
     def notify(hook, **kwargs):
         for cb in callbacks:
@@ -635,7 +636,10 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
             if fused_pop is None:
                 grads = torch.autograd.grad((loss if everyone else torch.where(active, loss, 0)).sum(), pop.params,
                                             allow_unused=True)
-                if linear:   # their gradients: added by the optimizer (in its own pass where it can)
+                if linear and everyone and scale == 1.0:   # the same terms every such step: made once
+                    steady = steady or pop.penalty_terms(pop.params, linear, torch.ones_like(active, dtype=pop.params[0].dtype))
+                    penalties = steady
+                elif linear:   # their gradients: added by the optimizer (in its own pass where it can)
                     upstream = active.to(pop.params[0].dtype)   # what autograd sends each member's penalty
                     penalties = pop.penalty_terms(pop.params, linear, upstream if scale == 1.0 else upstream * scale)
                 metric = mix.sample_metric(task, out, yb).mean(-1)

@@ -48,6 +48,34 @@ class Stateless(PopLayer):
         return self.module(x.reshape((P * B,) + x.shape[2:])).unflatten(0, (P, B))
 
 
+class _StackedLinear(torch.autograd.Function):
+    """``x Wᵢᵀ + bᵢ`` for every member i at once: x (P, N, in), W (P, out, in), b (P, out) or None.
+
+    The backward pass is written out so that every gradient comes out contiguous, in its tensor's
+    own layout, as the optimizer's flat pass reads it in place. Autograd's rule for
+    ``bmm(x, W.mT)`` gives W's gradient as the transpose of a (P, in, out) product, whose copy into
+    W's layout cost more than the whole Adam pass (a 256 × 256 weight strides 1 KiB through memory);
+    ``(W xᵀ)ᵀ`` instead hands every following layer a transposed activation to copy. The products
+    are nn.Linear's for each member: ``gᵀ x``, ``g W`` and ``g`` summed over rows.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        wt = w.transpose(1, 2)
+        return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        gx = torch.bmm(g, w) if need_x else None
+        gw = torch.bmm(g.transpose(1, 2), x) if need_w else None
+        gb = g.sum(1) if need_b and ctx.has_bias else None
+        return gx, gw, gb
+
+
 class Linear(PopLayer):
     def __init__(self, modules):
         super().__init__(modules)
@@ -58,14 +86,8 @@ class Linear(PopLayer):
     def forward(self, x, ctx):
         w, b = self.params["weight"], self.params.get("bias")
         shape = x.shape
-        x3 = x.reshape(shape[0], -1, shape[-1])
-        # (W xᵀ)ᵀ rather than x Wᵀ: the same products, and the weight's gradient comes out in the
-        # weight's own layout (contiguous), as the optimizer's fused pass reads it.
-        if b is None:
-            out = torch.bmm(w, x3.transpose(1, 2))
-        else:
-            out = torch.baddbmm(b.unsqueeze(2), w, x3.transpose(1, 2))
-        return out.transpose(1, 2).reshape(shape[:-1] + (w.shape[1],))
+        out = _StackedLinear.apply(x.reshape(shape[0], -1, shape[-1]), w, b)
+        return out.view(shape[:-1] + (w.shape[1],))
 
 
 # Largest patch matrix per member for which a Conv2d runs as im2col + bmm (it is kept for backward,
