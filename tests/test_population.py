@@ -724,3 +724,13 @@ def test_stacked_linear_is_each_members_nn_linear_with_contiguous_output_and_gra
         expected = torch.autograd.grad(ref, [xi] + list(m.parameters()), upstream[i])
         for got, want in zip(grads, expected):
             torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-6)
+
+
+def test_the_finite_check_sees_every_non_finite_loss_and_no_overflowing_sum():
+    """The step's finiteness check sums the members' losses first: a NaN or an infinity in any member
+    is seen, and finite losses whose sum overflows are still all finite."""
+    assert engine._all_finite(torch.tensor([0.5, 2.0, 1e-3]))
+    assert engine._all_finite(torch.tensor([3e38, 3e38, 3e38]))   # the float32 sum is inf
+    assert not engine._all_finite(torch.tensor([0.5, float("nan"), 1.0]))
+    assert not engine._all_finite(torch.tensor([0.5, float("inf"), 1.0]))
+    assert not engine._all_finite(torch.tensor([float("inf"), float("-inf")]))

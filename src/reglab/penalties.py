@@ -138,12 +138,13 @@ class L1L2(Penalty):
 
     def members(self, w):
         flat = w.flatten(1)
-        total = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        total = None
         if isinstance(self.l1, torch.Tensor) or self.l1 != 0:
-            total = total + self._coef("l1", w) * flat.abs().sum(1)
+            total = self._coef("l1", w) * flat.abs().sum(1)
         if isinstance(self.l2, torch.Tensor) or self.l2 != 0:
-            total = total + self._coef("l2", w) * _sum_squares(flat)
-        return total
+            term = self._coef("l2", w) * _sum_squares(flat)
+            total = term if total is None else total + term
+        return torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if total is None else total
 
 
 class Orthogonal(Penalty):

@@ -602,8 +602,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                 rates.before_step()
                 data, metric, pen = fused_pop.train_step(xb, yb, task, opt, fused_step, active)
                 loss = data + pen
-                finite = torch.isfinite(loss)
-                if not bool((finite if everyone else finite[active]).all()):
+                finite = None if everyone and _all_finite(loss) else torch.isfinite(loss)
+                if finite is not None and not bool((finite if everyone else finite[active]).all()):
                     diverged |= active & ~finite
                     active &= finite
                     everyone = False
@@ -624,8 +624,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                     wp = pop.weight_penalty()
                 pen = wp + act if scale == 1.0 else wp * scale + act * scale
             loss = data + pen
-            finite = torch.isfinite(loss)
-            if not bool((finite if everyone else finite[active]).all()):
+            finite = None if everyone and _all_finite(loss) else torch.isfinite(loss)
+            if finite is not None and not bool((finite if everyone else finite[active]).all()):
                 diverged |= active & ~finite
                 active &= finite
                 everyone = False
@@ -699,6 +699,12 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
     best = np.where(has_best.cpu().numpy(), rule.best_epoch, -1) if restore else np.full(P, -1)
     return {"history": history, "epochs_run": epochs_run, "stopped_epoch": stopped, "best_epoch": best,
             "diverged": diverged.cpu().numpy()}
+
+
+def _all_finite(loss: torch.Tensor) -> bool:
+    """Whether every member's loss is finite: their sum is (two ops and one sync a step, against six
+    for ``isfinite(loss).all()``), or, where the sum overflows, each of them is."""
+    return math.isfinite(float(loss.detach().sum())) or bool(torch.isfinite(loss).all())
 
 
 def _member_batches(data, batch_size, order, P):

@@ -127,10 +127,13 @@ class MergedRules:
 
     def weight_penalty(self) -> torch.Tensor:
         """Each member's weight penalty, shape (P,)."""
-        first = self.params[0]
-        total = torch.zeros(self.P, dtype=first.dtype, device=first.device)
+        total = None
         for p, merged in self.penalties:
-            total = total + merged.members(p)
+            value = merged.members(p)
+            total = value if total is None else total + value
+        if total is None:
+            first = self.params[0]
+            return torch.zeros(self.P, dtype=first.dtype, device=first.device)
         return total
 
     def linear_penalties(self) -> list | None:
