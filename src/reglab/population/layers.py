@@ -42,8 +42,18 @@ class PopLayer:
         raise NotImplementedError
 
 
+# Element-wise ones among them: applied to (P, B, ...) as it is, with no reshape (nor its autograd node).
+ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Identity,
+)
+
+
 class Stateless(PopLayer):
     def forward(self, x, ctx):
+        if isinstance(self.module, ELEMENTWISE):
+            return self.module(x)
         P, B = x.shape[:2]
         return self.module(x.reshape((P * B,) + x.shape[2:])).unflatten(0, (P, B))
 
