@@ -397,18 +397,26 @@ def test_flat_update_equals_tensor_by_tensor(name):
 def test_flat_adam_adds_penalties_in_its_pass_to_the_bit(monkeypatch, threads, block):
     """Adam's one pass over a flat tensor of stacked parameters, block by block within member rows,
     serial or over threads, adds each member's L1/L2 gradient as penalty_gradient does: the bits of
-    adding them first and updating tensor by tensor (a transposed gradient read in its own layout)."""
+    adding them first and updating tensor by tensor. A gradient whose matrices (last two dims) are
+    stored transposed (a weight used as ``x @ w.mT``) is gathered from that layout, by whole tiles
+    of rows and row by row at a block's edges, also where a block spans several matrices of a
+    member; a gradient in any other layout is copied first."""
     monkeypatch.setattr(optim, "PARALLEL_MIN", 0 if threads else 1 << 60)
     monkeypatch.setattr(optim, "BLOCK", block)   # 7: rows split into blocks, some partial
     g = torch.Generator().manual_seed(1)
-    shapes = [(4, 6, 5), (4, 5), (4, 3, 2), (4,)]
+    shapes = [(4, 6, 5), (4, 5), (4, 3, 2), (4,), (4, 2, 3, 5), (4, 3, 4), (4, 40, 5), (4, 2, 20, 3)]
     penalties = [[(torch.tensor([1e-2, 0.0, 3e-2, 1e-3]), None)], None,
                  [(torch.tensor([1e-3, 2e-3, 0.0, 5e-3]), 2 * torch.tensor([1e-3, 5e-2, 0.0, 2e-2]))],
-                 [(None, 2 * torch.tensor([1e-1, 0.0, 1e-2, 1e-3]))]]
+                 [(None, 2 * torch.tensor([1e-1, 0.0, 1e-2, 1e-3]))],
+                 [(None, 2 * torch.tensor([1e-2, 1e-3, 0.0, 2e-2]))], None,
+                 [(torch.tensor([1e-3, 0.0, 2e-3, 1e-3]), None)], None]
     start = [torch.randn(s, generator=g) for s in shapes]
     grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(5)]
-    for gs in grads:
-        gs[0] = gs[0].transpose(1, 2).contiguous().transpose(1, 2)   # same values, not contiguous
+    for gs in grads:   # the same values in other layouts
+        for i in (0, 4, 6, 7):
+            gs[i] = gs[i].mT.contiguous().mT                # transposed: gathered (40 and 20 rows: tiles)
+        gs[5] = torch.stack([gs[5], gs[5]], -1)[..., 0]     # strided: copied
+        assert not any(gs[i].is_contiguous() for i in (0, 4, 5, 6, 7))
     plain, flat, views = _plain_and_flat(start)
     a, b = optim.Adam(plain, lr=1e-2), optim.Adam(views, lr=1e-2)
     a.fuses_penalties = False

@@ -82,8 +82,8 @@ if _nb is not None:
 
     @_intrinsic
     def _float32_at(typingctx, address):  # pragma: no cover - compiled
-        """The float32 array that starts at ``address`` (an int64: a contiguous tensor's data_ptr()), as
-        a pointer for ``numba.carray``: each gradient is read where autograd left it, without the
+        """The float32 array that starts at ``address`` (an int64: a tensor's data_ptr()), as a
+        pointer for ``numba.carray``: each gradient is read where autograd left it, without the
         per-call cost of passing a list of arrays (a numba typed List costs ~20 µs an element)."""
         pointer = _nb.types.CPointer(_nb.types.float32)
 
@@ -91,15 +91,51 @@ if _nb is not None:
             return builder.inttoptr(args[0], context.get_value_type(pointer))
         return pointer(_nb.types.int64), codegen
 
+    TILE = 16   # rows of a transposed gradient gathered together: one 64-byte cache line of each column
+
     @_nb.njit(inline="always")
-    def _adam_block(k, p, grads, m, v, starts, stops, which, offsets, l1, l2, has, w1, w2, step, eps,
+    def _gather_transposed(out, g, e, O, I):  # pragma: no cover - compiled
+        # out[x] = element e + x, in row-major order, of a tensor (..., O, I) whose memory g holds each
+        # (O, I) matrix transposed, as a contiguous (I, O) one. Whole runs of TILE rows are read
+        # column by column (TILE consecutive floats of g each), so every cache line of g is read once;
+        # a row at a block's edges, one by one. A plain strided read is several times slower: a
+        # 256-wide matrix puts consecutive reads 1 KiB apart, where they share a few cache sets.
+        n, x, OI = out.shape[0], 0, O * I
+        while x < n:
+            base = e - e % OI
+            o = (e - base) // I
+            i0 = e - base - o * I
+            if i0 == 0 and o + TILE <= O and x + TILE * I <= n:
+                for i in range(I):
+                    src = base + i * O + o
+                    for r in range(TILE):
+                        out[x + r * I + i] = g[src + r]
+                step = TILE * I
+            else:
+                step = min(I - i0, n - x)
+                for c in range(step):
+                    out[x + c] = g[base + (i0 + c) * O + o]
+            x += step
+            e += step
+
+    @_nb.njit(inline="always")
+    def _adam_block(k, p, grads, m, v, starts, stops, which, offsets, l1, l2, has, layout, w1, w2, step, eps,
                     inv_bc2_sqrt):  # pragma: no cover - compiled
         # _adam_kernel's element update on block k of the flat p, m, v: p[starts[k]:stops[k]], part of
-        # one member's row of one stacked tensor, whose gradient is the float32 elements from offsets[k]
-        # of the contiguous tensor at address grads[which[k]] (each parameter's own gradient: nothing
-        # copied) and whose penalty gradient (has[k]: bit 1 L1, bit 2 L2) uses that member's l1[k], l2[k].
+        # one member's row of one stacked tensor (parameter which[k], from its element offsets[k]),
+        # whose penalty gradient (has[k]: bit 1 L1, bit 2 L2) uses that member's l1[k], l2[k]. The
+        # gradient is read where autograd left it, at address grads[which[k]], in one of two layouts
+        # (layout[which[k]] = (O, I, numel)): O = 0, contiguous like the parameter, read in place; else
+        # each (O, I) matrix of the last two dims stored transposed (autograd's gradient of a weight
+        # used as ``x @ w.mT``), gathered into a block-sized buffer first.
         a, b = starts[k], stops[k]
-        g = _nb.carray(_float32_at(grads[which[k]] + 4 * offsets[k]), b - a)
+        j = which[k]
+        if layout[j, 0] == 0:
+            g = _nb.carray(_float32_at(grads[j] + 4 * offsets[k]), b - a)
+        else:
+            g = np.empty(b - a, np.float32)
+            _gather_transposed(g, _nb.carray(_float32_at(grads[j]), layout[j, 2]), offsets[k], layout[j, 0],
+                               layout[j, 1])
         _adam_run(p[a:b], g, m[a:b], v[a:b], l1[k], l2[k], (has[k] & 1) != 0, (has[k] & 2) != 0,
                   w1, w2, step, eps, inv_bc2_sqrt)
 
@@ -108,16 +144,18 @@ if _nb is not None:
     # elements 0.21 vs 0.32 ms a step, of 683k 0.39 vs 0.60 ms; of 16k 0.046 vs 0.022 ms; break-even
     # near 50k). Each element's update is the same either way: the same bits.
     @_nb.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-    def _adam_blocks(p, grads, m, v, starts, stops, which, offsets, l1, l2, has, w1, w2, step, eps,
+    def _adam_blocks(p, grads, m, v, starts, stops, which, offsets, l1, l2, has, layout, w1, w2, step, eps,
                      inv_bc2_sqrt):  # pragma: no cover - compiled
         for k in _nb.prange(starts.shape[0]):
-            _adam_block(k, p, grads, m, v, starts, stops, which, offsets, l1, l2, has, w1, w2, step, eps, inv_bc2_sqrt)
+            _adam_block(k, p, grads, m, v, starts, stops, which, offsets, l1, l2, has, layout, w1, w2, step, eps,
+                        inv_bc2_sqrt)
 
     @_nb.njit(cache=True, nogil=True, error_model="numpy")
-    def _adam_blocks_serial(p, grads, m, v, starts, stops, which, offsets, l1, l2, has, w1, w2, step, eps,
+    def _adam_blocks_serial(p, grads, m, v, starts, stops, which, offsets, l1, l2, has, layout, w1, w2, step, eps,
                             inv_bc2_sqrt):  # pragma: no cover - compiled
         for k in range(starts.shape[0]):
-            _adam_block(k, p, grads, m, v, starts, stops, which, offsets, l1, l2, has, w1, w2, step, eps, inv_bc2_sqrt)
+            _adam_block(k, p, grads, m, v, starts, stops, which, offsets, l1, l2, has, layout, w1, w2, step, eps,
+                        inv_bc2_sqrt)
 
 PARALLEL_MIN = 1 << 16   # elements of a flat update run over threads from this size on
 BLOCK = 1 << 14          # elements of one block of the flat update (a row is split into blocks)
@@ -388,12 +426,21 @@ class Adam(Optimizer):
         bc1, bc2 = 1 - self.beta_1 ** t, 1 - self.beta_2 ** t
         f32 = np.float32
         step = -self.lr * (math.sqrt(bc2) / bc1 if self.epsilon_hat else 1 / bc1)
-        # Each gradient where it is (a copy only of one that is not contiguous), kept alive by `kept`.
-        kept = [g.detach().contiguous() for g in grads]
+        # Each gradient where it is, contiguous or each matrix of its last two dims transposed (a copy
+        # only of one in another layout), kept alive by `kept`.
+        kept, layout = [], np.zeros((len(grads), 3), dtype=np.int64)
+        for j, g in enumerate(grads):
+            g = g.detach()
+            if not g.is_contiguous():
+                if g.dim() >= 2 and g.mT.is_contiguous():
+                    layout[j] = g.shape[-2], g.shape[-1], g.numel()
+                else:
+                    g = g.contiguous()
+            kept.append(g)
         addresses = np.fromiter((g.data_ptr() for g in kept), np.int64, len(kept))
         kernel = _adam_blocks if flat.numel() >= PARALLEL_MIN else _adam_blocks_serial
         kernel(flat.numpy(), addresses, self.flat_state["m"].numpy(), self.flat_state["v"].numpy(),
-               *self._blocks[:4], l1, l2, kinds,
+               *self._blocks[:4], l1, l2, kinds, layout,
                f32(1 - self.beta_1), f32(1 - self.beta_2), f32(step), f32(self.epsilon),
                f32(1.0 if self.epsilon_hat else 1 / math.sqrt(bc2)))
         return True
