@@ -734,3 +734,14 @@ def test_the_finite_check_sees_every_non_finite_loss_and_no_overflowing_sum():
     assert not engine._all_finite(torch.tensor([0.5, float("nan"), 1.0]))
     assert not engine._all_finite(torch.tensor([0.5, float("inf"), 1.0]))
     assert not engine._all_finite(torch.tensor([float("inf"), float("-inf")]))
+
+
+def test_in_place_activations_equal_standalone_fits_also_on_one_shared_batch():
+    """Element-wise activations run on (P, B, ...) without a reshape, except in-place ones: an
+    in-place ReLU first in the model, on the one batch every member shares (an expanded tensor)
+    and on the shuffled batches, gives each member its standalone fit."""
+    def build(width=6):
+        return nn.Sequential(nn.ReLU(inplace=True), nn.Linear(4, width), nn.ReLU(inplace=True), nn.Linear(width, 1))
+    for batch_size in (64, 16):
+        assert_matches_standalone(build, [dict(width=6)], [0, 1], blobs(48), blobs(24, seed=1), epochs=4,
+                                  batch_size=batch_size, lr=0.01)
