@@ -368,6 +368,7 @@ class Adam(Optimizer):
         self.beta_2 = check_number(beta_2, "beta_2", type(self).__name__, low=0, high=1, high_open=True)
         self.epsilon = check_number(epsilon, "epsilon", type(self).__name__, low=0)
         self.epsilon_hat = bool(epsilon_hat)
+        self._coef_cache = None   # (key, terms, arrays) of _block_coefficients
 
     fuses_penalties = True
 
@@ -395,9 +396,8 @@ class Adam(Optimizer):
         terms = [(i, j, c) for i, pens in enumerate(penalties) if pens is not None
                  for j, c in enumerate(pens[0]) if c is not None]
         key = [(i, j, id(c), c._version) for i, j, c in terms]
-        cached = getattr(self, "_coef_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[2]
+        if self._coef_cache is not None and self._coef_cache[0] == key:
+            return self._coef_cache[2]
         _, _, params, _, rows = self._blocks
         coef = np.zeros((2, len(self.params), int(rows.max(initial=0)) + 1), dtype=np.float32)
         kinds = np.zeros(len(self.params), dtype=np.int64)

@@ -602,8 +602,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                 rates.before_step()
                 data, metric, pen = fused_pop.train_step(xb, yb, task, opt, fused_step, active)
                 loss = data + pen
-                finite = None if everyone and _all_finite(loss) else torch.isfinite(loss)
-                if finite is not None and not bool((finite if everyone else finite[active]).all()):
+                finite = _finite_unless_all(loss, active, everyone)
+                if finite is not None:
                     diverged |= active & ~finite
                     active &= finite
                     everyone = False
@@ -624,8 +624,8 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                     wp = pop.weight_penalty()
                 pen = wp + act if scale == 1.0 else wp * scale + act * scale
             loss = data + pen
-            finite = None if everyone and _all_finite(loss) else torch.isfinite(loss)
-            if finite is not None and not bool((finite if everyone else finite[active]).all()):
+            finite = _finite_unless_all(loss, active, everyone)
+            if finite is not None:
                 diverged |= active & ~finite
                 active &= finite
                 everyone = False
@@ -636,12 +636,15 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
             if fused_pop is None:
                 grads = torch.autograd.grad((loss if everyone else torch.where(active, loss, 0)).sum(), pop.params,
                                             allow_unused=True)
-                if linear and everyone and scale == 1.0:   # the same terms every such step: made once
-                    steady = steady or pop.penalty_terms(pop.params, linear, torch.ones_like(active, dtype=pop.params[0].dtype))
-                    penalties = steady
-                elif linear:   # their gradients: added by the optimizer (in its own pass where it can)
-                    upstream = active.to(pop.params[0].dtype)   # what autograd sends each member's penalty
-                    penalties = pop.penalty_terms(pop.params, linear, upstream if scale == 1.0 else upstream * scale)
+                if linear:   # their gradients: added by the optimizer (in its own pass where it can)
+                    # The same terms every step while all members train at scale 1: made once then.
+                    steady_now = everyone and scale == 1.0
+                    if steady_now and steady is not None:
+                        penalties = steady
+                    else:
+                        upstream = active.to(pop.params[0].dtype)   # what autograd sends each member's penalty
+                        penalties = pop.penalty_terms(pop.params, linear, upstream if scale == 1.0 else upstream * scale)
+                        steady = penalties if steady_now else None
                 metric = mix.sample_metric(task, out, yb).mean(-1)
             elif pen.requires_grad:
                 extra = torch.autograd.grad(torch.where(active, pen, 0).sum(), pop.params, allow_unused=True)
@@ -705,6 +708,15 @@ def _all_finite(loss: torch.Tensor) -> bool:
     """Whether every member's loss is finite: their sum is (two ops and one sync a step, against six
     for ``isfinite(loss).all()``), or, where the sum overflows, each of them is."""
     return math.isfinite(float(loss.detach().sum())) or bool(torch.isfinite(loss).all())
+
+
+def _finite_unless_all(loss: torch.Tensor, active: torch.Tensor, everyone: bool) -> torch.Tensor | None:
+    """None when every training member's loss is finite (``everyone``: all members train), else the
+    mask of the finite losses."""
+    if everyone and _all_finite(loss):
+        return None
+    finite = torch.isfinite(loss)
+    return None if bool((finite if everyone else finite[active]).all()) else finite
 
 
 def _member_batches(data, batch_size, order, P):
