@@ -224,6 +224,20 @@ def general_path():
             os.environ["REGLAB_POPULATION"] = before
 
 
+@contextlib.contextmanager
+def vmap_attention():
+    """reglab's general path with nn.MultiheadAttention left to PyTorch's own function under vmap
+    (``functional._stacked_self_attention`` declines): the rows ``reglab_vmap_attention`` show what
+    the population's stacked self-attention buys."""
+    from reglab.population import functional
+    before = functional._stacked_self_attention
+    functional._stacked_self_attention = lambda *args: None
+    try:
+        yield
+    finally:
+        functional._stacked_self_attention = before
+
+
 def general_row(build, configs, seeds, X, y, epochs, task, repeat, members):
     """The same population through the general path: one measurement (first a 1-epoch warm-up)."""
     with general_path():
@@ -414,11 +428,16 @@ def _any_model_case(case, s):
     _warm_up(spec, configs, seeds, X, y, Xt, yt)
 
     groups = len(models.group_members(configs, seeds))
-    walls = {"reglab": [], "loop": [], "func": []}
+    walls = {"reglab": [], "loop": [], "func": [], "vmap_attention": []}
+    attention = any(isinstance(m, torch.nn.MultiheadAttention) for m in spec["build"](**configs[0]).modules())
     for r in range(k):   # interleaved rounds: a machine that drifts slows every implementation alike
         log(f"{case} (round {r + 1}/{k}): reglab {members} members × {E} epochs")
         wall, result = reglab_population(spec["build"], configs, seeds, X, y, E, "binary")
         walls["reglab"].append(wall)
+        if attention:
+            log(f"{case} (round {r + 1}/{k}): reglab, PyTorch's attention under vmap, {members} members × {E} epochs")
+            with vmap_attention():
+                walls["vmap_attention"].append(reglab_population(spec["build"], configs, seeds, X, y, E, "binary")[0])
         log(f"{case} (round {r + 1}/{k}): PyTorch loop {len(jobs)} models × {E} epochs")
         wall, trained = _loop_models(spec, jobs, Xt, yt, E)
         walls["loop"].append(wall)
@@ -433,6 +452,8 @@ def _any_model_case(case, s):
                        **_accuracy_fields(models.ensemble_accuracies(ensembles, Xt, yt)))
 
     rows = [pop, loop, func]
+    if attention:
+        rows.append(measurement("reglab_vmap_attention", members, E, walls["vmap_attention"]))
     if isinstance(spec["build"](**configs[0]), torch.nn.Sequential):
         log(f"{case}: reglab's general path, {members} members × {E} epochs")
         rows.append(general_row(spec["build"], configs, seeds, X, y, E, "binary", k, members))
@@ -685,7 +706,8 @@ def machine_info(mode: str) -> dict:
 # ---------------------------------------------------------------------------------------- reporting
 
 NAMES = {"reglab": "reglab population", "sklearn": "scikit-learn MLPClassifier", "torch_loop": "PyTorch loop",
-         "torch_func": "torch.func ensemble", "reglab_general": "reglab, general (vmap) path"}
+         "torch_func": "torch.func ensemble", "reglab_general": "reglab, general (vmap) path",
+         "reglab_vmap_attention": "reglab, PyTorch's attention under vmap"}
 ANY_MODEL = ("tabular_mlp", "residual_mlp", "transformer")
 
 

@@ -516,3 +516,79 @@ def test_batchnorm_of_all_members_in_one_kernel_call_is_each_members_own(monkeyp
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     for a, b in zip(pop2.buffers, pop.buffers):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+class _SelfAttention(nn.Module):
+    """An encoder layer (self-attention without the weights) and a bare nn.MultiheadAttention."""
+
+    def __init__(self, batch_first=True, bias=True, dropout=0.0):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=dropout, batch_first=batch_first, bias=bias)
+        self.attn = nn.MultiheadAttention(8, 4, dropout=dropout, batch_first=batch_first, bias=bias)
+
+    def forward(self, x):
+        h = self.layer(x)
+        return self.attn(h, h, h, need_weights=False)[0] + h
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shared", [False, True])
+def test_self_attention_of_all_members_on_the_stacked_tensors_is_each_members_own(monkeypatch, float64, batch_first,
+                                                                                  bias, training, shared):
+    """Under vmap, unmasked self-attention without its weights runs once on all members' stacked
+    tensors: outputs and gradients are each member's own module's (float64: summation order only);
+    masked attention and attention that returns its weights run PyTorch's own function."""
+    from reglab.population import functional
+
+    calls = []
+    stacked = functional._stacked_self_attention
+
+    def counted(m, x, draw):
+        out = stacked(m, x, draw)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(functional, "_stacked_self_attention", counted)
+    P, g = 3, torch.Generator().manual_seed(0)
+    start = []
+    for i in range(P):
+        torch.manual_seed(i)
+        start.append(_SelfAttention(batch_first, bias).train(training))
+    shape = (5, 6, 8) if batch_first else (6, 5, 8)
+    x = torch.randn(shape, generator=g) if shared else torch.randn((P,) + shape, generator=g)
+    pop = ModulePopulation([copy.deepcopy(m) for m in start])
+    out, _ = pop.forward(x, engine.ForwardMode(training, [torch.Generator() for _ in range(P)]), shared=shared)
+    grads = torch.autograd.grad(out.square().sum(), pop.params)
+    assert calls[-2:] == [True, True], "the stacked path did not run for both attention modules under vmap"
+    for i in range(P):
+        ref = copy.deepcopy(start[i])
+        want = ref(x if shared else x[i])
+        want.square().sum().backward()
+        torch.testing.assert_close(out[i], want, atol=1e-12, rtol=0)
+        for name, grad in zip(pop.param_names, grads):
+            torch.testing.assert_close(grad[i], ref.get_parameter(name).grad, atol=1e-11, rtol=0, msg=name)
+
+
+class _MaskedAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, dropout=0.2, batch_first=True)
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, x):
+        pad = x[..., 0] > 1.0                      # a key padding mask that differs per member's batch
+        pad[:, 0] = False
+        masked = self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+        weighted = self.attn(x, x, x)[0]           # need_weights=True (the default)
+        return self.out((masked + weighted).mean(1))
+
+
+def test_masked_attention_and_attention_weights_run_pytorchs_own_function(monkeypatch, float64):
+    from reglab.population import functional
+
+    calls = []
+    monkeypatch.setattr(functional, "_stacked_self_attention", lambda *a: calls.append(a))
+    check_family(lambda rate=0.0: _MaskedAttention(), sequences(d=8), [dict()], epochs=3)
+    assert calls == [], "masked attention or attention weights took the stacked path"

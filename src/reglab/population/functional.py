@@ -393,6 +393,113 @@ def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
     return forward
 
 
+def _level(*tensors):
+    """The vmap level all of ``tensors`` (None skipped) are batched at, when every one is batched
+    and at one level; None otherwise (or without access to functorch's wrapping)."""
+    present = [t for t in tensors if t is not None]
+    if _unwrap_batched is None or not present or not all(is_batchedtensor(t) for t in present):
+        return None
+    level = maybe_get_level(present[0])
+    return level if all(maybe_get_level(t) == level for t in present) else None
+
+
+def _stacked(t, level):
+    """A batched tensor as the stacked (P, ...) tensor under it (None stays None)."""
+    if t is None:
+        return None
+    value, dim = _unwrap_batched(t, level)
+    return value.movedim(dim, 0)
+
+
+def _linear(x, w, b):
+    """``x Wᵢᵀ + bᵢ`` for each member i: x (P, N, in), W (P, out, in), b (P, out) or None; one batched
+    product that starts from the bias, its output contiguous. Plain ops: the stacked-layer path's
+    ``_StackedLinear`` (an autograd.Function) would go through functorch's machinery for custom
+    functions here, under vmap, which costs ~1 ms a call (Intel Xeon)."""
+    wt = w.transpose(1, 2)
+    return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
+
+
+def _linear_forward(m: nn.Linear):
+    """nn.Linear for one member that vmap batches: on the stacked tensors, every member's
+    ``x Wᵀ + b`` is one batched product that starts from the bias (:func:`_linear`), where vmap's
+    rule adds the bias in a pass of its own. An input every member shares, and one member outside
+    vmap, run PyTorch's own forward."""
+    native = type(m).forward.__get__(m)
+
+    def forward(x):
+        level = _level(x, m.weight, m.bias)
+        if level is None:
+            return native(x)
+        xs = _stacked(x, level)
+        out = _linear(xs.reshape(xs.shape[0], -1, xs.shape[-1]), _stacked(m.weight, level), _stacked(m.bias, level))
+        return _add_batch_dim(out.view(xs.shape[:-1] + (out.shape[-1],)), 0, level)
+
+    return forward
+
+
+def _stacked_self_attention(m: nn.MultiheadAttention, x: torch.Tensor, draw):
+    """Every member's self-attention ``m(x, x, x, need_weights=False)`` without masks, on the stacked
+    tensors outside vmap; None where this does not apply (PyTorch's function then runs under vmap).
+
+    vmap runs ``F.multi_head_attention_forward`` one member's op at a time, and its rules lay the
+    packed projection and the heads out in (P, L, B, 3, H, d)-like orders that each following op
+    copies (the Transformer benchmark, Intel Xeon: about a fifth of the step, select's backward
+    filling three zero tensors of the projection's size). Here the projection is one batched
+    product per member (:func:`_linear`), the heads are laid out
+    once as (3, P, B, H, L, d), and attention is the math path ``scaled_dot_product_attention``
+    takes with dropout (:func:`_attention`, each member's mask (P, B, H, L, S) from its own generator,
+    which ``draw()`` gives once the path applies): the same arithmetic as each member's own module.
+    """
+    weights = (m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias)
+    level = _level(*weights)
+    if level is None or (is_batchedtensor(x) and maybe_get_level(x) != level) or x.dim() != 3:
+        return None
+    noise = draw() if m.training and m.dropout > 0 else None
+    w_in, b_in, w_out, b_out = (_stacked(t, level) for t in weights)
+    P = w_in.shape[0]
+    xs = _stacked(x, level) if is_batchedtensor(x) else x.unsqueeze(0).expand(P, *x.shape)
+    if not m.batch_first:
+        xs = xs.transpose(1, 2)                                     # (P, B, L, E)
+    _, B, L, E = xs.shape
+    H = m.num_heads
+    d = E // H
+    # the rows in the order they lie in memory: (B, L), or (L, B) for a time-major contiguous input
+    time_major = not xs.is_contiguous() and xs.transpose(1, 2).is_contiguous()
+    rows = xs.transpose(1, 2) if time_major else xs
+    qkv = _linear(rows.reshape(P, -1, E), w_in, b_in)   # (P, rows, 3E)
+    if time_major:
+        qkv = qkv.view(P, L, B, 3, H, d).permute(3, 0, 2, 4, 1, 5)
+    else:
+        qkv = qkv.view(P, B, L, 3, H, d).permute(3, 0, 1, 4, 2, 5)
+    q, k, v = qkv.contiguous().unbind(0)                            # (P, B, H, L, d) each
+    o = _attention(q, k, v, None, False, None, None if noise is None else _stacked(noise, level))
+    o = o.permute(0, 3, 1, 2, 4) if time_major else o.permute(0, 1, 3, 2, 4)
+    out = _linear(o.reshape(P, -1, E), w_out, b_out)
+    out = out.view(P, L, B, E).transpose(1, 2) if time_major else out.view(P, B, L, E)
+    return _add_batch_dim(out if m.batch_first else out.transpose(1, 2), 0, level)
+
+
+def _attention_forward(m: nn.MultiheadAttention, owner):
+    """nn.MultiheadAttention for one member that vmap batches: unmasked self-attention without the
+    attention weights (what nn.TransformerEncoderLayer asks for) runs on all members' stacked tensors
+    (:func:`_stacked_self_attention`); anything else, and one member outside vmap, runs PyTorch's
+    own forward (through :class:`_Sites`)."""
+    native = type(m).forward.__get__(m)
+
+    def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if (query is key and key is value and not need_weights and key_padding_mask is None and attn_mask is None
+                and not is_causal and m._qkv_same_embed_dim and m.bias_k is None and not m.add_zero_attn):
+            out = _stacked_self_attention(m, query, lambda: owner._next("scaled_dot_product_attention"))
+            if out is not None:
+                return out, None
+        return native(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                      attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+
+    return forward
+
+
 def _settings(module: nn.Module, read: set | None = None) -> tuple:
     """The plain attributes that change what ``module`` computes (its rate excepted for random
     layers); with ``read`` (see :func:`module_reads`), only those its forward reads."""
@@ -539,6 +646,10 @@ class ModulePopulation(MergedRules):
                 m.forward = _rnn_forward(m)
             elif type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
                 m.forward = _batch_norm_forward(m)
+            elif type(m) is nn.MultiheadAttention:
+                m.forward = _attention_forward(m, self)
+            elif type(m) is nn.Linear:
+                m.forward = _linear_forward(m)
         self._attention = any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
                               for m in self.base.modules())
         self._captured = {}
