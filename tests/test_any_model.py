@@ -144,6 +144,25 @@ class Transformer(nn.Module):
         return self.out(self.drop(a + h).mean(1))
 
 
+class Attention(nn.Module):
+    """``F.scaled_dot_product_attention`` with dropout in a custom forward, and cross-attention
+    (query is not key): PyTorch's functions under vmap, every attention mask drawn per member."""
+
+    def __init__(self, rate=0.0):
+        super().__init__()
+        self.embed, self.qkv = nn.Embedding(20, 16), nn.Linear(16, 48)
+        self.cross = nn.MultiheadAttention(16, 2, dropout=0.1, batch_first=True)
+        self.drop, self.out = nn.Dropout(rate), nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.embed(x)
+        q, k, v = self.qkv(h).unflatten(-1, (3, 2, 8)).permute(2, 0, 3, 1, 4)     # (B, H, L, d) each
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=0.2 if self.training else 0.0, is_causal=True)
+        a = a.transpose(1, 2).flatten(2) + h
+        c, _ = self.cross(a, h, h, need_weights=False)
+        return self.out(self.drop(c + a).mean(1))
+
+
 class Recurrent(nn.Module):
     """Two stacked LSTM/GRU/RNN layers with inter-layer dropout, a bidirectional time-major GRU after
     them, reglab's noise layers, kernel and recurrent penalties."""
@@ -183,6 +202,7 @@ FAMILIES = {
     "conv1d-pool-dropout1d": (Conv1dNet, sequences, [dict(rate=0.0), dict(rate=0.4)]),
     "embedding-layernorm": (Embedder, tokens, [dict(rate=0.0), dict(rate=0.3)]),
     "transformer-attention": (Transformer, tokens, [dict(rate=0.0), dict(rate=0.3)]),
+    "sdpa-cross-attention": (Attention, tokens, [dict(rate=0.0), dict(rate=0.3)]),
     "lstm": (lambda rate=0.0: Recurrent(rate, "LSTM"), sequences, [dict(rate=0.0), dict(rate=0.3)]),
     "gru": (lambda rate=0.0: Recurrent(rate, "GRU"), sequences, [dict(rate=0.0), dict(rate=0.3)]),
     "rnn": (lambda rate=0.0: Recurrent(rate, "RNN"), sequences, [dict(rate=0.0), dict(rate=0.3)]),
@@ -519,16 +539,67 @@ def test_batchnorm_of_all_members_in_one_kernel_call_is_each_members_own(monkeyp
 
 
 class _SelfAttention(nn.Module):
-    """An encoder layer (self-attention without the weights) and a bare nn.MultiheadAttention."""
+    """An encoder layer (self-attention without the weights) and a bare nn.MultiheadAttention, with
+    masks: ``padding`` (a key padding mask from each member's own batch, never a whole row),
+    ``full`` (padding that masks every key of the first sequence), ``causal`` (the layer's causal hint and
+    a float mask), ``3d`` (a per-head float mask from the batch)."""
 
-    def __init__(self, batch_first=True, bias=True, dropout=0.0):
+    def __init__(self, batch_first=True, bias=True, masks=()):
         super().__init__()
-        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=dropout, batch_first=batch_first, bias=bias)
-        self.attn = nn.MultiheadAttention(8, 4, dropout=dropout, batch_first=batch_first, bias=bias)
+        self.batch_first, self.masks = batch_first, masks
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=batch_first, bias=bias)
+        self.attn = nn.MultiheadAttention(8, 4, dropout=0.0, batch_first=batch_first, bias=bias)
 
     def forward(self, x):
-        h = self.layer(x)
-        return self.attn(h, h, h, need_weights=False)[0] + h
+        xb = x if self.batch_first else x.transpose(0, 1)                      # (B, L, E)
+        B, L = xb.shape[:2]
+        pad = causal = heads = None
+        if "padding" in self.masks or "full" in self.masks:
+            pad = xb[..., 0] > 0.5
+            if "full" in self.masks:   # the batch's first sequence: every key masked
+                pad = pad | (torch.arange(B) == 0).unsqueeze(1)
+            else:
+                pad = pad & (torch.arange(L) > 0)
+        if "causal" in self.masks:
+            causal = nn.Transformer.generate_square_subsequent_mask(L, dtype=x.dtype)
+        if "3d" in self.masks:
+            heads = (xb[..., 1:2] * xb[..., 1].unsqueeze(1)).repeat_interleave(4, 0)   # (B·4, L, L)
+        if pad is not None and (causal is not None or heads is not None):   # float with float (bool would warn)
+            pad = torch.zeros(pad.shape, dtype=x.dtype).masked_fill(pad, float("-inf"))
+        h = self.layer(x, src_mask=causal, src_key_padding_mask=pad, is_causal=causal is not None)
+        return self.attn(h, h, h, key_padding_mask=pad, attn_mask=heads if heads is not None else causal,
+                         need_weights=False, is_causal=causal is not None and heads is None)[0] + h
+
+
+def _stacked_attention_calls(monkeypatch):
+    """Record whether each call of the stacked self-attention applied (True) or declined (False)."""
+    from reglab.population import functional
+
+    calls = []
+    stacked = functional._stacked_self_attention
+
+    def counted(*args):
+        out = stacked(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(functional, "_stacked_self_attention", counted)
+    return calls
+
+
+def _attention_against_members(start, x, shared, training, atol=1e-12):
+    """A population's forward and gradients against each member's own module's (float64)."""
+    P = len(start)
+    pop = ModulePopulation([copy.deepcopy(m) for m in start])
+    out, _ = pop.forward(x, engine.ForwardMode(training, [torch.Generator() for _ in range(P)]), shared=shared)
+    grads = torch.autograd.grad(out.square().sum(), pop.params)
+    for i in range(P):
+        ref = copy.deepcopy(start[i])
+        want = ref(x if shared else x[i])
+        want.square().sum().backward()
+        torch.testing.assert_close(out[i], want, atol=atol, rtol=0)
+        for name, grad in zip(pop.param_names, grads):
+            torch.testing.assert_close(grad[i], ref.get_parameter(name).grad, atol=atol * 10, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -537,20 +608,9 @@ class _SelfAttention(nn.Module):
 @pytest.mark.parametrize("shared", [False, True])
 def test_self_attention_of_all_members_on_the_stacked_tensors_is_each_members_own(monkeypatch, float64, batch_first,
                                                                                   bias, training, shared):
-    """Under vmap, unmasked self-attention without its weights runs once on all members' stacked
-    tensors: outputs and gradients are each member's own module's (float64: summation order only);
-    masked attention and attention that returns its weights run PyTorch's own function."""
-    from reglab.population import functional
-
-    calls = []
-    stacked = functional._stacked_self_attention
-
-    def counted(m, x, draw):
-        out = stacked(m, x, draw)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(functional, "_stacked_self_attention", counted)
+    """Under vmap, self-attention without its weights runs once on all members' stacked tensors:
+    outputs and gradients are each member's own module's (float64: summation order only)."""
+    calls = _stacked_attention_calls(monkeypatch)
     P, g = 3, torch.Generator().manual_seed(0)
     start = []
     for i in range(P):
@@ -558,17 +618,25 @@ def test_self_attention_of_all_members_on_the_stacked_tensors_is_each_members_ow
         start.append(_SelfAttention(batch_first, bias).train(training))
     shape = (5, 6, 8) if batch_first else (6, 5, 8)
     x = torch.randn(shape, generator=g) if shared else torch.randn((P,) + shape, generator=g)
-    pop = ModulePopulation([copy.deepcopy(m) for m in start])
-    out, _ = pop.forward(x, engine.ForwardMode(training, [torch.Generator() for _ in range(P)]), shared=shared)
-    grads = torch.autograd.grad(out.square().sum(), pop.params)
-    assert calls[-2:] == [True, True], "the stacked path did not run for both attention modules under vmap"
+    _attention_against_members(start, x, shared, training)
+    assert calls == [True, True], "the stacked path did not run for both attention modules under vmap"
+
+
+@pytest.mark.parametrize("masks", [("padding",), ("full",), ("causal",), ("padding", "causal"), ("3d",),
+                                   ("3d", "padding")])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_masked_self_attention_on_the_stacked_tensors_is_each_members_own(monkeypatch, float64, masks, batch_first):
+    """Key padding masks (each member's own, rows with every key masked included), causal and
+    per-head masks: merged as PyTorch's function merges them, the same outputs and gradients."""
+    calls = _stacked_attention_calls(monkeypatch)
+    P, g = 3, torch.Generator().manual_seed(1)
+    start = []
     for i in range(P):
-        ref = copy.deepcopy(start[i])
-        want = ref(x if shared else x[i])
-        want.square().sum().backward()
-        torch.testing.assert_close(out[i], want, atol=1e-12, rtol=0)
-        for name, grad in zip(pop.param_names, grads):
-            torch.testing.assert_close(grad[i], ref.get_parameter(name).grad, atol=1e-11, rtol=0, msg=name)
+        torch.manual_seed(i)
+        start.append(_SelfAttention(batch_first, masks=masks).train())
+    x = torch.randn((P, 5, 6, 8) if batch_first else (P, 6, 5, 8), generator=g)
+    _attention_against_members(start, x, False, True)
+    assert calls == [True, True], "the stacked path did not run for both attention modules under vmap"
 
 
 class _MaskedAttention(nn.Module):
@@ -578,17 +646,20 @@ class _MaskedAttention(nn.Module):
         self.out = nn.Linear(8, 1)
 
     def forward(self, x):
-        pad = x[..., 0] > 1.0                      # a key padding mask that differs per member's batch
-        pad[:, 0] = False
+        pad = (x[..., 0] > 1.0) & (torch.arange(x.shape[1]) > 0)   # a key padding mask from each member's batch
         masked = self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
         weighted = self.attn(x, x, x)[0]           # need_weights=True (the default)
         return self.out((masked + weighted).mean(1))
 
 
-def test_masked_attention_and_attention_weights_run_pytorchs_own_function(monkeypatch, float64):
-    from reglab.population import functional
-
-    calls = []
-    monkeypatch.setattr(functional, "_stacked_self_attention", lambda *a: calls.append(a))
+def test_masked_attention_with_dropout_and_attention_weights_match_their_fits(monkeypatch, float64):
+    """Masked self-attention with dropout on the stacked tensors (each member's masks from its own
+    generator) and attention that returns its weights (PyTorch's function under vmap) in one model:
+    each member equals its standalone fit; only the first takes the stacked path."""
+    calls = _stacked_attention_calls(monkeypatch)
     check_family(lambda rate=0.0: _MaskedAttention(), sequences(d=8), [dict()], epochs=3)
-    assert calls == [], "masked attention or attention weights took the stacked path"
+    assert calls and all(calls), "the masked self-attention did not run on the stacked tensors"
+    pop = ModulePopulation([_MaskedAttention() for _ in range(2)])
+    calls.clear()
+    pop.forward(torch.randn(2, 4, 6, 8), engine.ForwardMode(True, [torch.Generator() for _ in range(2)]))
+    assert calls == [True], "attention returning its weights took the stacked path, or the masked one did not"

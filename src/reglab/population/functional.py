@@ -209,6 +209,10 @@ class _Sites(TorchFunctionMode):
         return _attention(query, key, value, attn_mask, is_causal, scale, self.owner._next("scaled_dot_product_attention"))
 
 
+# The math path's softmax: a row whose every key is masked gives zeros (PyTorch 2.5 on), not NaN.
+_softmax = getattr(torch, "_safe_softmax", torch.softmax)
+
+
 def _attention(q, k, v, mask, causal, scale, noise):
     """``scaled_dot_product_attention`` with its dropout mask given: PyTorch's math path on the CPU
     (the one it takes when dropout is on), computed the same way."""
@@ -221,7 +225,7 @@ def _attention(q, k, v, mask, causal, scale, noise):
         attn = attn.masked_fill(~keep, float("-inf"))
     if mask is not None:
         attn = attn.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else attn + mask
-    attn = torch.softmax(attn, -1)
+    attn = _softmax(attn, -1)
     if noise is not None:
         attn = attn * noise
     return attn @ v
@@ -438,9 +442,41 @@ def _linear_forward(m: nn.Linear):
     return forward
 
 
-def _stacked_self_attention(m: nn.MultiheadAttention, x: torch.Tensor, draw):
-    """Every member's self-attention ``m(x, x, x, need_weights=False)`` without masks, on the stacked
-    tensors outside vmap; None where this does not apply (PyTorch's function then runs under vmap).
+def _sdpa_mask(m: nn.MultiheadAttention, query, key_padding_mask, attn_mask, is_causal):
+    """What ``F.multi_head_attention_forward`` hands ``scaled_dot_product_attention`` for one member's
+    self-attention without weights: ``(mask, causal)``, the merged float mask (B, H, L, L) or
+    (1, 1, L, L) or None, and whether attention is causal; None where PyTorch's own function should
+    run instead (and report a mask it does not accept). Computed as that function does, under vmap."""
+    B, L = tuple(query.shape[:2]) if m.batch_first else (query.shape[1], query.shape[0])
+    H = m.num_heads
+    padding = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                other_type=F._none_or_dtype(attn_mask), other_name="attn_mask", target_type=query.dtype)
+    mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                             target_type=query.dtype, check_other=False)
+    if is_causal and mask is None:
+        return None
+    if is_causal and padding is None:
+        return None, True                       # the causal hint goes to scaled_dot_product_attention
+    if mask is not None:
+        if tuple(mask.shape) == (L, L):
+            mask = mask.unsqueeze(0)
+        elif tuple(mask.shape) != (B * H, L, L):
+            return None
+    if padding is not None:
+        if tuple(padding.shape) != (B, L):
+            return None
+        padding = padding.view(B, 1, 1, L).expand(-1, H, -1, -1).reshape(B * H, 1, L)
+        mask = padding if mask is None else mask + padding
+    if mask is not None:
+        mask = mask.unsqueeze(0) if mask.size(0) == 1 else mask.view(B, H, -1, L)
+    return mask, False
+
+
+def _stacked_self_attention(m: nn.MultiheadAttention, x: torch.Tensor, draw, mask=None, causal=False):
+    """Every member's self-attention ``m(x, x, x, need_weights=False)`` on the stacked tensors outside
+    vmap, with the merged mask (:func:`_sdpa_mask`) and causal flag PyTorch's function would hand
+    ``scaled_dot_product_attention``; None where this does not apply (PyTorch's function then runs
+    under vmap).
 
     vmap runs ``F.multi_head_attention_forward`` one member's op at a time, and its rules lay the
     packed projection and the heads out in (P, L, B, 3, H, d)-like orders that each following op
@@ -453,7 +489,8 @@ def _stacked_self_attention(m: nn.MultiheadAttention, x: torch.Tensor, draw):
     """
     weights = (m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias)
     level = _level(*weights)
-    if level is None or (is_batchedtensor(x) and maybe_get_level(x) != level) or x.dim() != 3:
+    if level is None or x.dim() != 3 or any(is_batchedtensor(t) and maybe_get_level(t) != level
+                                            for t in (x, mask) if t is not None):
         return None
     noise = draw() if m.training and m.dropout > 0 else None
     w_in, b_in, w_out, b_out = (_stacked(t, level) for t in weights)
@@ -473,7 +510,9 @@ def _stacked_self_attention(m: nn.MultiheadAttention, x: torch.Tensor, draw):
     else:
         qkv = qkv.view(P, B, L, 3, H, d).permute(3, 0, 1, 4, 2, 5)
     q, k, v = qkv.contiguous().unbind(0)                            # (P, B, H, L, d) each
-    o = _attention(q, k, v, None, False, None, None if noise is None else _stacked(noise, level))
+    if mask is not None:   # a member's (B, H, L, L) or (1, 1, L, L), or one every member shares
+        mask = _stacked(mask, level) if is_batchedtensor(mask) else mask.unsqueeze(0)
+    o = _attention(q, k, v, mask, causal, None, None if noise is None else _stacked(noise, level))
     o = o.permute(0, 3, 1, 2, 4) if time_major else o.permute(0, 1, 3, 2, 4)
     out = _linear(o.reshape(P, -1, E), w_out, b_out)
     out = out.view(P, L, B, E).transpose(1, 2) if time_major else out.view(P, B, L, E)
@@ -481,17 +520,20 @@ def _stacked_self_attention(m: nn.MultiheadAttention, x: torch.Tensor, draw):
 
 
 def _attention_forward(m: nn.MultiheadAttention, owner):
-    """nn.MultiheadAttention for one member that vmap batches: unmasked self-attention without the
-    attention weights (what nn.TransformerEncoderLayer asks for) runs on all members' stacked tensors
-    (:func:`_stacked_self_attention`); anything else, and one member outside vmap, runs PyTorch's
-    own forward (through :class:`_Sites`)."""
+    """nn.MultiheadAttention for one member that vmap batches: self-attention without the attention
+    weights (what nn.TransformerEncoderLayer asks for), masked or not, runs on all members' stacked
+    tensors (:func:`_stacked_self_attention`); anything else (the weights, cross-attention, bias_k,
+    separate projection weights), and one member outside vmap, runs PyTorch's own forward (through
+    :class:`_Sites`)."""
     native = type(m).forward.__get__(m)
 
     def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        if (query is key and key is value and not need_weights and key_padding_mask is None and attn_mask is None
-                and not is_causal and m._qkv_same_embed_dim and m.bias_k is None and not m.add_zero_attn):
-            out = _stacked_self_attention(m, query, lambda: owner._next("scaled_dot_product_attention"))
+        if (query is key and key is value and not need_weights and m._qkv_same_embed_dim and m.bias_k is None
+                and not m.add_zero_attn and _batched(m.in_proj_weight) and query.dim() == 3):
+            masks = _sdpa_mask(m, query, key_padding_mask, attn_mask, is_causal)
+            out = None if masks is None else _stacked_self_attention(
+                m, query, lambda: owner._next("scaled_dot_product_attention"), *masks)
             if out is not None:
                 return out, None
         return native(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
