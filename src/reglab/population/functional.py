@@ -209,8 +209,11 @@ class _Sites(TorchFunctionMode):
         return _attention(query, key, value, attn_mask, is_causal, scale, self.owner._next("scaled_dot_product_attention"))
 
 
-# The math path's softmax: a row whose every key is masked gives zeros (PyTorch 2.5 on), not NaN.
-_softmax = getattr(torch, "_safe_softmax", torch.softmax)
+# The math path's softmax where a mask is given: a row whose every key is masked gives zeros
+# (PyTorch 2.5 on), not NaN. Without a mask (or with only the causal one) no row is all -inf and the
+# plain softmax gives the same values at a third of the cost (forward and backward of the
+# Transformer benchmark's (10, 32, 4, 16, 16) scores, Intel Xeon: 0.60 against 1.8 ms).
+_safe_softmax = getattr(torch, "_safe_softmax", torch.softmax)
 
 
 def _attention(q, k, v, mask, causal, scale, noise):
@@ -225,7 +228,7 @@ def _attention(q, k, v, mask, causal, scale, noise):
         attn = attn.masked_fill(~keep, float("-inf"))
     if mask is not None:
         attn = attn.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else attn + mask
-    attn = _softmax(attn, -1)
+    attn = torch.softmax(attn, -1) if mask is None else _safe_softmax(attn, -1)
     if noise is not None:
         attn = attn * noise
     return attn @ v
