@@ -317,6 +317,24 @@ def _rnn_forward(module: nn.RNNBase):
     return forward
 
 
+def _level(*tensors):
+    """The vmap level all of ``tensors`` (None skipped) are batched at, when every one is batched
+    and at one level; None otherwise (or without access to functorch's wrapping)."""
+    present = [t for t in tensors if t is not None]
+    if _unwrap_batched is None or not present or not all(is_batchedtensor(t) for t in present):
+        return None
+    level = maybe_get_level(present[0])
+    return level if all(maybe_get_level(t) == level for t in present) else None
+
+
+def _stacked(t, level):
+    """A batched tensor as the stacked (P, ...) tensor under it (None stays None)."""
+    if t is None:
+        return None
+    value, dim = _unwrap_batched(t, level)
+    return value.movedim(dim, 0)
+
+
 def _stacked_batch_norm(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor):
     """All members' BatchNorm in one call of PyTorch's own kernel, outside vmap: member p's channel c
     is channel p·C + c of an input (B, P·C, ...), so each member's statistics, running averages
@@ -324,20 +342,16 @@ def _stacked_batch_norm(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor):
     own BatchNorm computes. None where this does not apply (the batched formulas then run): no access
     to functorch's wrapping, nested vmaps, unstacked weights or buffers, or momentum None (its factor
     is 1 / num_batches_tracked, a per-member value)."""
-    if _unwrap_batched is None or x.dim() not in (2, 3, 4, 5):
+    if x.dim() not in (2, 3, 4, 5):
         return None
     tensors = [m.weight, m.bias, m.running_mean, m.running_var]
-    present = [t for t in tensors if t is not None]
-    if not present or not all(is_batchedtensor(t) for t in present):
-        return None
-    level = maybe_get_level(present[0])
-    if any(maybe_get_level(t) != level for t in present) or (is_batchedtensor(x) and maybe_get_level(x) != level):
+    level = _level(*tensors)
+    if level is None or (is_batchedtensor(x) and maybe_get_level(x) != level):
         return None
     update = m.training and m.track_running_stats
     if update and m.momentum is None:
         return None
-    weight, bias, mean, var = (None if t is None else _unwrap_batched(t, level) for t in tensors)
-    weight, bias, mean, var = (None if t is None else t[0].movedim(t[1], 0) for t in (weight, bias, mean, var))
+    weight, bias, mean, var = (_stacked(t, level) for t in tensors)
     if any(t is not None and not t.is_contiguous() for t in (mean, var)):
         return None   # the kernel updates the running averages through a flat view of them
     P = next(t for t in (weight, bias, mean, var) if t is not None).shape[0]
@@ -398,24 +412,6 @@ def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
         return out
 
     return forward
-
-
-def _level(*tensors):
-    """The vmap level all of ``tensors`` (None skipped) are batched at, when every one is batched
-    and at one level; None otherwise (or without access to functorch's wrapping)."""
-    present = [t for t in tensors if t is not None]
-    if _unwrap_batched is None or not present or not all(is_batchedtensor(t) for t in present):
-        return None
-    level = maybe_get_level(present[0])
-    return level if all(maybe_get_level(t) == level for t in present) else None
-
-
-def _stacked(t, level):
-    """A batched tensor as the stacked (P, ...) tensor under it (None stays None)."""
-    if t is None:
-        return None
-    value, dim = _unwrap_batched(t, level)
-    return value.movedim(dim, 0)
 
 
 def _linear(x, w, b):
@@ -485,10 +481,10 @@ def _stacked_self_attention(m: nn.MultiheadAttention, x: torch.Tensor, draw, mas
     packed projection and the heads out in (P, L, B, 3, H, d)-like orders that each following op
     copies (the Transformer benchmark, Intel Xeon: about a fifth of the step, select's backward
     filling three zero tensors of the projection's size). Here the projection is one batched
-    product per member (:func:`_linear`), the heads are laid out
-    once as (3, P, B, H, L, d), and attention is the math path ``scaled_dot_product_attention``
-    takes with dropout (:func:`_attention`, each member's mask (P, B, H, L, S) from its own generator,
-    which ``draw()`` gives once the path applies): the same arithmetic as each member's own module.
+    product per member (:func:`_linear`), the heads are laid out once as (3, P, B, H, L, d), and
+    attention is the math path ``scaled_dot_product_attention`` takes with dropout
+    (:func:`_attention`, each member's dropout mask (P, B, H, L, S) from its own generator, which
+    ``draw()`` gives once the path applies): the same arithmetic as each member's own module.
     """
     weights = (m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias)
     level = _level(*weights)
