@@ -416,9 +416,9 @@ def _batch_norm_forward(m: nn.modules.batchnorm._BatchNorm):
 
 def _linear(x, w, b):
     """``x Wᵢᵀ + bᵢ`` for each member i: x (P, N, in), W (P, out, in), b (P, out) or None; one batched
-    product that starts from the bias, its output contiguous. Plain ops: the stacked-layer path's
-    ``_StackedLinear`` (an autograd.Function) would go through functorch's machinery for custom
-    functions here, under vmap, which costs ~1 ms a call (Intel Xeon)."""
+    product that starts from the bias, its output contiguous. The stacked-layer path's
+    ``_StackedLinear`` forward; the general path calls it as plain ops, since that autograd.Function
+    would go through functorch's machinery for custom functions under vmap (~1 ms a call, Intel Xeon)."""
     wt = w.transpose(1, 2)
     return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
 

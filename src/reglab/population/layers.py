@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import ChannelsFirst, GaussianDropout, GaussianNoise, SequenceDropout
-from .functional import draw
+from .functional import _linear, draw
 
 # Parameter-free, deterministic modules. The element-wise ones are applied to (P, B, ...) as it is
 # (no reshape, nor its autograd node); the others treat dim 0 as the batch: applied to (P*B, ...).
@@ -74,8 +74,7 @@ class _StackedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
-        wt = w.transpose(1, 2)
-        return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
+        return _linear(x, w, b)
 
     @staticmethod
     def backward(ctx, g):
