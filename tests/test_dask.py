@@ -183,9 +183,42 @@ def test_the_dataset_reaches_each_worker_once_not_once_per_task(dask_run):
     arrived = dask_run["arrivals"]
     assert len(arrived) == 2
     assert sum(a["tasks"] for a in arrived.values()) == dask_run["tasks"] == 4
-    # once per worker that trained (a fast worker may take every task), never once per task
-    assert [a["datasets"] for a in arrived.values()] == [min(1, a["tasks"]) for a in arrived.values()]
-    assert sum(a["datasets"] for a in arrived.values()) < dask_run["tasks"]
+    # sent to each worker when the run starts, then kept there: exactly once per worker, whoever
+    # trains what (a fast worker may take every task), never once per task
+    assert [a["datasets"] for a in arrived.values()] == [1, 1]
+
+
+def _fingerprint(key):
+    """On a worker: the dataset it trains on for ``key``, as bytes to compare with the driver's."""
+    from reglab.study.dask import _dataset
+
+    d = _dataset(key)
+    return d.X_train.tobytes() + d.y_train.tobytes() + d.X_test.tobytes() + d.y_test.tobytes()
+
+
+@needs_dask
+def test_a_worker_that_joins_later_fetches_the_dataset_once_from_a_peer(cluster, tmp_path):
+    from reglab.study.dask import ClusterError, DaskExecutor, _forget, arrivals
+
+    study = st.load(write(tmp_path / "tiny.toml", TINY.format(name="tiny", more="")))
+    dataset = st.prepare(study)
+    expected = (dataset.X_train.tobytes() + dataset.y_train.tobytes() + dataset.X_test.tobytes()
+                + dataset.y_test.tobytes())
+    with distributed.Client(cluster) as client, DaskExecutor(cluster.scheduler_address) as ex:
+        key = ex._ship(dataset)
+        assert ex._ship(dataset) == key                       # shipped once per dataset and executor
+        old, new = sorted(client.scheduler_info()["workers"])
+        client.run(_forget, key, workers=[new])                # as a worker that joined after the ship
+        before = client.run(arrivals)
+        for _ in range(3):                                     # three tasks there: one fetch
+            got = client.submit(_fingerprint, key, workers=[new], pure=False).result()
+            assert got == expected
+        after = client.run(arrivals)
+        assert {w: after[w]["datasets"] - before[w]["datasets"] for w in after} == {old: 0, new: 1}
+        # nobody holds it any more: the task fails with one line that says what to do
+        client.run(_forget, key)
+        with pytest.raises(ClusterError, match="no worker holds the study's dataset .* run `reglab run` again"):
+            client.submit(_fingerprint, key, workers=[new], pure=False).result()
 
 
 GRID = """

@@ -8,9 +8,12 @@ stays the record of what has run. At most a few tasks per worker thread are in f
 (``IN_FLIGHT_PER_THREAD``; each result lets the next task go), so a study of many thousand tasks
 does not hold all of them in the driver and the scheduler at once.
 
-- The dataset is read by the driver (user files included) and shipped once per worker
-  (``client.scatter(..., broadcast=True)``); tasks carry only its key, so workers need no shared
-  file system. A factory model (``model.factory``) that is a single ``.py`` file next to the study
+- The dataset is read by the driver (user files included) and sent once to each worker, which keeps
+  it (``client.run``, outside Dask's data store); tasks carry only its key, so workers need no shared
+  file system. A worker that joins later (or is restarted) fetches it once, from a peer. (A
+  scattered future as the tasks' dependency would not do: Dask's active memory manager drops the
+  replicas no queued task needs, and each later task on that worker would fetch the dataset again.)
+  A factory model (``model.factory``) that is a single ``.py`` file next to the study
   file is uploaded to the workers too; a factory in a package must be installed on the workers.
 - The study travels as its raw dict and folder; each worker rebuilds it with ``spec.from_dict``
   and trains with ``train.execute`` on one thread per task, so a task gives the same records, bit
@@ -33,6 +36,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -80,17 +84,73 @@ def arrivals() -> dict:
 
 
 class Shipped:
-    """The dataset on its way to the workers; counts its arrivals (once per worker, not per task)."""
+    """The dataset on its way to a worker; each worker process keeps what arrives (:data:`_DATASETS`)."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, key: str):
+        self.dataset, self.key = dataset, key
 
     def __getstate__(self):
-        return {"dataset": self.dataset}
+        return {"dataset": self.dataset, "key": self.key}
 
     def __setstate__(self, state):
-        self.dataset = state["dataset"]
+        self.dataset, self.key = state["dataset"], state["key"]
         _ARRIVALS["datasets"] += 1
+        _keep(self.key, self.dataset)
+
+
+# Datasets that arrived in this worker process, by key, most recent last. They live here, not in Dask's
+# data store: Dask's active memory manager (on by default) drops replicas that no queued task needs,
+# and every later task on that worker would fetch the whole dataset again.
+_DATASETS: dict[str, object] = {}
+_DATASETS_KEPT = 2
+
+
+def _keep(key: str, dataset) -> None:
+    _DATASETS.pop(key, None)
+    _DATASETS[key] = dataset
+    while len(_DATASETS) > _DATASETS_KEPT:
+        _DATASETS.pop(next(iter(_DATASETS)))
+
+
+def _receive(shipped: Shipped) -> None:
+    """Run on every worker by the driver (``client.run``): the argument's arrival keeps the dataset."""
+
+
+def _forget(key: str) -> None:
+    """Run on every worker when the executor closes: its dataset is no longer needed there."""
+    _DATASETS.pop(key, None)
+
+
+def _kept(key: str) -> Shipped | None:
+    """Run on a peer by a worker that lacks the dataset: the peer's copy, if it has one."""
+    dataset = _DATASETS.get(key)
+    return None if dataset is None else Shipped(dataset, key)
+
+
+def _workers(client) -> dict:
+    """The cluster's workers by address, with what the scheduler knows of each."""
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:   # pragma: no cover - older distributed without n_workers
+        return client.scheduler_info()["workers"]
+
+
+def _dataset(key: str):
+    """The dataset on this worker: kept since the driver shipped it or, on a worker that joined (or was
+    restarted) since, fetched once from a peer that has it."""
+    dataset = _DATASETS.get(key)
+    if dataset is not None:
+        return dataset
+    distributed = _distributed()
+    me = distributed.get_worker().address
+    with distributed.worker_client() as client:
+        for peer in _workers(client):
+            if peer != me:
+                shipped = client.run(_kept, key, workers=[peer], on_error="return").get(peer)
+                if isinstance(shipped, Shipped):   # its arrival here kept it (Shipped.__setstate__)
+                    return shipped.dataset
+    raise ClusterError(f"no worker holds the study's dataset {key} any more (every worker that received it "
+                       f"has left the cluster); run `reglab run` again to resume from the store")
 
 
 def _rebuild(payload: dict) -> S.Study:
@@ -119,11 +179,12 @@ def _study(payload: dict) -> S.Study:
     return study
 
 
-def run_task(payload: dict, shipped: Shipped, task: Job) -> list[dict]:
-    """On a worker: train one task's population and return its records."""
+def run_task(payload: dict, shipped: str, task: Job) -> list[dict]:
+    """On a worker: train one task's population (on the dataset scattered as key ``shipped``) and
+    return its records."""
     start = time.perf_counter()
     set_threads(1)   # one thread per task: a worker is one of several on the machine
-    records = execute(_study(payload), shipped.dataset, task, progress=False, threads=1)
+    records = execute(_study(payload), _dataset(shipped), task, progress=False, threads=1)
     _ARRIVALS["tasks"] += 1
     _ARRIVALS["seconds"] += time.perf_counter() - start
     return records
@@ -160,7 +221,7 @@ class DaskExecutor:
         self.wait_for_workers = wait_for_workers
         self.client = None
         self._cluster = None
-        self._shipped = None                    # (dataset, future): shipped once, reused by later map calls
+        self._shipped = None                    # (dataset, key): shipped once, reused by later map calls
         self._uploaded: set[str] = set()
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -199,7 +260,8 @@ class DaskExecutor:
 
     def close(self):
         """Close the client, and the local cluster if this executor started it."""
-        client, cluster, self.client, self._cluster, self._shipped = self.client, self._cluster, None, None, None
+        self._forget_shipped()
+        client, cluster, self.client, self._cluster = self.client, self._cluster, None, None
         self._uploaded = set()
         lost = client is not None and client.status != "running"
         with _quiet("distributed.client") if lost else contextlib.nullcontext():
@@ -227,9 +289,7 @@ class DaskExecutor:
         """One population chunk per worker thread (one thread per worker: one per worker)."""
         self.start()
         try:
-            workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        except TypeError:   # pragma: no cover - older distributed without n_workers
-            workers = self.client.scheduler_info()["workers"].values()
+            workers = _workers(self.client).values()
         except (OSError, TimeoutError) as exc:
             raise self._lost(exc) from None
         return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
@@ -328,11 +388,24 @@ class DaskExecutor:
         return SchedulerLost(f"lost the Dask scheduler at {self.address}; run `reglab run` again to resume "
                              f"from the store")
 
-    def _ship(self, dataset):
+    def _ship(self, dataset) -> str:
+        """Send the dataset to every worker once (once per dataset and executor); return the key the
+        tasks name it by. A worker that joins later fetches it from a peer on its first task."""
         if self._shipped is None or self._shipped[0] is not dataset:
-            future = self.client.scatter(Shipped(dataset), broadcast=True, hash=False)
-            self._shipped = (dataset, future)
+            self._forget_shipped()
+            key = f"reglab-dataset-{uuid.uuid4().hex}"
+            # client.run pickles the dataset once; the scheduler forwards the bytes to each worker. A
+            # worker that fails to take it (it is leaving) is skipped: the peers' copies serve it later.
+            self.client.run(_receive, Shipped(dataset, key), on_error="ignore")
+            self._shipped = (dataset, key)
         return self._shipped[1]
+
+    def _forget_shipped(self):
+        """Let the workers drop the dataset this executor shipped (best effort: they keep two at most)."""
+        shipped, self._shipped = self._shipped, None
+        if shipped is not None and self.client is not None and self.client.status == "running":
+            with contextlib.suppress(Exception):
+                self.client.run(_forget, shipped[1], on_error="ignore")
 
     def _upload_factory(self, study):
         """A factory that is one .py file next to the study file goes to the workers with the study."""
