@@ -344,6 +344,68 @@ def test_unused_parameters_are_left_alone(float64):
     torch.testing.assert_close(result.models[0].spare.weight, reglab.presets.initialize(Unused(), "keras", 0).spare.weight)
 
 
+class FrozenEmbedder(nn.Module):
+    """A frozen pretrained-style embedding table and a frozen first layer (requires_grad=False) with
+    an L2 penalty and a constraint attached, trained with dropout and a trainable head."""
+
+    def __init__(self, rate=0.0, l2=1e-3):
+        super().__init__()
+        self.embed, self.fc = nn.Embedding(20, 8), nn.Linear(8, 8)
+        self.drop, self.out = nn.Dropout(rate), nn.Linear(8, 1)
+        self.embed.weight.requires_grad_(False)
+        self.fc.weight.requires_grad_(False)
+        reglab.regularize(self.fc, kernel=reglab.L2(l2), bias=reglab.L1(1e-3))
+        reglab.regularize(self.out, kernel=reglab.L2(l2))
+
+    def forward(self, x):
+        return self.out(self.drop(torch.relu(self.fc(self.embed(x)))).mean(1))
+
+
+@pytest.mark.parametrize("penalty", ["l1l2", "custom"])
+def test_frozen_parameters_stay_frozen_as_in_fit(float64, monkeypatch, penalty):
+    """A parameter with requires_grad=False gets no update in a population, as in reglab.fit (its
+    penalty still counts in the loss), whether the L1/L2 gradients are added by hand or by autograd."""
+    if penalty == "custom":   # every penalty through autograd: no hand-made L1/L2 gradients
+        monkeypatch.setattr(reglab.population.merge.MergedRules, "linear_penalties", lambda self: None)
+    result = check_family(FrozenEmbedder, tokens(), [dict(rate=0.0), dict(rate=0.3, l2=1e-2)], epochs=4)
+    for member, model in zip(result.members, result.models):
+        start = reglab.presets.initialize(FrozenEmbedder(**member["config"]), "keras", member["seed"])
+        assert torch.equal(model.embed.weight, start.embed.weight) and torch.equal(model.fc.weight, start.fc.weight)
+        assert not torch.equal(model.fc.bias, start.fc.bias) and not model.fc.weight.requires_grad
+    assert (result.history["penalty"] > 0).all()
+
+
+def test_a_sequential_with_a_frozen_layer_takes_the_general_path(float64):
+    def build(rate=0.0):
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Dropout(rate), nn.Linear(8, 1))
+        model[0].requires_grad_(False)
+        return model
+    assert isinstance(engine.make_population([build(), build()]), ModulePopulation)
+    result = check_family(build, tabular(), [dict(rate=0.0), dict(rate=0.3)], epochs=3)
+    for member, model in zip(result.members, result.models):
+        torch.testing.assert_close(model[0].weight, reglab.presets.initialize(build(), "keras", member["seed"])[0].weight,
+                                   rtol=0, atol=0)
+
+
+class PaddedEmbedder(nn.Module):
+    def __init__(self, rate=0.0):
+        super().__init__()
+        self.embed, self.drop, self.out = nn.Embedding(20, 8, padding_idx=0), nn.Dropout(rate), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.out(self.drop(self.embed(x)).mean(1))
+
+
+def test_every_members_padding_row_stays_out_of_training(float64):
+    """nn.Embedding(padding_idx=0): PyTorch's vmap rule for the embedding backward masks the padding
+    row of the first member only; each member's own row must get no gradient, as in fit."""
+    x = tokens()[0]
+    assert (x == 0).any()
+    result = check_family(PaddedEmbedder, tokens(), [dict(rate=0.0), dict(rate=0.3)], epochs=4)
+    assert all(bool((m.embed.weight[0] == 0).all()) for m in result.models)   # zeros at init (Keras init too)
+    assert len(result.models) == 4
+
+
 def test_functional_dropout_in_forward_draws_per_member(float64):
     """F.dropout called in a custom forward() is drawn from each member's own generator too."""
     class Functional(nn.Module):

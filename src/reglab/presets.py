@@ -140,6 +140,9 @@ def _keras_init(module: nn.Module, gen: torch.Generator) -> None:
                 nn.init.xavier_uniform_(p, generator=gen)
     elif isinstance(module, nn.Embedding):
         nn.init.uniform_(module.weight, -0.05, 0.05, generator=gen)
+        if module.padding_idx is not None:   # the module's padding row is zeros (Keras has no such row)
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
     elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
         if getattr(module, "weight", None) is not None:
             nn.init.ones_(module.weight)

@@ -133,6 +133,8 @@ class Population(MergedRules):
             if not isinstance(m, nn.Sequential):
                 raise ValueError(f"A population needs an nn.Sequential of supported layers; got {type(m).__name__}. "
                                  "Write the model as nn.Sequential, or train it with reglab.fit.")
+            if not all(p.requires_grad for p in m.parameters()):
+                raise ValueError("frozen parameters (requires_grad=False) take the general path")
         self.models = models
         self.P = len(models)
         member_leaves = [leaves(m) for m in models]
@@ -634,8 +636,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                     break
             penalties = None
             if fused_pop is None:
-                grads = torch.autograd.grad((loss if everyone else torch.where(active, loss, 0)).sum(), pop.params,
-                                            allow_unused=True)
+                grads = _grads((loss if everyone else torch.where(active, loss, 0)).sum(), pop.params)
                 if linear:   # their gradients: added by the optimizer (in its own pass where it can)
                     # The same terms every step while all members train at scale 1: made once then.
                     steady_now = everyone and scale == 1.0
@@ -647,7 +648,7 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
                         steady = penalties if steady_now else None
                 metric = mix.sample_metric(task, out, yb).mean(-1)
             elif pen.requires_grad:
-                extra = torch.autograd.grad(torch.where(active, pen, 0).sum(), pop.params, allow_unused=True)
+                extra = _grads(torch.where(active, pen, 0).sum(), pop.params)
                 grads = [g if e is None else g + e for g, e in zip(grads, extra)]
             if fused_pop is None:
                 _unfreeze(pop, frozen)   # after backward, which may read the buffers
@@ -702,6 +703,14 @@ def _train_chunk(pop: Population, seeds, X, Y, val, objective, epochs, batch_siz
     best = np.where(has_best.cpu().numpy(), rule.best_epoch, -1) if restore else np.full(P, -1)
     return {"history": history, "epochs_run": epochs_run, "stopped_epoch": stopped, "best_epoch": best,
             "diverged": diverged.cpu().numpy()}
+
+
+def _grads(total: torch.Tensor, params: list) -> list:
+    """The gradient of ``total`` for each stacked parameter: None where it is unused, and for a frozen
+    one (``requires_grad=False`` in the members): the optimizer then leaves it, as in reglab.fit."""
+    trainable = [p for p in params if p.requires_grad]
+    grads = iter(torch.autograd.grad(total, trainable, allow_unused=True))
+    return [next(grads) if p.requires_grad else None for p in params]
 
 
 def _all_finite(loss: torch.Tensor) -> bool:

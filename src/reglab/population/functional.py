@@ -441,6 +441,23 @@ def _linear_forward(m: nn.Linear):
     return forward
 
 
+def _embedding_forward(m: nn.Embedding):
+    """nn.Embedding with ``padding_idx`` for one member under vmap. PyTorch's batching rule for the
+    embedding's backward keeps only the first member's padding row out of the gradient (it offsets
+    the members' ids into one table but not ``padding_idx``), so every other member's padding row
+    trained. Here the lookup runs without ``padding_idx`` and the padding positions are detached:
+    the same values, and no member's padding row gets a gradient, as in PyTorch's own module."""
+    native = type(m).forward.__get__(m)
+
+    def forward(x):
+        if not _batched(m.weight):
+            return native(x)
+        out = F.embedding(x, m.weight, None, m.max_norm, m.norm_type, m.scale_grad_by_freq, m.sparse)
+        return torch.where((x == m.padding_idx).unsqueeze(-1), out.detach(), out)
+
+    return forward
+
+
 def _sdpa_mask(m: nn.MultiheadAttention, query, key_padding_mask, attn_mask, is_causal):
     """What ``F.multi_head_attention_forward`` hands ``scaled_dot_product_attention`` for one member's
     self-attention without weights: ``(mask, causal)``, the merged float mask (B, H, L, L) or
@@ -565,7 +582,7 @@ def signature(model: nn.Module, reads: dict | None = None) -> tuple:
     ``reads`` from :func:`module_reads`, only the settings that the forward reads)."""
     out = []
     for name, m in model.named_modules():
-        params = tuple((n, tuple(p.shape), p.dtype) for n, p in m.named_parameters(recurse=False))
+        params = tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m.named_parameters(recurse=False))
         buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False))
         read = None if reads is None else reads.get(name, set())
         out.append((name, type(m).__qualname__, params, buffers, _settings(m, read)))
@@ -667,6 +684,8 @@ class ModulePopulation(MergedRules):
         # The stacked parameters are consecutive views of one flat tensor, so that the optimizer can
         # update them all in one pass (Optimizer.use_flat).
         self.flat, self.params = flat_parameters([torch.stack([n[k].detach() for n in named]) for k in self.param_names])
+        for k, p in zip(self.param_names, self.params):   # a frozen weight stays frozen, as reglab.fit leaves it
+            p.requires_grad_(named[0][k].requires_grad)
         bufs = [dict(m.named_buffers()) for m in models]
         self.buffer_names = list(bufs[0])
         self.buffers = [torch.stack([b[k] for b in bufs]).clone() for k in self.buffer_names]
@@ -691,6 +710,8 @@ class ModulePopulation(MergedRules):
                 m.forward = _attention_forward(m, self)
             elif type(m) is nn.Linear:
                 m.forward = _linear_forward(m)
+            elif type(m) is nn.Embedding and m.padding_idx is not None:
+                m.forward = _embedding_forward(m)
         self._attention = any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
                               for m in self.base.modules())
         self._captured = {}

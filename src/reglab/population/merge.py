@@ -143,6 +143,8 @@ class MergedRules:
         for p, merged in self.penalties:
             if merged.custom or any(not isinstance(g, R.L1L2) for g in merged.groups):
                 return None
+            if not p.requires_grad:   # frozen: its penalty counts in the loss, its gradient goes nowhere
+                continue
             for g in merged.groups:
                 l1 = g._coef("l1", p) if isinstance(g.l1, torch.Tensor) or g.l1 != 0 else None
                 l2 = g._coef("l2", p) if isinstance(g.l2, torch.Tensor) or g.l2 != 0 else None
