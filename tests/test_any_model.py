@@ -483,6 +483,24 @@ def test_unbatchable_models_get_one_clear_error(build, match):
     assert "\n" not in str(info.value)
 
 
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.lin(x), x
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_forward_that_returns_a_tuple_gets_one_clear_error_in_fit_and_populations(members):
+    match = "returned a tuple, not a tensor; reglab trains on one tensor of predictions: return only that"
+    with pytest.raises(ValueError, match=match):
+        reglab.fit(TwoOutputs(), tabular(), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=match):
+        reglab.train_population(TwoOutputs, None, list(range(members)), train=tabular(), epochs=1, progress=False)
+
+
 def test_a_population_of_one_equals_its_fit(float64):
     """One member runs without vmap after its first step, BatchNorm and recurrent layers (the GRU; not
     the LSTM, which draws dropout between its layers) through PyTorch's own kernels: still equal to fit."""

@@ -484,6 +484,19 @@ def three_outputs():
     return nn.Sequential(nn.Linear(2, 3))
 
 
+class WithExtra(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.linear(x), x
+
+
+def returns_a_tuple():
+    return WithExtra()
+
+
 CALLS = [0]
 
 
@@ -509,6 +522,8 @@ REFUSED = {
                                                  "Branchy cannot run as a population under torch.func.vmap"),
     "a factory that fails when called again": (_factory_study("only_once"), "raised RuntimeError: called twice"),
     "a model whose output does not fit": (_factory_study("three_outputs"), "the model does not fit the data"),
+    "a model whose forward returns a tuple": (_factory_study("returns_a_tuple"),
+                                              "returned a tuple, not a tensor; reglab trains on one tensor of predictions"),
     "layer lines that fail when built": (REJECTED["Conv2D on flat data"]),
     "bad data": (REJECTED["non-numeric cell"]),
 }

@@ -38,6 +38,9 @@ class Task:
     def check_output(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """Reject outputs whose last dimension does not fit the task; broadcasting would otherwise
         train on a silently wrong loss (a (B,) regression output against (B, 1) targets gives (B, B))."""
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"The model's forward() returned a {type(out).__name__}, not a tensor; reglab trains on one "
+                             f"tensor of predictions: return only that (e.g. `return logits`, not `return logits, extra`).")
         width = out.shape[-1] if out.dim() else None
         if self.name == "binary":
             ok, wanted = width == 1, "one raw score per sample (last dimension 1); use task='multiclass' for one score per class"
