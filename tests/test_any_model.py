@@ -473,14 +473,50 @@ class DataDependent(nn.Module):
         return -self.lin(x)
 
 
+class OutArgument(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = torch.empty_like(x)
+        torch.mul(x, 2.0, out=h)
+        return self.lin(h)
+
+
 @pytest.mark.parametrize("build, match", [
     (RandomInForward, "RandomInForward draws random numbers in forward\\(\\).*nn.Dropout.*reglab.fit"),
     (DataDependent, "DataDependent cannot run as a population.*control flow.*reglab.fit"),
-], ids=["random-call", "data-dependent-branch"])
+    (OutArgument, "OutArgument cannot run as a population .*aten::mul.out.*an operation that vmap cannot batch.*reglab.fit"),
+], ids=["random-call", "data-dependent-branch", "out-argument"])
 def test_unbatchable_models_get_one_clear_error(build, match):
     with pytest.raises(NotBatchable, match=match) as info:
         reglab.train_population(build, None, [0, 1], train=tabular(), epochs=1, progress=False)
     assert "\n" not in str(info.value)
+
+
+class Normalized(nn.Module):
+    """weight_norm (per output row, and over the whole weight) and spectral_norm parametrizations
+    (spectral norm's power iteration updates its vectors in place each training step), dropout and
+    an L2 penalty on the parametrized original."""
+
+    def __init__(self, rate=0.0):
+        super().__init__()
+        from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+        self.a, self.b = weight_norm(nn.Linear(8, 8)), spectral_norm(nn.Linear(8, 8))
+        self.c = weight_norm(nn.Linear(8, 8), dim=None)
+        self.drop, self.out = nn.Dropout(rate), nn.Linear(8, 1)
+        reglab.regularize(self.b, penalties={"parametrizations.weight.original": reglab.L2(1e-3)})
+
+    def forward(self, x):
+        return self.out(self.drop(torch.relu(self.c(self.b(torch.relu(self.a(x)))))))
+
+
+def test_weight_norm_and_spectral_norm_members_equal_their_fits(float64):
+    result = check_family(Normalized, tabular(), [dict(rate=0.0), dict(rate=0.3)], epochs=5)
+    u = [m.b.parametrizations.weight[0]._u for m in result.models]
+    assert not torch.equal(u[0], u[1])   # each member's own power-iteration vectors, compared with fit's
 
 
 class TwoOutputs(nn.Module):

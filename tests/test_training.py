@@ -330,6 +330,35 @@ def test_initialize_is_seeded(preset):
     assert differs(weights(a), weights(c))
 
 
+def _parametrized():
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    return nn.Sequential(weight_norm(nn.Linear(4, 6)), nn.ReLU(), spectral_norm(nn.Conv1d(6, 3, 1)),
+                         nn.Embedding(9, 2, padding_idx=1))
+
+
+@pytest.mark.parametrize("preset", ["keras", "torch"])
+def test_initialize_draws_parametrized_weights_from_the_seed(preset):
+    """weight_norm/spectral_norm compute ``weight`` on each access: the draws must land in the
+    parametrization (through right_inverse), and spectral norm's vectors come from the seed too."""
+    torch.manual_seed(0)
+    a = presets.initialize(_parametrized(), preset, seed=3)
+    torch.manual_seed(1)                                   # another construction: other weights, u and v
+    b = presets.initialize(_parametrized(), preset, seed=3)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    c = presets.initialize(_parametrized(), preset, seed=4)
+    assert not torch.equal(a[0].weight, c[0].weight) and not torch.equal(a[2].parametrizations.weight[0]._u,
+                                                                           c[2].parametrizations.weight[0]._u)
+    # the weights the plain modules get from the same seed (spectral norm keeps the drawn weight as its
+    # original and divides by its norm in the forward; weight norm recomputes g·v/|v|)
+    plain = presets.initialize(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Conv1d(6, 3, 1), nn.Embedding(9, 2)),
+                               preset, seed=3)
+    torch.testing.assert_close(a[0].weight, plain[0].weight, rtol=1e-6, atol=1e-7)
+    assert torch.equal(a[2].parametrizations.weight.original, plain[2].weight)
+    assert torch.equal(a[3].weight[1], torch.zeros(2)) and (a[3].weight[[0, 2]] != 0).all()   # the padding row
+
+
 def test_torch_preset_redraws_pytorch_init():
     layer = presets.initialize(nn.Linear(10, 20), "torch", seed=0)
     bound = 1 / math.sqrt(10)

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from ._validate import check_choice
 
@@ -68,17 +71,57 @@ def initialize(model: nn.Module, preset="keras", seed: int = 0) -> nn.Module:
     preset = get(preset)
     seed = Streams.from_seed(seed).init
     if preset.init == "torch":
+        def torch_init(module, gen):
+            reset = _reset(module)
+            if reset is not None and any(True for _ in module.parameters(recurse=False)):
+                reset()
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for module in model.modules():
-                reset = _reset(module)
-                if reset is not None and any(True for _ in module.parameters(recurse=False)):
-                    reset()
+                _parametrized_init(module, torch_init, None)
         return model
     gen = _generator(seed)
     for module in model.modules():
-        _keras_init(module, gen)
+        _parametrized_init(module, _keras_init, gen)
     return model
+
+
+def _parametrized_init(module: nn.Module, init, gen: torch.Generator | None) -> None:
+    """``init(module, gen)``, also for a module with parametrized weights (``weight_norm``,
+    ``spectral_norm``): its ``weight`` is then computed on each access, and an initialiser writing
+    into it would change nothing. Such a module is drawn as a plain copy whose weights are set
+    through the parametrization (its ``right_inverse``); spectral norm's power-iteration vectors
+    are drawn again too, as the parametrization draws them when registered."""
+    if not parametrize.is_parametrized(module):
+        init(module, gen)
+        return
+    # The stand-in: the module's class before parametrization, its attributes, and plain copies of
+    # its parameters (remove_parametrizations would edit the class that copies of the module share).
+    cls = parametrize.type_before_parametrizations(module)
+    plain = cls.__new__(cls)
+    plain.__dict__.update(module.__dict__)
+    plain._modules = {k: v for k, v in module._modules.items() if k != "parametrizations"}
+    with torch.no_grad():
+        plain._parameters = {k: None if v is None else nn.Parameter(v.detach().clone())
+                             for k, v in module._parameters.items()}
+        plain._parameters.update({name: nn.Parameter(getattr(module, name).detach().clone())
+                                  for name in module.parametrizations})
+    init(plain, gen)
+    with torch.no_grad():
+        for name, p in plain._parameters.items():
+            if name in module.parametrizations:
+                setattr(module, name, p.detach().clone())   # through right_inverse
+            elif p is not None:
+                module._parameters[name].copy_(p)
+        for name, chain in module.parametrizations.items():
+            for step in chain:
+                if isinstance(step, _SpectralNorm) and hasattr(step, "_u"):
+                    draw = ((lambda n: torch.randn(n, dtype=step._u.dtype)) if gen is None else
+                            (lambda n: torch.randn(n, generator=gen, dtype=step._u.dtype)))
+                    step._u.copy_(F.normalize(draw(step._u.numel()), dim=0, eps=step.eps))
+                    step._v.copy_(F.normalize(draw(step._v.numel()), dim=0, eps=step.eps))
+                    step._power_method(step._reshape_weight_to_matrix(chain.original), 15)
 
 
 def _reset(module: nn.Module):

@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - an older or newer PyTorch: the batched
     _unwrap_batched = None
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import _SpectralNorm, _WeightNorm
 from torch.overrides import TorchFunctionMode
 
 from ..attach import registry
@@ -458,6 +459,35 @@ def _embedding_forward(m: nn.Embedding):
     return forward
 
 
+def _power_method(m):
+    """Spectral norm's power iteration for one member under vmap: PyTorch's writes each vector with
+    ``F.normalize(..., out=)``, which vmap cannot batch; the same numbers are copied into the
+    member's vectors in place."""
+
+    @torch.no_grad()
+    def power(weight_mat, n_power_iterations):
+        for _ in range(n_power_iterations):
+            m._u.copy_(F.normalize(torch.mv(weight_mat, m._v), dim=0, eps=m.eps))
+            m._v.copy_(F.normalize(torch.mv(weight_mat.H, m._u), dim=0, eps=m.eps))
+
+    return power
+
+
+def _weight_norm_forward(m):
+    """weight_norm's ``g · v / |v|`` for one member under vmap (``|v|`` over every dim but ``dim``, or
+    over all of them for ``dim=None``), as PyTorch decomposes ``torch._weight_norm``; neither it nor
+    ``norm_except_dim`` has a batching rule, and vmap would run them member by member."""
+    native = type(m).forward.__get__(m)
+
+    def forward(weight_g, weight_v):
+        if not _batched(weight_v):
+            return native(weight_g, weight_v)
+        dims = None if m.dim == -1 else [d for d in range(weight_v.dim()) if d != m.dim % weight_v.dim()]
+        return weight_v * (weight_g / torch.linalg.vector_norm(weight_v, 2, dim=dims, keepdim=dims is not None))
+
+    return forward
+
+
 def _sdpa_mask(m: nn.MultiheadAttention, query, key_padding_mask, attn_mask, is_causal):
     """What ``F.multi_head_attention_forward`` hands ``scaled_dot_product_attention`` for one member's
     self-attention without weights: ``(mask, causal)``, the merged float mask (B, H, L, L) or
@@ -712,6 +742,10 @@ class ModulePopulation(MergedRules):
                 m.forward = _linear_forward(m)
             elif type(m) is nn.Embedding and m.padding_idx is not None:
                 m.forward = _embedding_forward(m)
+            elif isinstance(m, _SpectralNorm):
+                m._power_method = _power_method(m)
+            elif isinstance(m, _WeightNorm):
+                m.forward = _weight_norm_forward(m)
         self._attention = any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
                               for m in self.base.modules())
         self._captured = {}
@@ -1030,6 +1064,10 @@ def _explain(exc: RuntimeError, model: nn.Module) -> Exception:
                             "member (nn.Dropout*, F.dropout, attention dropout, reglab.GaussianNoise/GaussianDropout, "
                             "reglab's augmentation layers, DropPath, AlphaDropout); "
                             "use those layers, or train the model with reglab.fit.")
+    if "Batching rule not implemented" in text:
+        return NotBatchable(f"{type(model).__name__} cannot run as a population under torch.func.vmap ({first}); "
+                            "forward() uses an operation that vmap cannot batch (out= and some in-place forms): "
+                            "write it another way, or train the model with reglab.fit.")
     if "vmap" in text or "Batching rule" in text or "data-dependent" in text or ".item()" in text:
         return NotBatchable(f"{type(model).__name__} cannot run as a population under torch.func.vmap ({first}); "
                             "avoid data-dependent Python control flow and .item() in forward(), or train it with reglab.fit.")
