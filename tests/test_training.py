@@ -702,3 +702,44 @@ class Squeeze(nn.Module):
 def test_output_shape_that_does_not_fit_the_task_is_rejected(model, targets):
     with pytest.raises(ValueError, match="output has shape"):
         reglab.fit(model, (torch.randn(20, 3), targets), epochs=1, preset="keras")
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, item):
+        self.item = item
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return self.item
+
+
+def _bad_inputs():
+    X, y = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
+    nan_X, inf_y = X.copy(), y.astype(np.float64)
+    nan_X[6, 1], inf_y[4] = np.nan, np.inf
+    return {
+        "text targets": ((X, np.where(y == 1, "dog", "cat")), TypeError,
+                         r"The 'train' targets are not numbers \(text such as 'cat'\); give class indices 0..K-1"),
+        "object inputs": ((np.array([[object()]] * 40, dtype=object), y), TypeError,
+                          r"The 'train' inputs are not numbers \(Python objects such as .*\); encode them as numbers"),
+        "NaN input": ((nan_X, y), ValueError, r"The 'train' inputs have a NaN or infinite value at \[6, 1\] \(nan\); impute or drop"),
+        "infinite target": ((X, inf_y), ValueError, r"The 'train' targets have a NaN or infinite value at \[4\] \(inf\)"),
+        "dict items": (_Items({"x": X[0], "y": 1}), TypeError,
+                       r"item 0 is a dict with keys 'x', 'y': wrap it in a Dataset whose __getitem__ returns \(x, y\)"),
+        "triple items": (_Items((X[0], 1, 0)), TypeError, r"must return \(x, y\) pairs; item 0 is a tuple of 3"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs()))
+def test_bad_training_data_gets_one_clear_line_in_fit_and_populations(case):
+    data, kind, match = _bad_inputs()[case]
+
+    def build():
+        return nn.Sequential(nn.Linear(3, 1))
+    with pytest.raises(kind, match=match) as info:
+        reglab.fit(build(), data, epochs=1, progress=False)
+    assert "\n" not in str(info.value)
+    with pytest.raises(kind, match=match):
+        reglab.train_population(build, None, [0, 1], train=data, epochs=1, progress=False)

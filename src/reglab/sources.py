@@ -74,7 +74,10 @@ class DatasetSource:
         self.dataset, self.name = dataset, name
         first = dataset[0]
         if not isinstance(first, (tuple, list)) or len(first) != 2:
-            raise TypeError(f"The {name!r} dataset must return (x, y) pairs; item 0 is {type(first).__name__}.")
+            got = (f"a {type(first).__name__} of {len(first)}" if isinstance(first, (tuple, list))
+                   else f"a {type(first).__name__}" + (f" with keys {', '.join(map(repr, first))}" if isinstance(first, dict) else ""))
+            raise TypeError(f"The {name!r} dataset must return (x, y) pairs; item 0 is {got}: wrap it in a Dataset "
+                            f"whose __getitem__ returns (x, y).")
 
     def fetch(self, index: list[int]):
         getitems = getattr(self.dataset, "__getitems__", None)

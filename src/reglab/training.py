@@ -75,8 +75,7 @@ def as_tensors(data, name: str, task=None, integers: bool = False):
     """
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"The {name!r} argument must be a pair (X, y). Got {type(data).__name__} instead.")
-    X = torch.as_tensor(np.asarray(data[0]) if not isinstance(data[0], torch.Tensor) else data[0])
-    y = torch.as_tensor(np.asarray(data[1]) if not isinstance(data[1], torch.Tensor) else data[1])
+    X, y = (_numeric(part, name, what) for part, what in zip(data, ("inputs", "targets")))
     if X.shape[0] == 0:
         raise ValueError(f"The {name!r} data is empty.")
     if X.shape[0] != y.shape[0]:
@@ -84,6 +83,28 @@ def as_tensors(data, name: str, task=None, integers: bool = False):
     X = model_inputs(X, integers)
     task = _tasks.infer(y) if task is None else _tasks.get(task)
     return X, task.targets(y), task
+
+
+def _numeric(part, name: str, what: str) -> torch.Tensor:
+    """One side of an ``(X, y)`` pair as a tensor; strings, objects, NaN and infinities are refused in
+    one line (they would fail deep in PyTorch, or make every member's first loss NaN)."""
+    if not isinstance(part, torch.Tensor):
+        part = np.asarray(part)
+        if part.dtype.kind not in "biuf":
+            example = part.reshape(-1)[0] if part.size else None
+            example = example.item() if isinstance(example, np.generic) else example
+            kind = {"U": "text", "S": "bytes", "O": "Python objects", "M": "dates"}.get(part.dtype.kind, str(part.dtype))
+            fix = ("give class indices 0..K-1 (sklearn.preprocessing.LabelEncoder) or numbers" if what == "targets"
+                   else "encode them as numbers (e.g. one-hot, or integer ids for an nn.Embedding)")
+            raise TypeError(f"The {name!r} {what} are not numbers ({kind} such as {example!r}); {fix}.")
+        part = torch.as_tensor(part)
+    if part.is_floating_point() or part.is_complex():
+        finite = torch.isfinite(part)
+        if not bool(finite.all()):
+            index = tuple(int(i) for i in torch.nonzero(~finite)[0])
+            raise ValueError(f"The {name!r} {what} have a NaN or infinite value at [{', '.join(map(str, index))}] "
+                             f"({float(part[index])!r}); impute or drop those rows before training.")
+    return part
 
 
 def batches(n: int, batch_size: int, order: torch.Tensor | None):
