@@ -344,14 +344,22 @@ def test_unused_parameters_are_left_alone(float64):
     torch.testing.assert_close(result.models[0].spare.weight, reglab.presets.initialize(Unused(), "keras", 0).spare.weight)
 
 
+def pretrained(*shape, seed=7):
+    """Weights as a checkpoint would give them: the same in every model built."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.get_default_dtype())
+
+
 class FrozenEmbedder(nn.Module):
-    """A frozen pretrained-style embedding table and a frozen first layer (requires_grad=False) with
-    an L2 penalty and a constraint attached, trained with dropout and a trainable head."""
+    """A frozen pretrained embedding table and a frozen pretrained first layer (requires_grad=False)
+    with L2/L1 penalties attached, trained with dropout and a trainable head."""
 
     def __init__(self, rate=0.0, l2=1e-3):
         super().__init__()
         self.embed, self.fc = nn.Embedding(20, 8), nn.Linear(8, 8)
         self.drop, self.out = nn.Dropout(rate), nn.Linear(8, 1)
+        with torch.no_grad():
+            self.embed.weight.copy_(pretrained(20, 8))
+            self.fc.weight.copy_(pretrained(8, 8, seed=8))
         self.embed.weight.requires_grad_(False)
         self.fc.weight.requires_grad_(False)
         reglab.regularize(self.fc, kernel=reglab.L2(l2), bias=reglab.L1(1e-3))
@@ -363,14 +371,15 @@ class FrozenEmbedder(nn.Module):
 
 @pytest.mark.parametrize("penalty", ["l1l2", "custom"])
 def test_frozen_parameters_stay_frozen_as_in_fit(float64, monkeypatch, penalty):
-    """A parameter with requires_grad=False gets no update in a population, as in reglab.fit (its
-    penalty still counts in the loss), whether the L1/L2 gradients are added by hand or by autograd."""
+    """A parameter with requires_grad=False keeps its pretrained value: not re-drawn by the preset,
+    not updated in a population, as in reglab.fit (its penalty still counts in the loss), whether the
+    L1/L2 gradients are added by hand or by autograd."""
     if penalty == "custom":   # every penalty through autograd: no hand-made L1/L2 gradients
         monkeypatch.setattr(reglab.population.merge.MergedRules, "linear_penalties", lambda self: None)
     result = check_family(FrozenEmbedder, tokens(), [dict(rate=0.0), dict(rate=0.3, l2=1e-2)], epochs=4)
     for member, model in zip(result.members, result.models):
         start = reglab.presets.initialize(FrozenEmbedder(**member["config"]), "keras", member["seed"])
-        assert torch.equal(model.embed.weight, start.embed.weight) and torch.equal(model.fc.weight, start.fc.weight)
+        assert torch.equal(model.embed.weight, pretrained(20, 8)) and torch.equal(model.fc.weight, pretrained(8, 8, seed=8))
         assert not torch.equal(model.fc.bias, start.fc.bias) and not model.fc.weight.requires_grad
     assert (result.history["penalty"] > 0).all()
 
@@ -378,13 +387,15 @@ def test_frozen_parameters_stay_frozen_as_in_fit(float64, monkeypatch, penalty):
 def test_a_sequential_with_a_frozen_layer_takes_the_general_path(float64):
     def build(rate=0.0):
         model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Dropout(rate), nn.Linear(8, 1))
+        with torch.no_grad():
+            model[0].weight.copy_(pretrained(8, 8))
+            model[0].bias.copy_(pretrained(8))
         model[0].requires_grad_(False)
         return model
     assert isinstance(engine.make_population([build(), build()]), ModulePopulation)
     result = check_family(build, tabular(), [dict(rate=0.0), dict(rate=0.3)], epochs=3)
-    for member, model in zip(result.members, result.models):
-        torch.testing.assert_close(model[0].weight, reglab.presets.initialize(build(), "keras", member["seed"])[0].weight,
-                                   rtol=0, atol=0)
+    for model in result.models:
+        assert torch.equal(model[0].weight, pretrained(8, 8)) and torch.equal(model[0].bias, pretrained(8))
 
 
 class PaddedEmbedder(nn.Module):

@@ -359,6 +359,20 @@ def test_initialize_draws_parametrized_weights_from_the_seed(preset):
     assert torch.equal(a[3].weight[1], torch.zeros(2)) and (a[3].weight[[0, 2]] != 0).all()   # the padding row
 
 
+@pytest.mark.parametrize("preset", ["keras", "torch"])
+def test_initialize_keeps_frozen_parameters_and_draws_the_rest_as_without_them(preset):
+    torch.manual_seed(0)
+    model = mlp()
+    first = model[0].weight.detach().clone()
+    model[0].weight.requires_grad_(False)
+    presets.initialize(model, preset, seed=3)
+    assert torch.equal(model[0].weight, first)                       # a pretrained part kept fixed
+    plain = presets.initialize(mlp(), preset, seed=3)
+    mine, theirs = weights(model), weights(plain)
+    del mine["0.weight"], theirs["0.weight"]
+    assert_same_weights(mine, theirs)                                # the same draws for the others
+
+
 def test_torch_preset_redraws_pytorch_init():
     layer = presets.initialize(nn.Linear(10, 20), "torch", seed=0)
     bound = 1 / math.sqrt(10)

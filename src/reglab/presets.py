@@ -67,9 +67,17 @@ def _generator(seed: int) -> torch.Generator:
 
 @torch.no_grad()
 def initialize(model: nn.Module, preset="keras", seed: int = 0) -> nn.Module:
-    """Re-draw every parameter of ``model`` from ``seed`` under ``preset``; returns the model."""
-    preset = get(preset)
-    seed = Streams.from_seed(seed).init
+    """Re-draw every parameter of ``model`` from ``seed`` under ``preset``; returns the model. A frozen
+    parameter (``requires_grad=False``: a pretrained part kept fixed) keeps its value; the others
+    get the same draws as when it is not frozen."""
+    frozen = [(p, p.detach().clone()) for p in model.parameters() if not p.requires_grad]
+    _initialize(model, get(preset), Streams.from_seed(seed).init)
+    for p, value in frozen:
+        p.copy_(value)
+    return model
+
+
+def _initialize(model: nn.Module, preset: Preset, seed: int) -> None:
     if preset.init == "torch":
         def torch_init(module, gen):
             reset = _reset(module)
@@ -80,11 +88,10 @@ def initialize(model: nn.Module, preset="keras", seed: int = 0) -> nn.Module:
             torch.manual_seed(seed)
             for module in model.modules():
                 _parametrized_init(module, torch_init, None)
-        return model
+        return
     gen = _generator(seed)
     for module in model.modules():
         _parametrized_init(module, _keras_init, gen)
-    return model
 
 
 def _parametrized_init(module: nn.Module, init, gen: torch.Generator | None) -> None:
