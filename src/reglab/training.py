@@ -340,8 +340,9 @@ def fit(model: nn.Module, train, validation=None, *, epochs: int, batch_size: in
       model is kept — with Keras's training defaults (Adam with ε = 1e-7, batch 32). ``"keras"``
       re-initialises the model first as Keras would build it (Glorot uniform, zero biases, …: the
       tutorials' results); ``"torch"`` re-draws PyTorch's own initialisation and uses
-      torch.optim.Adam's ε placement. The re-initialisation is drawn from ``seed``;
-      ``warm_start=True`` keeps the weights even with a preset.
+      torch.optim.Adam's ε placement. The re-initialisation is drawn from ``seed`` and leaves frozen
+      parameters (``requires_grad=False``) as they are; ``warm_start=True`` keeps the weights even
+      with a preset.
     - ``optimizer``: "adam", "adamw" (decoupled weight decay, Keras default 0.004), "sgd", "rmsprop",
       "adagrad" (Keras's formulas and defaults), a :class:`reglab.optim.Optimizer` to continue with
       its state, or a ``torch.optim`` class (e.g. ``torch.optim.AdamW`` or a ``functools.partial``
