@@ -497,6 +497,10 @@ def returns_a_tuple():
     return WithExtra()
 
 
+def in_float64():
+    return nn.Sequential(nn.Linear(2, 1)).double()
+
+
 CALLS = [0]
 
 
@@ -524,6 +528,8 @@ REFUSED = {
     "a model whose output does not fit": (_factory_study("three_outputs"), "the model does not fit the data"),
     "a model whose forward returns a tuple": (_factory_study("returns_a_tuple"),
                                               "returned a tuple, not a tensor; reglab trains on one tensor of predictions"),
+    "a model in float64": (_factory_study("in_float64"), "variants.none: the model's 0.weight is float64, but reglab "
+                                                         "trains in the default dtype, float32: build the model in float32"),
     "layer lines that fail when built": (REJECTED["Conv2D on flat data"]),
     "bad data": (REJECTED["non-numeric cell"]),
 }

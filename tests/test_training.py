@@ -757,3 +757,14 @@ def test_bad_training_data_gets_one_clear_line_in_fit_and_populations(case):
     assert "\n" not in str(info.value)
     with pytest.raises(kind, match=match):
         reglab.train_population(build, None, [0, 1], train=data, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("dtype, fix", [(torch.float64, "or call torch.set_default_dtype\\(torch.float64\\) first"),
+                                        (torch.bfloat16, "build the model in float32\\.$")])
+def test_a_model_in_another_dtype_gets_one_clear_line(dtype, fix):
+    X, y = blobs()
+    match = f"'s 0.weight is {str(dtype)[6:]}, but reglab trains in the default dtype, float32: .*{fix}"
+    with pytest.raises(TypeError, match="The model" + match):
+        reglab.fit(mlp().to(dtype), (X, y), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"build\(\*\*\{\}\)" + match):
+        reglab.train_population(lambda: mlp().to(dtype), None, [0], train=(X, y), epochs=1, progress=False)

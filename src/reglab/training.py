@@ -67,6 +67,18 @@ def model_inputs(x: torch.Tensor, integers: bool, dtype=None) -> torch.Tensor:
     return x.to(torch.get_default_dtype() if dtype is None else dtype)
 
 
+def check_dtype(model: nn.Module, what: str) -> None:
+    """Refuse a model whose floating-point parameters are not in the default dtype (``model.double()``):
+    its inputs, targets and losses are made in the default dtype, and PyTorch would fail deep inside."""
+    default = torch.get_default_dtype()
+    for name, t in model.named_parameters():
+        if t.is_floating_point() and t.dtype != default:
+            got, want = (str(d).replace("torch.", "") for d in (t.dtype, default))
+            fix = (f"build the model in {want}, or call torch.set_default_dtype(torch.float64) first"
+                   if t.dtype == torch.float64 else f"build the model in {want}")
+            raise TypeError(f"{what}'s {name} is {got}, but reglab trains in the default dtype, {want}: {fix}.")
+
+
 def as_tensors(data, name: str, task=None, integers: bool = False):
     """``(X, y)`` arrays or tensors → inputs and targets in the task's form.
 
@@ -378,6 +390,7 @@ def fit(model: nn.Module, train, validation=None, *, epochs: int, batch_size: in
     schedule = _schedules.get(schedule, "fit")
     mixup = _mixup.get(mixup)
     ema, swa = _averaging.settings(ema, swa)
+    check_dtype(model, "The model")
     integers = wants_integers(model)
     device = _sources.resolve_device(device, _sources.model_device(model))
     data = Data(train, "train", task, integers, device)

@@ -33,7 +33,7 @@ from ..attach import registry
 from .. import schedules as _schedules
 from ..callbacks import Callback, EarlyStopping
 from .. import sources as _sources
-from ..training import (Data, LearningRates, accumulator, batches, default_lr, make_optimizer,
+from ..training import (Data, LearningRates, accumulator, batches, check_dtype, default_lr, make_optimizer,
                         wants_integers)
 from . import fused
 from . import layers as L
@@ -409,6 +409,7 @@ def train_population(build, configs=None, seeds=(0,), *, train, validation=None,
         model = build(**config)
         if not isinstance(model, nn.Module):
             raise TypeError(f"build(**{config!r}) must return an nn.Module. Got {type(model).__name__} instead.")
+        check_dtype(model, f"build(**{config!r})")
         templates.append(model)
     members = [{"config_index": c, "config": configs[c], "seed": s} for c in range(len(configs)) for s in seeds]
     integers = wants_integers(templates[0])

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import data as data_mod
 from ..tasks import get as get_task
-from ..training import as_tensors, wants_integers
+from ..training import as_tensors, check_dtype, wants_integers
 from ..population import check_population
 from . import spec as S
 
@@ -36,6 +36,10 @@ def prepare(study: S.Study):
                                f"{dataset.task} study does not log; choose one of {', '.join(logged)}.")
         _check_objective(v, dataset, task)
         model = build(v.name)
+        try:
+            check_dtype(model, f"variants.{v.name}: the model")
+        except TypeError as exc:
+            raise S.StudyError(str(exc)) from None
         integers = wants_integers(model)
         if integers and dataset.info.get("integer_inputs"):
             _check_token_ids(model, dataset, f"variants.{v.name}")
