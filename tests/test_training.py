@@ -743,6 +743,15 @@ def _bad_inputs():
         "dict items": (_Items({"x": X[0], "y": 1}), TypeError,
                        r"item 0 is a dict with keys 'x', 'y': wrap it in a Dataset whose __getitem__ returns \(x, y\)"),
         "triple items": (_Items((X[0], 1, 0)), TypeError, r"must return \(x, y\) pairs; item 0 is a tuple of 3"),
+        "several inputs": (_Items(((X[0], np.arange(2)), 1)), TypeError,
+                           r"The 'train' dataset's x is a tuple of 2 \(a model with several inputs\); reglab feeds "
+                           r"forward\(\) one tensor: concatenate"),
+        "several inputs in a DataLoader": (torch.utils.data.DataLoader(_Items(((X[0], np.arange(2)), 1)), batch_size=4),
+                                           TypeError, r"The 'train' (DataLoader|dataset)'s x is a (list|tuple) of 2 "
+                                                      r"\(a model with several inputs\)"),
+        "several input arrays": (((X, np.arange(80).reshape(40, 2)), y), TypeError,
+                                 r"The 'train' inputs do not form one array \(parts of different shapes: a model with "
+                                 r"several inputs\?\); reglab feeds forward\(\) one tensor"),
     }
 
 

@@ -78,6 +78,7 @@ class DatasetSource:
                    else f"a {type(first).__name__}" + (f" with keys {', '.join(map(repr, first))}" if isinstance(first, dict) else ""))
             raise TypeError(f"The {name!r} dataset must return (x, y) pairs; item 0 is {got}: wrap it in a Dataset "
                             f"whose __getitem__ returns (x, y).")
+        _one_input(first[0], f"The {name!r} dataset's x")
 
     def fetch(self, index: list[int]):
         getitems = getattr(self.dataset, "__getitems__", None)
@@ -122,6 +123,7 @@ class LoaderSource(DatasetSource):
         for batch in self.loader:
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise TypeError(f"The {self.name!r} DataLoader must yield (x, y) batches; got {type(batch).__name__}.")
+            _one_input(batch[0], f"The {self.name!r} DataLoader's x")
             yield torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
 
     def _items(self):
@@ -146,6 +148,15 @@ class LoaderSource(DatasetSource):
 
     def in_order(self, batch_size: int):
         yield from self.epoch()
+
+
+SEVERAL_INPUTS = ("reglab feeds forward() one tensor: concatenate the inputs into one (token ids as float "
+                  "columns, .long() again in forward) and split it in forward().")
+
+
+def _one_input(x, what: str) -> None:
+    if isinstance(x, (tuple, list, dict)):
+        raise TypeError(f"{what} is a {type(x).__name__} of {len(x)} (a model with several inputs); {SEVERAL_INPUTS}")
 
 
 def source(data, name: str):

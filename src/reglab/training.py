@@ -101,7 +101,11 @@ def _numeric(part, name: str, what: str) -> torch.Tensor:
     """One side of an ``(X, y)`` pair as a tensor; strings, objects, NaN and infinities are refused in
     one line (they would fail deep in PyTorch, or make every member's first loss NaN)."""
     if not isinstance(part, torch.Tensor):
-        part = np.asarray(part)
+        try:
+            part = np.asarray(part)
+        except ValueError:   # ragged: e.g. a tuple of a model's several inputs
+            raise TypeError(f"The {name!r} {what} do not form one array (parts of different shapes: a model with "
+                            f"several inputs?); {_sources.SEVERAL_INPUTS}") from None
         if part.dtype.kind not in "biuf":
             example = part.reshape(-1)[0] if part.size else None
             example = example.item() if isinstance(example, np.generic) else example
