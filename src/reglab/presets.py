@@ -95,7 +95,7 @@ def _initialize(model: nn.Module, preset: Preset, seed: int) -> None:
 
 
 def _parametrized_init(module: nn.Module, init, gen: torch.Generator | None) -> None:
-    """``init(module, gen)``, also for a module with parametrized weights (``weight_norm``,
+    """``init(module, gen)`` (under no_grad; ``gen`` None: the global generator), also for a module with parametrized weights (``weight_norm``,
     ``spectral_norm``): its ``weight`` is then computed on each access, and an initialiser writing
     into it would change nothing. Such a module is drawn as a plain copy whose weights are set
     through the parametrization (its ``right_inverse``); spectral norm's power-iteration vectors
@@ -109,26 +109,23 @@ def _parametrized_init(module: nn.Module, init, gen: torch.Generator | None) -> 
     plain = cls.__new__(cls)
     plain.__dict__.update(module.__dict__)
     plain._modules = {k: v for k, v in module._modules.items() if k != "parametrizations"}
-    with torch.no_grad():
-        plain._parameters = {k: None if v is None else nn.Parameter(v.detach().clone())
-                             for k, v in module._parameters.items()}
-        plain._parameters.update({name: nn.Parameter(getattr(module, name).detach().clone())
-                                  for name in module.parametrizations})
+    plain._parameters = {k: None if v is None else nn.Parameter(v.detach().clone())
+                         for k, v in module._parameters.items()}
+    plain._parameters.update({name: nn.Parameter(getattr(module, name).detach().clone())
+                              for name in module.parametrizations})
     init(plain, gen)
-    with torch.no_grad():
-        for name, p in plain._parameters.items():
-            if name in module.parametrizations:
-                setattr(module, name, p.detach().clone())   # through right_inverse
-            elif p is not None:
-                module._parameters[name].copy_(p)
-        for name, chain in module.parametrizations.items():
-            for step in chain:
-                if isinstance(step, _SpectralNorm) and hasattr(step, "_u"):
-                    draw = ((lambda n: torch.randn(n, dtype=step._u.dtype)) if gen is None else
-                            (lambda n: torch.randn(n, generator=gen, dtype=step._u.dtype)))
-                    step._u.copy_(F.normalize(draw(step._u.numel()), dim=0, eps=step.eps))
-                    step._v.copy_(F.normalize(draw(step._v.numel()), dim=0, eps=step.eps))
-                    step._power_method(step._reshape_weight_to_matrix(chain.original), 15)
+    for name, p in plain._parameters.items():
+        if name in module.parametrizations:
+            setattr(module, name, p.detach().clone())   # through right_inverse
+        elif p is not None:
+            module._parameters[name].copy_(p)
+    for chain in module.parametrizations.values():
+        for step in chain:
+            if isinstance(step, _SpectralNorm) and hasattr(step, "_u"):
+                for vector in (step._u, step._v):
+                    vector.copy_(F.normalize(torch.randn(vector.numel(), generator=gen, dtype=vector.dtype),
+                                             dim=0, eps=step.eps))
+                step._power_method(step._reshape_weight_to_matrix(chain.original), 15)
 
 
 def _reset(module: nn.Module):
@@ -191,8 +188,7 @@ def _keras_init(module: nn.Module, gen: torch.Generator) -> None:
     elif isinstance(module, nn.Embedding):
         nn.init.uniform_(module.weight, -0.05, 0.05, generator=gen)
         if module.padding_idx is not None:   # the module's padding row is zeros (Keras has no such row)
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
+            module.weight[module.padding_idx].zero_()
     elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
         if getattr(module, "weight", None) is not None:
             nn.init.ones_(module.weight)
