@@ -119,7 +119,7 @@ def _numeric(part, name: str, what: str) -> torch.Tensor:
         if not bool(finite.all()):
             index = tuple(int(i) for i in torch.nonzero(~finite)[0])
             raise ValueError(f"The {name!r} {what} have a NaN or infinite value at [{', '.join(map(str, index))}] "
-                             f"({float(part[index])!r}); impute or drop those rows before training.")
+                             f"({part[index].item()!r}); impute or drop those rows before training.")
     return part
 
 
