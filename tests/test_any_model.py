@@ -530,6 +530,31 @@ def test_weight_norm_and_spectral_norm_members_equal_their_fits(float64):
     assert not torch.equal(u[0], u[1])   # each member's own power-iteration vectors, compared with fit's
 
 
+class Bag(nn.Module):
+    def __init__(self, rate=0.0, mode="mean", padding_idx=0):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(20, 8, mode=mode, padding_idx=padding_idx)
+        self.drop, self.out = nn.Dropout(rate), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.out(self.drop(self.bag(x)))
+
+
+@pytest.mark.filterwarnings("error:There is a performance drop")   # vmap's member-by-member fallback
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_embedding_bag_members_equal_their_fits(float64, mode, padding_idx):
+    """Fixed-length bags run batched (PyTorch's embedding_bag has no batching rule with a padding
+    index); the padding left out of each bag and out of training, an all-padding bag gives zeros."""
+    x, y = tokens()
+    x = x.copy()
+    x[:3] = 0   # bags made only of token 0: the padding, where there is one
+    result = check_family(lambda rate=0.0: Bag(rate, mode, padding_idx), (x, y), [dict(rate=0.0), dict(rate=0.3)],
+                          epochs=3)
+    if padding_idx is not None:
+        assert all(bool((m.bag.weight[0] == 0).all()) for m in result.models)
+
+
 class TwoOutputs(nn.Module):
     def __init__(self):
         super().__init__()

@@ -459,6 +459,31 @@ def _embedding_forward(m: nn.Embedding):
     return forward
 
 
+def _embedding_bag_forward(m: nn.EmbeddingBag):
+    """nn.EmbeddingBag on fixed-length bags ((B, L) ids, no offsets or per-sample weights) for one
+    member under vmap: a lookup and a sum, mean or max over each bag, leaving out ``padding_idx``
+    (an all-padding bag gives zeros), as PyTorch's kernel does. ``embedding_bag`` has no batching
+    rule with a padding index, and vmap would run it member by member."""
+    native = type(m).forward.__get__(m)
+
+    def forward(input, offsets=None, per_sample_weights=None):
+        if (not _batched(m.weight) or offsets is not None or per_sample_weights is not None or input.dim() != 2
+                or m.max_norm is not None):
+            return native(input, offsets, per_sample_weights)
+        emb = F.embedding(input, m.weight, scale_grad_by_freq=m.scale_grad_by_freq)
+        keep = None if m.padding_idx is None else (input != m.padding_idx).unsqueeze(-1)
+        if m.mode == "max":
+            if keep is None:
+                return emb.max(-2).values
+            return torch.where(keep.any(-2), emb.masked_fill(~keep, float("-inf")).max(-2).values, 0)
+        total = emb.sum(-2) if keep is None else (emb * keep).sum(-2)
+        if m.mode == "sum":
+            return total
+        return total / (input.shape[-1] if keep is None else keep.sum(-2).clamp_min(1))
+
+    return forward
+
+
 def _power_method(m):
     """Spectral norm's power iteration for one member under vmap: PyTorch's writes each vector with
     ``F.normalize(..., out=)``, which vmap cannot batch; the same numbers are copied into the
@@ -742,6 +767,8 @@ class ModulePopulation(MergedRules):
                 m.forward = _linear_forward(m)
             elif type(m) is nn.Embedding and m.padding_idx is not None:
                 m.forward = _embedding_forward(m)
+            elif type(m) is nn.EmbeddingBag:
+                m.forward = _embedding_bag_forward(m)
             elif isinstance(m, _SpectralNorm):
                 m._power_method = _power_method(m)
             elif isinstance(m, _WeightNorm):
