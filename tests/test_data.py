@@ -430,6 +430,33 @@ def test_csv_regression_delimiter_quotes_blank_lines_and_base_dir(tmp_path):
     np.testing.assert_allclose(np.sort(np.concatenate([ds.y_train, ds.y_test])), np.arange(20) * 0.25 + 0.1, rtol=1e-6)
 
 
+def test_csv_categorical_columns_are_one_hot_in_place_and_not_standardized(tmp_path):
+    cities = ["rome", "oslo", "paris", "oslo"]
+    rows = "".join(f"{i},{cities[i % 4]},{i * 2.5},{i % 2}\n" for i in range(40))
+    path = write(tmp_path, "age,city,income,y\n" + rows)
+    ds = load(csv_spec(path, categorical=["city"], train=30, validation="test"))
+    assert ds.feature_names == ["age", "city=oslo", "city=paris", "city=rome", "income"]   # sorted, where city stood
+    onehot = ds.X_train[:, 1:4]
+    expected = [[c == name for name in ("oslo", "paris", "rome")] for c in (cities[i % 4] for i in range(30))]
+    np.testing.assert_array_equal(onehot, np.array(expected, dtype=np.float32))     # 0/1, one per row
+    np.testing.assert_allclose(ds.X_train[:, [0, 4]].mean(axis=0), 0, atol=1e-6)   # the numeric ones standardized
+    assert "one-hot columns kept 0/1" in ds.info["scaling"]
+    raw = load(csv_spec(path, categorical=["city"], features=["city"], standardize=False, train=30, validation="test"))
+    assert raw.feature_names == ["city=oslo", "city=paris", "city=rome"] and raw.X_train.dtype == np.int64
+
+
+def test_csv_categorical_errors(tmp_path):
+    rows = [f"{i},{['a', 'b'][i % 2]},{i % 2}" for i in range(20)]
+    path = write(tmp_path, "x,c,y\n" + "\n".join(rows) + "\n")
+    fails(csv_spec(path), "row 1", "column 'c'", "'a' is not a number", "list the column in `categorical`")
+    fails(csv_spec(path, categorical=["k"]), "`categorical` lists 'k', which is not a feature column", "'x', 'c'")
+    fails(csv_spec(path, categorical=["c", "c"]), "`categorical` lists 'c' twice")
+    fails(csv_spec(path, categorical="c"), "'categorical'", "a non-empty list of column names")
+    rows[3] = "3,,1"
+    fails(csv_spec(write(tmp_path, "x,c,y\n" + "\n".join(rows) + "\n"), categorical=["c"]),
+          "row 4", "column 'c'", "the cell is empty", "a category of its own")
+
+
 def test_npz_happy_paths(tmp_path):
     X = np.arange(120, dtype=np.float64).reshape(20, 2, 3)
     np.savez(tmp_path / "a.npz", X=X, y=np.array(["no", "yes"] * 10))

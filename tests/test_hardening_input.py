@@ -379,7 +379,7 @@ DATA_CASES = {
     "1e400 (inf)": (("a,b,y\n1,2,0\n3,1e400,1\n" + GOOD_ROWS).encode(), {}, ["row 2 (line 3), column 'b'", "'1e400' is infinite or beyond float32 range"]),
     "1e308 (beyond float32)": (("a,b,y\n1,1e308,0\n" + GOOD_ROWS).encode(), {}, ["row 1 (line 2), column 'b'", "beyond float32 range", "fix the cell"]),
     "mixed types": (("a,b,y\n1,2,0\n3,four,1\n" + GOOD_ROWS).encode(), {},
-                    ["row 2 (line 3), column 'b'", "'four' is not a number", "leave the column out of `features`"]),
+                    ["row 2 (line 3), column 'b'", "'four' is not a number", "list the column in `categorical` (one-hot encoded), or leave it out of `features`"]),
     "empty cell": (("a,b,y\n1,,0\n" + GOOD_ROWS).encode(), {}, ["row 1 (line 2), column 'b'", "the cell is empty"]),
     "NaN label (regression)": (("a,b,y\n" + GOOD_ROWS + "1,2,nan\n").encode(), {"task": "regression"},
                                ["row 41 (line 42), column 'y'", "NaN, infinite or beyond float32"]),

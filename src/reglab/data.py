@@ -222,6 +222,8 @@ _RULES = {
     "weight": (("csv",), (lambda v: isinstance(v, str) and v != "", "a column name")),
     "features": (("csv",), (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(f, str) for f in v),
                             "a non-empty list of column names")),
+    "categorical": (("csv",), (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(f, str) for f in v),
+                               "a non-empty list of column names")),
     "delimiter": (("csv",), (lambda v: isinstance(v, str) and len(v) == 1 and v not in '"\r\n',
                              'one character, e.g. ";" or "\\t"')),
     "factory": (FACTORY, (lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) is not None,
@@ -350,9 +352,11 @@ def _read_csv(spec, path: Path, shown: str):
     if not rows:
         raise DataError(f"{shown}: has a header but no data rows; add rows below the header")
 
+    categorical = _csv_categorical(spec, features, shown)
     columns = [header.index(name) for name in features]
     y_col = header.index(label)
     X = np.empty((len(rows), len(columns)), dtype=np.float64)
+    texts = {k: [] for k, name in enumerate(features) if name in categorical}
     labels = []
     for i, row in enumerate(rows):
         where = f"{shown}, row {i + 1} (line {lines[i]})"
@@ -360,7 +364,10 @@ def _read_csv(spec, path: Path, shown: str):
             raise DataError(f"{where}: has {len(row)} fields but the header has {len(header)}; "
                             f"fix the row or `delimiter`")
         for k, j in enumerate(columns):
-            X[i, k] = _cell(row[j].strip(), f"{where}, column {header[j]!r}")
+            if k in texts:
+                texts[k].append(_category(row[j].strip(), f"{where}, column {header[j]!r}"))
+            else:
+                X[i, k] = _cell(row[j].strip(), f"{where}, column {header[j]!r}")
         cell = row[y_col].strip()
         if not cell:
             raise DataError(f"{where}, column {label!r}: the label is empty; fill it in or drop the row")
@@ -375,8 +382,48 @@ def _read_csv(spec, path: Path, shown: str):
             if weights[i] < 0:
                 raise DataError(f"{shown}, row {i + 1} (line {lines[i]}), column {spec['weight']!r}: the weight "
                                 f"{weights[i]:g} is negative; sample weights must be >= 0")
-    return X, y, list(features), lambda i: f"{shown}, row {i + 1} (line {lines[i]}), column {label!r}", \
-        f"{shown}, column {label!r}", weights
+    X, names, onehot = _one_hot(X, list(features), texts)
+    return X, y, names, lambda i: f"{shown}, row {i + 1} (line {lines[i]}), column {label!r}", \
+        f"{shown}, column {label!r}", weights, onehot
+
+
+def _csv_categorical(spec, features: list[str], shown: str) -> set[str]:
+    """The `categorical` columns, checked against `features`."""
+    categorical = spec.get("categorical", [])
+    for j, name in enumerate(categorical):
+        if name not in features:
+            raise DataError(f"{shown}: `categorical` lists {name!r}, which is not a feature column; the features are "
+                            f"{_columns(features)}; fix `categorical` (or `features`) in [data]")
+        if name in categorical[:j]:
+            raise DataError(f"{shown}: `categorical` lists {name!r} twice; list each column once")
+    return set(categorical)
+
+
+def _category(cell: str, where: str) -> str:
+    if not cell:
+        raise DataError(f"{where}: the cell is empty; fill it in (a category of its own, e.g. \"unknown\") or drop the row")
+    return cell
+
+
+def _one_hot(X: np.ndarray, names: list[str], texts: dict) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """Each categorical column (``texts``: column index → its cells) becomes one 0/1 column per
+    category the file holds, in sorted order, named ``column=category``, where the column stood;
+    also returns which columns are one-hot (None without categorical columns)."""
+    if not texts:
+        return X, names, None
+    parts, out_names, onehot = [], [], []
+    for k, name in enumerate(names):
+        if k not in texts:
+            parts.append(X[:, k:k + 1])
+            out_names.append(name)
+            onehot.append(False)
+            continue
+        cells = np.array(texts[k], dtype=str)
+        categories = sorted(set(texts[k]))
+        parts.append((cells[:, None] == np.array(categories, dtype=str)[None, :]).astype(np.float64))
+        out_names += [f"{name}={c}" for c in categories]
+        onehot += [True] * len(categories)
+    return np.concatenate(parts, axis=1), out_names, np.array(onehot)
 
 
 def _csv_columns(spec, header: list[str], shown: str, delimiter: str) -> tuple[str, list[str]]:
@@ -424,7 +471,8 @@ def _cell(cell: str, where: str) -> float:
         raise DataError(f"{where}: the cell is empty; fill it in or drop the row")
     value = _number(cell)
     if value is None:
-        raise DataError(f"{where}: {cell!r} is not a number; fix the cell or leave the column out of `features`")
+        raise DataError(f"{where}: {cell!r} is not a number; fix the cell, list the column in `categorical` (one-hot "
+                        f"encoded), or leave it out of `features`")
     if math.isnan(value):
         raise DataError(f"{where}: the cell is NaN; fill in a value or drop the row")
     if abs(value) > _FLOAT32_MAX:
@@ -675,12 +723,12 @@ def load(spec: dict, *, base_dir: str | Path | None = None, splits: int = 1) -> 
     class_names = None
     if name in FILES:
         path, source = _resolve(spec, base_dir)
-        read = _read_csv if name == "csv" else (lambda s, p, shown: (*_read_npz(p, shown), None))
-        X, raw_y, feature_names, where, whole, weights = read(spec, path, source)
+        read = _read_csv if name == "csv" else (lambda s, p, shown: (*_read_npz(p, shown), None, None))
+        X, raw_y, feature_names, where, whole, weights, onehot = read(spec, path, source)
         default_task, infer_strictly = None, True
     else:
         X, raw_y, feature_names, source, class_names = _read_builtin(name, spec)
-        weights = None
+        weights = onehot = None
         where, whole = (lambda i: f"dataset {name!r}, target[{i}]"), f"dataset {name!r}"
         default_task, infer_strictly = ("regression" if name == "diabetes" else None), False
     part = source if name in FILES else f"dataset {name!r}"
@@ -691,7 +739,8 @@ def load(spec: dict, *, base_dir: str | Path | None = None, splits: int = 1) -> 
         raise DataError(f"{part}: stratify = true needs class labels, but the task is regression; remove stratify")
     seed = spec.get("split_seed", 0)
     common = dict(spec=spec, name=name, X=X, y=y, task=task, classes=classes, class_names=class_names,
-                  feature_names=feature_names, source=source, part=part, stratify=stratify, weights=weights)
+                  feature_names=feature_names, source=source, part=part, stratify=stratify, weights=weights,
+                  onehot=onehot)
     datasets = [_assemble(**common, train=train, test=test, split=split, seed=split_seed)
                 for train, test, split, split_seed in _splits(spec, name, y, stratify, seed, splits, part, classes)]
     if splits > 1:
@@ -757,9 +806,9 @@ def _splits(spec, name, y, stratify, seed, splits, part, classes):
 
 
 def _assemble(*, spec, name, X, y, task, classes, class_names, feature_names, source, part, stratify, train, test,
-              split, seed, given_val=None, weights=None) -> Dataset:
+              split, seed, given_val=None, weights=None, onehot=None) -> Dataset:
     """One train/test split's dataset: its validation part carved (or ``given_val``), standardisation
-    (and the target's) fitted on its training rows."""
+    (and the target's) fitted on its training rows; ``onehot`` columns (categorical) stay 0/1."""
     n = len(y)
     # A training part of a single class is not refused: the study trains and its summary says so
     # (reglab.study.runner: the diagnosis "one class in training" and a warning with the fix).
@@ -774,8 +823,11 @@ def _assemble(*, spec, name, X, y, task, classes, class_names, feature_names, so
         std = flat[train].std(axis=0)
         # a constant feature stays finite: a spread of float rounding only (0.1 summed n times) is none
         std[std <= 64 * np.finfo(np.float64).eps * np.abs(flat[train]).max(axis=0, initial=0.0)] = 1.0
+        if onehot is not None:
+            mean[onehot], std[onehot] = 0.0, 1.0
         flat = (flat - mean) / std
-        scaling = "standardized with the training part's mean and std"
+        scaling = "standardized with the training part's mean and std" + (
+            " (one-hot columns kept 0/1)" if onehot is not None else "")
     elif name == "digits":
         flat = flat / 16.0
         scaling = "divided by 16 (pixel range 0..16 to 0..1)"
