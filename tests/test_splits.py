@@ -130,8 +130,11 @@ def test_without_a_ratio_everything_is_the_plain_paired_t_test():
     zero = stats.paired(v, b, test_train_ratio=0.0)   # no overlap correction: the same numbers
     for key in ("ci_low", "ci_high", "p_value", "p_better", "mde"):
         assert zero[key] == pytest.approx(stats.paired(v, b)[key], rel=1e-12)
-    same = stats.paired([0.9, 0.9, 0.9], [0.8, 0.8, 0.8], test_train_ratio=0.5)   # no spread: as before
-    assert same["p_value"] == 0.0 and same["p_better"] == 1.0 and same["mde"] == 0.0
+    # no spread: the exact sign-flip p-value, over the independent pairs the correction implies
+    assert stats.paired([0.9, 0.9, 0.9], [0.8, 0.8, 0.8], test_train_ratio=0.0)["p_value"] == 2 / 2**3
+    same = stats.paired([0.9, 0.9, 0.9], [0.8, 0.8, 0.8], test_train_ratio=0.5)
+    assert same["p_value"] == pytest.approx(2.0 ** (1 - 1 / (1 / 3 + 0.5)))      # 1.2 independent pairs: 0.87
+    assert same["p_better"] == 1.0 and same["mde"] == 0.0
 
 
 @pytest.mark.parametrize("ratio, error", [(-0.1, ValueError), (math.inf, ValueError), (math.nan, ValueError),

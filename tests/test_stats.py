@@ -1,5 +1,6 @@
 """Statistics against SciPy and hand computations (DESIGN.md §5)."""
 
+import itertools
 import math
 import warnings
 
@@ -129,12 +130,27 @@ def test_paired_drops_pairs_with_nan():
 
 def test_paired_identical_nonzero_differences(strict):
     r = paired([0.9, 0.8, 0.7, 0.6], [0.8, 0.7, 0.6, 0.5])  # every difference 0.1 up to rounding
-    assert r["p_value"] == 0.0 and r["p_better"] == 1.0
+    # the exact sign-flip test: 2 of the 2**4 sign patterns reach the observed mean
+    assert r["p_value"] == 2 / 2**4 and r["p_better"] == 1.0
     assert r["ci_low"] == r["ci_high"] == r["mean_diff"] == pytest.approx(0.1)
     assert (r["wins"], r["losses"], r["ties"]) == (4, 0, 0)
     worse = paired([0.9, 0.8, 0.7, 0.6], [0.8, 0.7, 0.6, 0.5], higher_is_better=False)
-    assert worse["p_value"] == 0.0 and worse["p_better"] == 0.0
+    assert worse["p_value"] == 2 / 2**4 and worse["p_better"] == 0.0
     assert (worse["wins"], worse["losses"]) == (0, 4)
+
+
+@pytest.mark.parametrize("n, expected", [(3, "no clear difference"), (5, "no clear difference"), (6, "worse"),
+                                         (30, "worse")])
+def test_identical_differences_on_few_seeds_are_not_certainty(n, expected):
+    """One test row lost on every seed (accuracy on 90 rows): no spread, so no t statistic. With 3
+    seeds that is what chance gives a quarter of the time (both all-equal sign patterns), not p = 0."""
+    baseline = np.linspace(0.60, 0.70, n)
+    r = paired(baseline - 1 / 90, baseline)
+    exact = sum(abs(np.mean(np.array(signs) * (-1 / 90))) >= 1 / 90 - 1e-12
+                for signs in itertools.product([-1, 1], repeat=min(n, 12))) / 2 ** min(n, 12)
+    if n <= 12:                                   # enumerate every sign pattern: the permutation p-value
+        assert r["p_value"] == pytest.approx(exact)
+    assert r["p_value"] == 2.0 ** (1 - n) and verdict(r, r["p_value"]) == expected
 
 
 def test_paired_zero_differences(strict):
