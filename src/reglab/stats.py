@@ -94,9 +94,10 @@ def paired(variant, baseline, higher_is_better: bool = True, *, test_train_ratio
     all-positive and all-negative patterns reach the observed mean, so ``p_value = 2 / 2**n``
     (0.25 for 3 seeds, 2e-9 for 30) -- never the 0 that would claim certainty from a few seeds.
     With ``test_train_ratio`` (below) the pairs are correlated and ``n`` there is the number of
-    independent pairs the correction implies, ``1 / (1/n + test_train_ratio)``.
-    ``p_better`` is 1.0, 0.0 or 0.5 and the interval is ``[mean_diff, mean_diff]``. ``wins``, ``losses`` and ``ties`` count the
-    seeds on which the variant did better, worse, or the same (within that rounding).
+    independent pairs the correction implies, ``1 / (1/n + test_train_ratio)``. ``p_better`` is
+    1.0, 0.0 or 0.5 and the interval is ``[mean_diff, mean_diff]``. ``wins``, ``losses`` and
+    ``ties`` count the seeds on which the variant did better, worse, or the same (within that
+    rounding).
     ``n < 2`` leaves everything but ``n``, the counts and (for ``n == 1``) ``mean_diff`` NaN.
 
     **Overlapping training sets** (``test_train_ratio`` given): when the ``n = J`` pairs come from
@@ -155,6 +156,7 @@ def paired(variant, baseline, higher_is_better: bool = True, *, test_train_ratio
     result["std_diff"] = std
     if np.ptp(d) <= tol:  # identical differences: no noise to weigh them against
         favour = 0.0 if abs(mean) <= tol else sign * mean
+        # fewer where the training sets overlap: the n for which std / sqrt(n) is _sem's corrected error
         independent = n if ratio is None else 1.0 / (1.0 / n + ratio)
         result.update(ci_low=mean, ci_high=mean, p_value=1.0 if favour == 0.0 else 2.0 ** (1 - independent),
                       p_better=0.5 if favour == 0.0 else float(favour > 0), mde=0.0)

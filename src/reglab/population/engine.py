@@ -134,7 +134,8 @@ class Population(MergedRules):
                 raise ValueError(f"A population needs an nn.Sequential of supported layers; got {type(m).__name__}. "
                                  "Write the model as nn.Sequential, or train it with reglab.fit.")
             if not all(p.requires_grad for p in m.parameters()):
-                raise ValueError("frozen parameters (requires_grad=False) take the general path")
+                raise ValueError("The stacked-layer path trains every parameter; a model with frozen parameters "
+                                 "(requires_grad=False) runs as a ModulePopulation.")
         self.models = models
         self.P = len(models)
         member_leaves = [leaves(m) for m in models]

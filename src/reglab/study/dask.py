@@ -180,8 +180,8 @@ def _study(payload: dict) -> S.Study:
 
 
 def run_task(payload: dict, shipped: str, task: Job) -> list[dict]:
-    """On a worker: train one task's population (on the dataset scattered as key ``shipped``) and
-    return its records."""
+    """On a worker: train one task's population (on the dataset the driver sent as key ``shipped``)
+    and return its records."""
     start = time.perf_counter()
     set_threads(1)   # one thread per task: a worker is one of several on the machine
     records = execute(_study(payload), _dataset(shipped), task, progress=False, threads=1)
